@@ -1,0 +1,1 @@
+"""Quantization strategies and baselines: one module per method, found by the registry."""

@@ -1,0 +1,153 @@
+"""Encoders f_theta: input -> embedding z in R^D (SPEC §2.2).
+
+- ``mlp``: vectors (digits, feature files).
+- ``cnn``: a 6-layer convolutional network for small images, trained from scratch.
+- ``resnet18``: a ResNet-18-style network for 32x32 images, trained from scratch.
+- ``alexnet`` / ``vgg16``: torchvision backbones with ImageNet weights (needs torchvision and
+  the weights on disk or downloadable), followed by a bottleneck of width D.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from qbench.errors import QbenchError
+
+ENCODERS = ("auto", "mlp", "cnn", "resnet18", "alexnet", "vgg16")
+
+
+class MLP(nn.Module):
+    def __init__(self, in_dim: int, dim: int, hidden: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+            nn.Linear(hidden, dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _conv(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+class SmallCNN(nn.Module):
+    """Six 3x3 conv layers (32-32-64-64-128-128) with pooling, global average, bottleneck."""
+
+    def __init__(self, channels: int, dim: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            *_conv(channels, 32), *_conv(32, 32), nn.MaxPool2d(2),
+            *_conv(32, 64), *_conv(64, 64), nn.MaxPool2d(2),
+            *_conv(64, 128), *_conv(128, 128), nn.AdaptiveAvgPool2d(1),
+        )
+        self.head = nn.Linear(128, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(cout)
+        self.skip = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.skip = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                      nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.b1(self.c1(x)))
+        return F.relu(self.b2(self.c2(out)) + self.skip(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 layout (2-2-2-2 basic blocks, 64..512 channels) with a 3x3 stem for 32x32."""
+
+    def __init__(self, channels: int, dim: int):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(channels, 64, 3, 1, 1, bias=False),
+                                   nn.BatchNorm2d(64), nn.ReLU()]
+        cin = 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers += [_Block(cin, cout, stride), _Block(cout, cout, 1)]
+            cin = cout
+        layers.append(nn.AdaptiveAvgPool2d(1))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(512, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+class TorchvisionBackbone(nn.Module):
+    """AlexNet or VGG16 with ImageNet weights; the last classifier layer becomes a bottleneck."""
+
+    def __init__(self, arch: str, dim: int):
+        super().__init__()
+        try:
+            import torchvision
+        except ImportError:
+            raise QbenchError(
+                f"encoder {arch} needs torchvision (pip install torchvision); "
+                "allowed without it: mlp, cnn, resnet18"
+            ) from None
+        builders = {"alexnet": ("alexnet", "AlexNet_Weights"), "vgg16": ("vgg16", "VGG16_Weights")}
+        fn_name, weights_name = builders[arch]
+        weights = getattr(torchvision.models, weights_name).IMAGENET1K_V1
+        try:
+            net = getattr(torchvision.models, fn_name)(weights=weights)
+        except Exception as exc:  # noqa: BLE001 - any download/cache failure is the same to a user
+            raise QbenchError(
+                f"ImageNet weights for {arch} are not on disk and could not be downloaded "
+                f"({type(exc).__name__}); put them in the torch hub cache ($TORCH_HOME) "
+                "or use encoder=cnn|resnet18"
+            ) from None
+        in_features = net.classifier[-1].in_features
+        net.classifier[-1] = nn.Linear(in_features, dim)
+        self.net = net
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        x = F.interpolate(x, size=224, mode="bilinear", align_corners=False)
+        return self.net((x - self.mean) / self.std)
+
+
+def resolve_encoder(name: str, modality: str, device: str) -> str:
+    """'auto' -> mlp for vectors, resnet18 for images on a GPU, cnn for images on a CPU."""
+    if name not in ENCODERS:
+        raise QbenchError(f"unknown encoder {name!r}; allowed: {', '.join(ENCODERS)}")
+    if name == "auto":
+        if modality == "vector":
+            return "mlp"
+        return "resnet18" if device.startswith("cuda") else "cnn"
+    if modality == "vector" and name != "mlp":
+        raise QbenchError(f"encoder {name!r} needs images; vector datasets use encoder=mlp")
+    if modality == "image" and name == "mlp":
+        raise QbenchError("encoder 'mlp' needs vectors; image datasets use cnn, resnet18, "
+                          "alexnet or vgg16")
+    return name
+
+
+def build_encoder(name: str, input_shape: tuple[int, ...], dim: int, hidden: int = 256,
+                  tanh: bool = False) -> nn.Module:
+    """Instantiate encoder ``name`` (already resolved) for inputs of ``input_shape``."""
+    if name == "mlp":
+        body: nn.Module = MLP(input_shape[0], dim, hidden)
+    elif name == "cnn":
+        body = SmallCNN(input_shape[0], dim)
+    elif name == "resnet18":
+        body = ResNet18(input_shape[0], dim)
+    else:
+        body = TorchvisionBackbone(name, dim)
+    return nn.Sequential(body, nn.Tanh()) if tanh else body

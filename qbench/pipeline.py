@@ -1,0 +1,162 @@
+"""One run, end to end: dataset + protocol -> method -> evaluator -> one result file.
+
+Every method goes through :func:`run_experiment`; the CLI and the grid runner call it.
+All input is validated before any data is loaded or any model trained, and the result is
+written atomically, so a bad input never leaves a file behind.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qbench.errors import QbenchError, choice_error
+from qbench.evaluator import evaluate
+from qbench.method import RunContext
+from qbench.protocols import materialise
+from qbench.registry import DATASETS, METHODS
+from qbench.results import SCHEMA_VERSION, environment, result_filename, write_json_atomic
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class RunRequest:
+    """What a user asks for; strings for params are parsed against the declarations."""
+
+    method: str
+    dataset: str = "digits"
+    bits: int = 32
+    seed: int = 0
+    protocol: str | None = None
+    epochs: int | None = None
+    device: str = "auto"
+    out: Path = Path("results")
+    data_dir: Path | None = None
+    method_params: dict = field(default_factory=dict)
+    dataset_params: dict = field(default_factory=dict)
+    progress: bool = False
+    output_file: Path | None = None  # default: <out>/<result_filename(...)>
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when available else 'cpu'; 'cuda' without CUDA is an error."""
+    import torch
+
+    if device not in DEVICES:
+        raise choice_error("device", device, DEVICES)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise QbenchError("--device cuda: no CUDA device is available; allowed here: auto, cpu")
+    return device
+
+
+def check_writable(folder: Path) -> None:
+    """Raise unless files can be created in ``folder`` (created if missing)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise QbenchError(f"--out {folder} is not writable: {exc.strerror or exc}") from None
+
+
+@dataclass
+class Prepared:
+    """A validated request: plugin instances and resolved values, nothing loaded yet."""
+
+    request: RunRequest
+    method: object
+    dataset_plugin: object
+    protocol_spec: object
+    device: str
+    output_path: Path
+
+
+def prepare(req: RunRequest) -> Prepared:
+    """Validate every input of ``req`` (cheap checks only) and build the plugins."""
+    method_cls = METHODS.get(req.method)
+    dataset_cls = DATASETS.get(req.dataset)
+    mparams = dict(req.method_params)
+    if req.epochs is not None:
+        if req.epochs <= 0:
+            raise QbenchError(f"--epochs must be a positive integer, got {req.epochs}")
+        if any(p.name == "epochs" for p in method_cls.params):
+            mparams["epochs"] = req.epochs
+    method = method_cls(METHODS.resolve_params(req.method, mparams))
+    if not isinstance(req.bits, int) or isinstance(req.bits, bool):
+        raise QbenchError(f"--bits must be an integer, got {req.bits!r}")
+    method.check_bits(req.bits)
+    if req.data_dir is not None and not Path(req.data_dir).is_dir():
+        raise QbenchError(f"--data-dir {req.data_dir} is not a directory")
+    dataset_plugin = dataset_cls(DATASETS.resolve_params(req.dataset, req.dataset_params),
+                                 req.data_dir)
+    protocol_spec = dataset_plugin.protocol(req.protocol)
+    device = resolve_device(req.device)
+    out = Path(req.out)
+    output_path = Path(req.output_file) if req.output_file else out / result_filename(
+        req.dataset, protocol_spec.name, req.method, req.bits, req.seed)
+    check_writable(output_path.parent)
+    return Prepared(req, method, dataset_plugin, protocol_spec, device, output_path)
+
+
+def run_experiment(req: RunRequest) -> tuple[Path, dict]:
+    """Train, encode, search and evaluate; write and return (path, result)."""
+    prep = prepare(req)
+    started = time.perf_counter()
+    t0 = time.perf_counter()
+    dataset = prep.dataset_plugin.load()
+    load_s = time.perf_counter() - t0
+    splits = materialise(dataset, prep.protocol_spec, req.seed, Path(req.out) / "splits")
+    ctx = RunContext(dataset, splits, req.bits, req.seed, prep.device, req.progress)
+
+    output = prep.method.run(ctx)
+    q_labels, db_labels = ctx.y("query"), ctx.y("database")
+    k = prep.protocol_spec.map_k
+    ev = evaluate(output.codes, q_labels, db_labels, k=k, device=prep.device)
+    metrics = dict(ev.metrics)
+    if output.float_codes is not None:
+        if output.float_codes is output.codes:
+            float_map = metrics["map_all"]
+        else:
+            float_map = evaluate(output.float_codes, q_labels, db_labels, k=k,
+                                 device=prep.device, curves=False).metrics["map_all"]
+        metrics["float_map_all"] = float_map
+        metrics["retention"] = metrics["map_all"] / float_map if float_map > 0 else None
+
+    timings = {"load_s": load_s, **output.timings, **ev.timings,
+               "total_s": time.perf_counter() - started}
+    result = {
+        "schema_version": SCHEMA_VERSION,
+        "method": req.method,
+        "family": prep.method.family,
+        "description": prep.method.description,
+        "dataset": req.dataset,
+        "dataset_params": prep.dataset_plugin.params,
+        "dataset_source": dataset.source,
+        "protocol": prep.protocol_spec.name,
+        "protocol_description": prep.protocol_spec.description,
+        "bits": req.bits,
+        "seed": req.seed,
+        "params": prep.method.params,
+        "method_info": output.info,
+        "splits": splits.summary(),
+        "metrics": metrics,
+        "curves": ev.curves,
+        "per_query_ap": ev.per_query_ap,
+        "timings": timings,
+        "cost": {
+            "bytes_per_code": output.codes.bytes_per_code,
+            "database_bytes": output.codes.bytes_per_code * len(splits.database),
+            "queries_per_s": ev.timings.get("queries_per_s"),
+        },
+        "metric_card": ev.metric_card,
+        "env": environment(prep.device),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json_atomic(prep.output_path, result)
+    return prep.output_path, result

@@ -1,0 +1,148 @@
+"""Plugin registries: methods and datasets by name, with declared hyper-parameters.
+
+A plugin is a class with class attributes ``name``, ``description`` and ``params`` (a tuple
+of :class:`Param`), registered with ``@METHODS.register`` or ``@DATASETS.register``.
+Plugins are found in three places, loaded on first use:
+
+1. every module of the package ``qbench.methods`` / ``qbench.datasets`` (the repository's
+   ``methods/`` and ``datasets/`` folders) -- adding a method is adding one file;
+2. entry points in the groups ``qbench.methods`` / ``qbench.datasets`` of installed packages.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+from qbench.errors import QbenchError, choice_error
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """A declared hyper-parameter: name, type (int, float, str or bool), default, help."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple | None = None
+
+    def parse(self, value: Any, owner: str = "") -> Any:
+        """Convert a value (often the text after ``-p key=``) to this parameter's type."""
+        where = f" of {owner}" if owner else ""
+        try:
+            if self.type is bool:
+                if isinstance(value, bool):
+                    out = value
+                elif str(value).lower() in _TRUE:
+                    out = True
+                elif str(value).lower() in _FALSE:
+                    out = False
+                else:
+                    raise ValueError
+            elif self.type is int and isinstance(value, str):
+                out = int(value, 10)
+            elif self.type is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            else:
+                out = self.type(value)
+        except (TypeError, ValueError):
+            raise QbenchError(
+                f"parameter {self.name}{where}: {value!r} is not a valid {self.type.__name__}"
+            ) from None
+        if self.choices is not None and out not in self.choices:
+            raise QbenchError(
+                f"parameter {self.name}{where}: {out!r} is not allowed; allowed: "
+                + ", ".join(str(c) for c in self.choices)
+            )
+        return out
+
+
+class Registry:
+    """Plugins of one kind ("method" or "dataset") by name."""
+
+    def __init__(self, kind: str, package: str, group: str):
+        self.kind = kind
+        self.package = package
+        self.group = group
+        self._plugins: dict[str, type] = {}
+        self._loaded = False
+
+    def register(self, cls: type) -> type:
+        """Class decorator: register ``cls`` under ``cls.name``."""
+        for attr in ("name", "description", "params"):
+            if not hasattr(cls, attr):
+                raise TypeError(f"{self.kind} plugin {cls.__name__} lacks attribute {attr!r}")
+        names = [p.name for p in cls.params]
+        if len(names) != len(set(names)):
+            raise TypeError(f"{self.kind} plugin {cls.name} declares a parameter twice")
+        existing = self._plugins.get(cls.name)
+        if existing is not None and existing is not cls:
+            raise TypeError(f"two {self.kind} plugins named {cls.name!r}")
+        self._plugins[cls.name] = cls
+        return cls
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        pkg = importlib.import_module(self.package)
+        for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{self.package}.{info.name}")
+        for ep in entry_points(group=self.group):
+            obj = ep.load()
+            if isinstance(obj, type) and obj.name not in self._plugins:
+                self.register(obj)
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._plugins)
+
+    def get(self, name: str) -> type:
+        self._load()
+        if name not in self._plugins:
+            raise choice_error(self.kind, name, self._plugins)
+        return self._plugins[name]
+
+    def items(self) -> list[tuple[str, type]]:
+        self._load()
+        return sorted(self._plugins.items())
+
+    def resolve_params(self, name: str, overrides: dict[str, Any] | None = None) -> dict:
+        """All declared parameters of plugin ``name``: defaults updated by ``overrides``.
+
+        Unknown keys and values of the wrong type raise :class:`QbenchError`.
+        """
+        cls = self.get(name)
+        declared = {p.name: p for p in cls.params}
+        out = {p.name: p.default for p in cls.params}
+        for key, value in (overrides or {}).items():
+            if key not in declared:
+                allowed = ", ".join(sorted(declared)) or "(none)"
+                raise QbenchError(
+                    f"unknown parameter {key!r} for {self.kind} {name}; allowed: {allowed}"
+                )
+            out[key] = declared[key].parse(value, owner=f"{self.kind} {name}")
+        return out
+
+
+METHODS = Registry("method", "qbench.methods", "qbench.methods")
+DATASETS = Registry("dataset", "qbench.datasets", "qbench.datasets")
+
+
+def parse_key_values(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """Turn ``["a=1", "b=x"]`` into ``{"a": "1", "b": "x"}``; malformed items raise."""
+    out: dict[str, str] = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise QbenchError(f"-p expects key=value, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out

@@ -1,0 +1,155 @@
+"""The one results schema: build, write atomically, load and validate run records (SPEC §6).
+
+A result is a JSON object; ``compare`` and the plots read only these files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qbench.errors import QbenchError
+
+SCHEMA_VERSION = 1
+
+# key -> JSON type(s) it must have
+REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
+    "schema_version": int,
+    "method": str,
+    "family": str,
+    "dataset": str,
+    "protocol": str,
+    "bits": int,
+    "seed": int,
+    "params": dict,
+    "splits": dict,
+    "metrics": dict,
+    "curves": dict,
+    "timings": dict,
+    "cost": dict,
+    "metric_card": dict,
+    "env": dict,
+}
+
+
+def result_filename(dataset: str, protocol: str, method: str, bits: int, seed: int) -> str:
+    """The file name of one run: one result per (dataset, protocol, method, bits, seed)."""
+    return f"{dataset}-{protocol}-{method}-{bits}b-seed{seed}.json"
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert numpy scalars/arrays (recursively) to plain JSON values; NaN -> None."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return to_jsonable(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json_atomic(path: Path, data: dict) -> Path:
+    """Write ``data`` as JSON to ``path`` via a temp file in the same folder and a rename.
+
+    A crash or a full disk leaves either the old file or none, never a half-written one.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise QbenchError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(to_jsonable(data), fh, indent=1, allow_nan=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def validate_result(data: Any, source: str = "result") -> dict:
+    """Raise :class:`QbenchError` naming ``source`` and the problem unless ``data`` fits."""
+    if not isinstance(data, dict):
+        raise QbenchError(f"{source}: not a qbench result (top level is not an object)")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise QbenchError(
+            f"{source}: schema_version {version!r} is not supported; expected {SCHEMA_VERSION}"
+        )
+    for key, typ in REQUIRED_KEYS.items():
+        if key not in data:
+            raise QbenchError(f"{source}: missing key {key!r}")
+        if not isinstance(data[key], typ) or (typ is int and isinstance(data[key], bool)):
+            raise QbenchError(f"{source}: key {key!r} has type {type(data[key]).__name__}")
+    if "map_all" not in data["metrics"]:
+        raise QbenchError(f"{source}: metrics lack 'map_all'")
+    return data
+
+
+def load_result(path: Path) -> dict:
+    """Read and validate one result file; errors name the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise QbenchError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise QbenchError(f"{path}: not valid JSON ({exc})") from None
+    return validate_result(data, str(path))
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    """The current git commit of the qbench checkout, or None outside a git work tree."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).resolve().parent,
+            capture_output=True, text=True, timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment(device: str) -> dict:
+    """Package versions, device and git commit, recorded in every result."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    packages = {}
+    for name in ("qbench", "torch", "numpy", "faiss-cpu", "scikit-learn", "pandas"):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = None
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "device": device,
+        "packages": packages,
+        "git_commit": git_commit(),
+    }
+    if device.startswith("cuda"):
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info

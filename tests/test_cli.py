@@ -1,0 +1,111 @@
+"""The command line through click's test runner: happy paths and every bad input."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from qbench.cli import cli
+
+REQUIRED_KEYS = {"schema_version", "method", "dataset", "protocol", "bits", "seed", "params",
+                 "splits", "metrics", "curves", "timings", "cost", "metric_card", "env"}
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def run_args(out, *extra, method="float"):
+    return ["run", "--method", method, "--dataset", "digits", "--bits", "32", "--epochs", "2",
+            "--quiet", "--out", out, *extra]
+
+
+def test_help_on_every_command():
+    for cmd in ([], ["list"], ["run"], ["evaluate"], ["compare"], ["grid"]):
+        result = invoke(*cmd, "--help")
+        assert result.exit_code == 0, result.output
+        assert "Usage:" in result.output
+
+
+def test_list_shows_methods_and_datasets_with_descriptions():
+    result = invoke("list")
+    assert result.exit_code == 0
+    assert "float" in result.output and "digits" in result.output
+    assert "scikit-learn load_digits" in result.output
+
+
+def test_run_writes_one_result_with_the_schema_keys(tmp_path):
+    result = invoke(*run_args(tmp_path))
+    assert result.exit_code == 0, result.output
+    files = list(tmp_path.glob("*.json"))
+    assert [f.name for f in files] == ["digits-standard-float-32b-seed0.json"]
+    data = json.loads(files[0].read_text())
+    assert REQUIRED_KEYS <= set(data)
+    assert 0 < data["metrics"]["map_all"] <= 1
+    assert data["splits"]["n_query"] == 100 and len(data["splits"]["checksum"]) == 64
+    assert data["params"]["epochs"] == 2
+
+
+def test_same_seed_gives_same_metrics(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        assert invoke(*run_args(out, "--seed", "4")).exit_code == 0
+    ma = json.loads(next(a.glob("*.json")).read_text())["metrics"]
+    mb = json.loads(next(b.glob("*.json")).read_text())["metrics"]
+    assert ma["map_all"] == mb["map_all"]
+
+
+def _assert_clean_error(result, tmp_path, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert not list(tmp_path.rglob("*.json"))
+
+
+@pytest.mark.parametrize(
+    "extra, fragments",
+    [
+        (["--method", "nope"], ["'nope'", "allowed:", "float"]),
+        (["--dataset", "nope"], ["'nope'", "allowed:", "digits"]),
+        (["--protocol", "nope"], ["'nope'", "allowed: standard"]),
+        (["--bits", "0"], ["--bits", "0"]),
+        (["--bits", "-8"], ["-8"]),
+        (["--bits", "abc"], ["'abc'", "integer"]),
+        (["-p", "nope=1"], ["'nope'", "allowed:"]),
+        (["-p", "dim=abc"], ["dim", "'abc'", "int"]),
+        (["-p", "loss=hinge"], ["'hinge'", "allowed: cosine, ip"]),
+        (["-p", "dim"], ["key=value", "'dim'"]),
+        (["--device", "tpu"], ["'tpu'", "allowed: auto, cpu, cuda"]),
+        (["--epochs", "0"], ["--epochs", "0"]),
+    ],
+)
+def test_bad_run_input_is_one_line_exit_2_and_no_file(tmp_path, extra, fragments):
+    args = run_args(tmp_path)
+    # later options override earlier ones for --method/--dataset/--bits/--device/--epochs
+    _assert_clean_error(invoke(*args, *extra), tmp_path, *fragments)
+
+
+def test_cuda_without_cuda_is_a_clean_error(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    _assert_clean_error(invoke(*run_args(tmp_path, "--device", "cuda")), tmp_path,
+                        "--device cuda", "allowed here: auto, cpu")
+
+
+def test_unwritable_out_is_a_clean_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = invoke(*run_args(blocker / "sub"))
+    assert result.exit_code == 2
+    assert "not writable" in result.stderr and str(blocker / "sub") in result.stderr
+
+
+def test_missing_data_dir_is_a_clean_error(tmp_path):
+    result = invoke(*run_args(tmp_path, "--data-dir", tmp_path / "absent"))
+    _assert_clean_error(result, tmp_path, "--data-dir", "absent")
