@@ -287,8 +287,8 @@ class HouseholderRotation:
     validation loss are kept. The paper trains 300 epochs; the default here is 100 to keep
     CPU runs short. The caller rescales embeddings to norm √B (:func:`rescale_to_sqrt_dim`).
     Computation in float64 so U stays orthogonal to ~1e-12.
-    ``loss_history`` (train loss per epoch) and ``val_history`` (validation loss, entry 0 at
-    initialisation) are recorded.
+    ``loss_history`` (mean training loss per epoch) and ``val_history`` (validation loss
+    after each epoch) are recorded, entry 0 of each at initialisation.
     """
 
     def __init__(self, *, epochs: int = 100, lr: float = 0.1, batch_size: int = 128,
@@ -313,6 +313,15 @@ class HouseholderRotation:
 
     def fit(self, z: np.ndarray, z_val: np.ndarray | None = None) -> HouseholderRotation:
         """Learn U on z (n, B); select on z_val (m, B) (on z itself when None)."""
+        threads = torch.get_num_threads()
+        if self.device.type == "cpu":
+            torch.set_num_threads(1)  # B x B matrices: thread overhead outweighs the work
+        try:
+            return self._fit(z, z_val)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(self, z: np.ndarray, z_val: np.ndarray | None) -> HouseholderRotation:
         zt = torch.as_tensor(np.asarray(z, dtype=np.float64), device=self.device)
         zv = zt if z_val is None else torch.as_tensor(np.asarray(z_val, dtype=np.float64),
                                                       device=self.device)
@@ -324,9 +333,9 @@ class HouseholderRotation:
         bs = max(1, min(self.batch_size, n))
         with torch.no_grad():
             best = float(self._loss(zv, v))
+            self.loss_history = [float(self._loss(zt, v))]
         best_v = v.detach().clone()
         self.val_history = [best]
-        self.loss_history = []
         self.best_epoch = 0
         for epoch in range(1, self.epochs + 1):
             order = torch.randperm(n, generator=gen).to(self.device)

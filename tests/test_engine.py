@@ -1,0 +1,138 @@
+"""The shared training engine: losses, encoders, augmentation, model selection."""
+
+import numpy as np
+import pytest
+import torch
+
+from qbench.encoders import build_encoder, resolve_encoder
+from qbench.engine import ENGINE_PARAMS, Hooks, Trainer, flip_and_crop
+from qbench.errors import QbenchError
+from qbench.losses import cosine_pairwise_loss, inner_product_pairwise_loss, pair_targets
+from qbench.method import RunContext
+from qbench.protocols import make_splits
+from qbench.registry import DATASETS
+
+
+def _brute_cosine_loss(z, labels):
+    n = len(z)
+    total, count = 0.0, 0
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            if labels.ndim == 1:
+                same = labels[i] == labels[j]
+            else:
+                same = bool((labels[i] * labels[j]).sum() > 0)
+            s = 1.0 if same else -1.0
+            cos = z[i] @ z[j] / (np.linalg.norm(z[i]) * np.linalg.norm(z[j]))
+            total += (s - cos) ** 2
+            count += 1
+    return total / count
+
+
+def test_cosine_loss_matches_the_pairwise_definition():
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((9, 5))
+    labels = rng.integers(0, 3, 9)
+    got = cosine_pairwise_loss(torch.tensor(z), torch.tensor(labels)).item()
+    assert got == pytest.approx(_brute_cosine_loss(z, labels), abs=1e-9)
+    hot = (rng.random((9, 4)) < 0.4).astype(np.uint8)
+    got = cosine_pairwise_loss(torch.tensor(z), torch.tensor(hot)).item()
+    assert got == pytest.approx(_brute_cosine_loss(z, hot), abs=1e-9)
+
+
+def test_pair_targets_and_inner_product_loss():
+    labels = torch.tensor([0, 1, 0])
+    assert pair_targets(labels).tolist() == [[1, -1, 1], [-1, 1, -1], [1, -1, 1]]
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    # pairs (0,1),(1,2): s=-1, ip=0 -> 1 each; (0,2): s=1, ip/D = 0.5 -> 0.25; both orders
+    assert inner_product_pairwise_loss(z, labels).item() == pytest.approx((1 + 1 + 0.25) / 3)
+
+
+@pytest.mark.parametrize("name, shape", [("mlp", (64,)), ("cnn", (1, 28, 28)),
+                                         ("resnet18", (3, 32, 32))])
+def test_encoders_produce_embeddings_of_width_d(name, shape):
+    net = build_encoder(name, shape, dim=24, tanh=True).eval()
+    out = net(torch.randn(2, *shape))
+    assert out.shape == (2, 24)
+    assert out.abs().max() < 1
+
+
+def test_encoder_resolution_and_mismatch_errors():
+    assert resolve_encoder("auto", "vector", "cpu") == "mlp"
+    assert resolve_encoder("auto", "image", "cpu") == "cnn"
+    assert resolve_encoder("auto", "image", "cuda") == "resnet18"
+    with pytest.raises(QbenchError, match="needs images"):
+        resolve_encoder("cnn", "vector", "cpu")
+    with pytest.raises(QbenchError, match="unknown encoder 'vit'"):
+        resolve_encoder("vit", "image", "cpu")
+
+
+def test_flip_and_crop_keeps_shape_and_content():
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6) + 1
+    out = flip_and_crop(x, np.random.default_rng(0), pad=2)
+    assert out.shape == x.shape
+    for i in range(2):
+        kept = set(out[i].flatten().tolist()) - {0.0}
+        assert kept <= set(x[i].flatten().tolist())
+    same = flip_and_crop(x, np.random.default_rng(0), pad=0)
+    for i in range(2):
+        assert torch.equal(same[i], x[i]) or torch.equal(same[i], x[i].flip(2))
+
+
+class RecordingContext(RunContext):
+    """A context that records which splits were read."""
+
+    def x(self, split):
+        self.read.add(split)
+        return super().x(split)
+
+    def y(self, split):
+        self.read.add(split)
+        return super().y(split)
+
+
+def _digits_ctx(cls=RunContext, seed=0):
+    plugin = DATASETS.get("digits")({}, None)
+    ds = plugin.load()
+    ctx = cls(ds, make_splits(ds, plugin.protocol("standard"), seed), bits=32, seed=seed)
+    ctx.read = set()
+    return ctx
+
+
+def _params(**overrides):
+    params = {p.name: p.default for p in ENGINE_PARAMS}
+    params.update(overrides)
+    return params
+
+
+def test_training_improves_validation_map_and_never_reads_the_query_split():
+    ctx = _digits_ctx(RecordingContext)
+    trainer = Trainer(ctx, _params(epochs=8), dim=16)
+    before = trainer.validation_map()
+    trainer.fit()
+    assert "query" not in ctx.read and "database" not in ctx.read
+    assert trainer.history.best_val_map > before + 0.1
+    assert trainer.history.best_val_map == max(trainer.history.val_map)
+
+
+def test_training_is_deterministic_per_seed():
+    a = Trainer(_digits_ctx(), _params(epochs=2), dim=8).fit().embed_split("val")
+    b = Trainer(_digits_ctx(), _params(epochs=2), dim=8).fit().embed_split("val")
+    np.testing.assert_array_equal(a, b)
+
+
+def test_output_gradient_hook_replaces_the_back_propagated_gradient():
+    class Zero(Hooks):
+        def output_gradient(self, g, z, idx, epoch):
+            return torch.zeros_like(g)
+
+    ctx = _digits_ctx()
+    trainer = Trainer(ctx, _params(epochs=1, weight_decay=0.0, select=False), dim=8,
+                      hooks=Zero())
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.fit()
+    after = list(trainer.model.parameters())
+    # zero gradient and no weight decay: Adam leaves every parameter where it was
+    assert all(torch.equal(b, a.detach()) for b, a in zip(before, after))
