@@ -1,0 +1,509 @@
+"""The evaluator against brute-force definitions written plainly, one query at a time.
+
+Random data with many ties (few bits, small integer embeddings and codebooks), multi-label
+relevance, queries without relevant items and K < N. Exact metrics must agree to 1e-9;
+tie-aware expectations must agree with the mean over random tie orders within sampling error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score
+
+import qbench.evaluator as E
+from qbench.codes import BinaryCodes, FloatCodes, PQCodes
+from qbench.errors import QbenchError
+from qbench.evaluator import Evaluation, distances, evaluate, mean_average_precision, relevance
+
+TOL = 1e-9
+
+
+# ----------------------------------------------------------------------------- brute force
+
+
+def brute_relevance(q_label, db_labels):
+    """One query's relevance to every item: same class, or at least one shared label."""
+    if db_labels.ndim == 1:
+        return np.array([q_label == y for y in db_labels])
+    return np.array([bool(np.any(np.logical_and(q_label, y))) for y in db_labels])
+
+
+def brute_order(dist):
+    """Database indices by ascending (distance, index)."""
+    return np.array(sorted(range(len(dist)), key=lambda j: (dist[j], j)))
+
+
+def brute_ap(rel_sorted, k=None, normaliser="rk"):
+    k = len(rel_sorted) if k is None else min(k, len(rel_sorted))
+    hits, total = 0, 0.0
+    for rank in range(1, k + 1):
+        if rel_sorted[rank - 1]:
+            hits += 1
+            total += hits / rank
+    n_rel = int(np.sum(rel_sorted))
+    norm = {"rk": hits, "min_k_r": min(k, n_rel), "r": n_rel}[normaliser]
+    return total / norm if hits > 0 and norm > 0 else 0.0
+
+
+def brute_groups(dist, rel):
+    """[(n_d, r_d)] for the distinct distances in ascending order."""
+    return [(int(np.sum(dist == v)), int(np.sum(rel[dist == v]))) for v in np.unique(dist)]
+
+
+def brute_tie_ap(dist, rel):
+    """SPEC section 4 formula, summed term by term."""
+    n_rel = int(np.sum(rel))
+    if n_rel == 0:
+        return 0.0
+    total, before, rel_before = 0.0, 0, 0
+    for n, r in brute_groups(dist, rel):
+        if r > 0:
+            for j in range(1, n + 1):
+                step = (j - 1) * (r - 1) / (n - 1) if n > 1 else 0.0
+                total += (r / n) * (rel_before + 1 + step) / (before + j)
+        before += n
+        rel_before += r
+    return total / n_rel
+
+
+def brute_expected_hits(dist, rel, cut):
+    """E[relevant in the top cut] with random order within equal distance."""
+    before, rel_before = 0, 0
+    for n, r in brute_groups(dist, rel):
+        if before + n >= cut:
+            return rel_before + (cut - before) * r / n
+        before += n
+        rel_before += r
+    return rel_before
+
+
+def bound_ap(dist, rel, relevant_first):
+    key = [(dist[j], (not rel[j]) if relevant_first else rel[j], j) for j in range(len(dist))]
+    order = sorted(range(len(dist)), key=lambda j: key[j])
+    return brute_ap(rel[order])
+
+
+def random_binary(rng, n_query, n_db, bits, n_classes=4, multi=False):
+    q = rng.integers(0, 2, (n_query, bits)).astype(np.uint8)
+    db = rng.integers(0, 2, (n_db, bits)).astype(np.uint8)
+    if multi:
+        ql = (rng.random((n_query, n_classes)) < 0.3).astype(np.uint8)
+        dl = (rng.random((n_db, n_classes)) < 0.3).astype(np.uint8)
+    else:
+        ql = rng.integers(0, n_classes + 1, n_query)  # class n_classes never in the database
+        dl = rng.integers(0, n_classes, n_db)
+    return BinaryCodes(q, db), ql, dl
+
+
+def random_pq(rng, n_query, n_db, m=2, k=16, dsub=2):
+    codebooks = rng.integers(-2, 3, (m, k, dsub)).astype(np.float32)
+    codes = rng.integers(0, k, (n_db, m))
+    query = rng.integers(-2, 3, (n_query, m * dsub)).astype(np.float32)
+    return PQCodes(query, codes, codebooks)
+
+
+@pytest.fixture(scope="module")
+def binary_case():
+    rng = np.random.default_rng(0)
+    return random_binary(rng, 25, 300, bits=6, multi=True)
+
+
+@pytest.fixture(scope="module")
+def binary_eval(binary_case):
+    codes, ql, dl = binary_case
+    return evaluate(codes, ql, dl, k=40)
+
+
+def brute_per_query(codes, ql, dl, dist_fn):
+    rows = []
+    for i in range(len(ql)):
+        dist = dist_fn(i)
+        rel = brute_relevance(ql[i], dl)
+        rows.append((dist, rel, rel[brute_order(dist)]))
+    return rows
+
+
+def hamming_rows(codes, ql, dl):
+    return brute_per_query(codes, ql, dl, lambda i: np.sum(
+        codes.query_bits[i][None, :] != codes.db_bits, axis=1))
+
+
+# ----------------------------------------------------------------------------- exact metrics
+
+
+@pytest.mark.parametrize("multi", [False, True])
+@pytest.mark.parametrize("normaliser", ["rk", "min_k_r", "r"])
+def test_map_matches_brute_force_with_ties(multi, normaliser):
+    rng = np.random.default_rng(1 + multi)
+    codes, ql, dl = random_binary(rng, 20, 200, bits=4, multi=multi)
+    k = 5
+    ev = evaluate(codes, ql, dl, k=k, normaliser=normaliser)
+    rows = hamming_rows(codes, ql, dl)
+    ap_all = [brute_ap(s) for _, _, s in rows]
+    ap_k = [brute_ap(s, k, normaliser) for _, _, s in rows]
+    assert any(np.sum(s) == 0 for _, _, s in rows)  # queries without relevant items
+    assert any(np.sum(s[:k]) == 0 and np.sum(s) > 0 for _, _, s in rows)  # none in the top K
+    np.testing.assert_allclose(ev.per_query_ap, ap_all, atol=TOL, rtol=0)
+    assert ev.metrics["map_all"] == pytest.approx(np.mean(ap_all), abs=TOL)
+    assert ev.metrics["map_at_k"] == pytest.approx(np.mean(ap_k), abs=TOL)
+    assert ev.metrics["p_at_k"] == pytest.approx(np.mean([np.sum(s[:k]) / k
+                                                          for _, _, s in rows]), abs=TOL)
+    recall = [np.sum(s[:k]) / np.sum(s) if np.sum(s) else 0.0 for _, _, s in rows]
+    assert ev.metrics["r_at_k"] == pytest.approx(np.mean(recall), abs=TOL)
+
+
+def test_zero_relevant_and_zero_hit_queries_score_zero():
+    codes = BinaryCodes(np.array([[0, 0], [1, 1]], np.uint8),
+                        np.array([[0, 0], [0, 1], [1, 1]], np.uint8))
+    ev = evaluate(codes, np.array([5, 1]), np.array([0, 0, 1]), k=1)
+    assert ev.per_query_ap.tolist() == [0.0, 1.0]
+    assert ev.metrics["queries_without_relevant"] == 1
+    ev = evaluate(codes, np.array([1, 0]), np.array([0, 0, 1]), k=1)
+    assert ev.metrics["map_at_k"] == 0.0  # neither query has a relevant item at rank 1
+    assert ev.metrics["map_all"] == pytest.approx((1 / 3 + (1 / 2 + 2 / 3) / 2) / 2)
+
+
+def test_map_all_equals_sklearn_average_precision_on_continuous_scores():
+    rng = np.random.default_rng(3)
+    q, db = rng.normal(size=(30, 8)), rng.normal(size=(400, 8))
+    ql, dl = rng.integers(0, 6, 30), rng.integers(0, 5, 400)
+    ev = evaluate(FloatCodes(q.astype(np.float32), db.astype(np.float32)), ql, dl)
+    expected, ours = [], []
+    for i in range(30):
+        rel = dl == ql[i]
+        if rel.any():
+            score = -np.sum((db - q[i]) ** 2, axis=1)
+            expected.append(average_precision_score(rel, score))
+            ours.append(ev.per_query_ap[i])
+        else:
+            assert ev.per_query_ap[i] == 0.0
+    assert len(expected) < 30
+    np.testing.assert_allclose(ours, expected, atol=1e-9)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_float_codes_match_brute_force(metric):
+    rng = np.random.default_rng(4)
+    q = rng.integers(-1, 2, (15, 3)).astype(np.float32)
+    db = rng.integers(-1, 2, (120, 3)).astype(np.float32)
+    ql, dl = rng.integers(0, 3, 15), rng.integers(0, 3, 120)
+    codes = FloatCodes(q, db, metric=metric)
+    ev = evaluate(codes, ql, dl, k=20)
+    dist = distances(codes)
+    qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
+    dn = db / np.maximum(np.linalg.norm(db, axis=1, keepdims=True), 1e-30)
+    dense = (1 - qn @ dn.T) if metric == "cosine" else ((q[:, None] - db[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(dist, dense, atol=1e-6)
+    rows = brute_per_query(codes, ql, dl, lambda i: dist[i])
+    np.testing.assert_allclose(ev.per_query_ap, [brute_ap(s) for _, _, s in rows], atol=TOL)
+    assert ev.metrics["map_at_k"] == pytest.approx(
+        np.mean([brute_ap(s, 20) for _, _, s in rows]), abs=TOL)
+    assert "tie_aware_map_all" not in ev.metrics and "pr_hamming" not in ev.curves
+    assert ev.metric_card["distance"] == metric
+
+
+def test_float_curves_match_brute_force():
+    rng = np.random.default_rng(5)
+    codes = FloatCodes(rng.normal(size=(12, 4)).astype(np.float32),
+                       rng.normal(size=(1234, 4)).astype(np.float32))
+    ql, dl = rng.integers(0, 3, 12), rng.integers(0, 3, 1234)
+    ev = evaluate(codes, ql, dl)
+    dist = distances(codes)
+    rows = brute_per_query(codes, ql, dl, lambda i: dist[i])
+    assert ev.curves["top_r"]["r"] == list(range(100, 1001, 100))
+    for r, p in zip(ev.curves["top_r"]["r"], ev.curves["top_r"]["precision"]):
+        assert p == pytest.approx(np.mean([np.sum(s[:r]) / r for _, _, s in rows]), abs=TOL)
+    pr = ev.curves["pr"]
+    assert pr["rank"][-1] == 1234 and len(pr["rank"]) == 50
+    for c, p, rc in zip(pr["rank"], pr["precision"], pr["recall"]):
+        assert p == pytest.approx(np.mean([np.sum(s[:c]) / c for _, _, s in rows]), abs=TOL)
+        assert rc == pytest.approx(np.mean([np.sum(s[:c]) / np.sum(s) for _, _, s in rows]),
+                                   abs=TOL)
+
+
+# ----------------------------------------------------------------------------- tie-aware
+
+
+def test_tie_aware_ap_matches_closed_form_brute_force(binary_case, binary_eval):
+    codes, ql, dl = binary_case
+    rows = hamming_rows(codes, ql, dl)
+    m = binary_eval.metrics
+    assert m["tie_aware_map_all"] == pytest.approx(
+        np.mean([brute_tie_ap(d, r) for d, r, _ in rows]), abs=TOL)
+    assert m["tie_aware_map_all_optimistic"] == pytest.approx(
+        np.mean([bound_ap(d, r, True) for d, r, _ in rows]), abs=TOL)
+    assert m["tie_aware_map_all_pessimistic"] == pytest.approx(
+        np.mean([bound_ap(d, r, False) for d, r, _ in rows]), abs=TOL)
+    assert m["tie_aware_p_at_k"] == pytest.approx(
+        np.mean([brute_expected_hits(d, r, 40) / 40 for d, r, _ in rows]), abs=TOL)
+    assert (m["tie_aware_map_all_optimistic"] >= m["tie_aware_map_all"]
+            >= m["tie_aware_map_all_pessimistic"])
+    assert m["tie_aware_map_all_optimistic"] > m["tie_aware_map_all_pessimistic"]
+
+
+def test_tie_aware_values_equal_mean_over_random_tie_orders():
+    rng = np.random.default_rng(6)
+    codes, ql, dl = random_binary(rng, 4, 150, bits=5, n_classes=3)
+    ql = np.array([0, 1, 2, 0])
+    ev = evaluate(codes, ql, dl, k=25)
+    per_query_tie = []
+    for i in range(4):
+        dist = np.sum(codes.query_bits[i][None, :] != codes.db_bits, axis=1)
+        rel = dl == ql[i]
+        n_perm = 2000
+        noise = rng.random((n_perm, len(dist)))
+        order = np.lexsort((noise, np.broadcast_to(dist, noise.shape)), axis=-1)
+        rel_sorted = rel[order]
+        hits = np.cumsum(rel_sorted, axis=1)
+        ranks = np.arange(1, len(dist) + 1)
+        ap = (hits / ranks * rel_sorted).sum(1) / rel.sum()
+        p_at_25 = hits[:, 24] / 25
+        for sample, exact in ((ap, brute_tie_ap(dist, rel)),
+                              (p_at_25, brute_expected_hits(dist, rel, 25) / 25)):
+            se = sample.std(ddof=1) / np.sqrt(n_perm)
+            assert abs(sample.mean() - exact) <= 4 * se + 1e-12
+        per_query_tie.append(brute_tie_ap(dist, rel))
+    assert ev.metrics["tie_aware_map_all"] == pytest.approx(np.mean(per_query_tie), abs=TOL)
+
+
+def test_tie_aware_equals_exact_without_ties():
+    codes = BinaryCodes(np.array([[0, 0]], np.uint8),
+                        np.array([[0, 0], [0, 1], [1, 1]], np.uint8))
+    m = evaluate(codes, np.array([1]), np.array([0, 1, 1])).metrics
+    assert (m["tie_aware_map_all"] == pytest.approx(m["map_all"])
+            == pytest.approx(m["tie_aware_map_all_optimistic"]))
+
+
+def test_binary_curves_match_brute_force(binary_case, binary_eval):
+    codes, ql, dl = binary_case
+    rows = hamming_rows(codes, ql, dl)
+    curves, bits = binary_eval.curves, codes.bits
+    for c, p, rc in zip(curves["pr"]["rank"], curves["pr"]["precision"], curves["pr"]["recall"]):
+        hits = [brute_expected_hits(d, r, c) for d, r, _ in rows]
+        assert p == pytest.approx(np.mean(hits) / c, abs=TOL)
+        assert rc == pytest.approx(np.mean([h / np.sum(r) if np.sum(r) else 0.0
+                                            for h, (_, r, _) in zip(hits, rows)]), abs=TOL)
+    assert curves["top_r"]["r"] == [100, 200, 300]
+    for c, p in zip(curves["top_r"]["r"], curves["top_r"]["precision"]):
+        assert p == pytest.approx(np.mean([brute_expected_hits(d, r, c) / c
+                                           for d, r, _ in rows]), abs=TOL)
+    ham = curves["pr_hamming"]
+    assert ham["radius"] == list(range(bits + 1))
+    for radius in range(bits + 1):
+        prec, rec = [], []
+        for d, r, _ in rows:
+            inside = d <= radius
+            prec.append(np.sum(r & inside) / np.sum(inside) if np.sum(inside) else 0.0)
+            rec.append(np.sum(r & inside) / np.sum(r) if np.sum(r) else 0.0)
+        assert ham["precision"][radius] == pytest.approx(np.mean(prec), abs=TOL)
+        assert ham["recall"][radius] == pytest.approx(np.mean(rec), abs=TOL)
+        if radius == 2:
+            assert binary_eval.metrics["p_at_hamming2"] == pytest.approx(np.mean(prec), abs=TOL)
+
+
+def test_p_at_hamming2_is_zero_for_an_empty_ball():
+    codes = BinaryCodes(np.zeros((1, 8), np.uint8), np.ones((3, 8), np.uint8))
+    ev = evaluate(codes, np.array([0]), np.array([0, 0, 1]))
+    assert ev.metrics["p_at_hamming2"] == 0.0
+    assert ev.curves["pr_hamming"]["precision"][:8] == [0.0] * 8
+
+
+def test_sdc_tie_aware_matches_brute_force():
+    rng = np.random.default_rng(7)
+    codes = random_pq(rng, 10, 150, m=2, k=4, dsub=1)
+    ql, dl = rng.integers(0, 3, 10), rng.integers(0, 3, 150)
+    ev = evaluate(codes, ql, dl, sdc=True)
+    dist = distances(codes, sdc=True)
+    recon = codes.reconstruct_db()
+    qcodes = np.array([[np.argmin(((codes.codebooks[m] - codes.query[i, m:m + 1]) ** 2).sum(1))
+                        for m in range(2)] for i in range(10)])
+    qrecon = PQCodes(codes.query, qcodes, codes.codebooks).reconstruct_db()
+    np.testing.assert_allclose(dist, ((qrecon[:, None] - recon[None]) ** 2).sum(-1), atol=1e-6)
+    rows = brute_per_query(codes, ql, dl, lambda i: dist[i])
+    assert ev.metric_card["distance"] == "sdc-l2sq"
+    np.testing.assert_allclose(ev.per_query_ap, [brute_ap(s) for _, _, s in rows], atol=TOL)
+    assert ev.metrics["tie_aware_map_all"] == pytest.approx(
+        np.mean([brute_tie_ap(d, r) for d, r, _ in rows]), abs=TOL)
+
+
+# ----------------------------------------------------------------------------- distances
+
+
+@pytest.mark.parametrize("k", [256, 64])
+def test_adc_distances_equal_dense_distances_to_reconstructions(k):
+    rng = np.random.default_rng(8)
+    m, dsub = 4, 3
+    codes = PQCodes(rng.normal(size=(20, m * dsub)).astype(np.float32),
+                    rng.integers(0, k, (500, m)),
+                    rng.normal(size=(m, k, dsub)).astype(np.float32))
+    dense = ((codes.query[:, None, :].astype(np.float64)
+              - codes.reconstruct_db()[None].astype(np.float64)) ** 2).sum(-1)
+    np.testing.assert_allclose(distances(codes), dense, rtol=1e-5, atol=1e-5)
+    assert codes.bits == m * int(np.log2(k))
+
+
+def test_adc_ranking_equals_float_ranking_of_reconstructions():
+    rng = np.random.default_rng(9)
+    codes = random_pq(rng, 20, 300, m=3, k=8, dsub=2)
+    ql, dl = rng.integers(0, 3, 20), rng.integers(0, 3, 300)
+    adc = evaluate(codes, ql, dl, k=50)
+    flt = evaluate(FloatCodes(codes.query, codes.reconstruct_db()), ql, dl, k=50)
+    assert adc.metric_card["distance"] == "adc-l2sq"
+    np.testing.assert_array_equal(adc.per_query_ap, flt.per_query_ap)
+    assert adc.metrics["map_at_k"] == flt.metrics["map_at_k"]
+    assert adc.metrics["bytes_per_code"] == pytest.approx(3 * 3 / 8)
+
+
+def test_float_sort_codes_preserve_order_including_negatives_and_signed_zeros():
+    values = np.array([[0.5, -0.0, 0.0, -1e-7, np.inf, -2.5, 1e-38, 3.0, -np.inf, 0.5]],
+                      dtype=np.float32)
+    code = E._monotone_bits(values)[0]
+    assert code[1] == code[2]  # -0.0 ties with +0.0
+    np.testing.assert_array_equal(np.argsort(code, kind="stable"),
+                                  np.argsort(values[0], kind="stable"))
+    ranking = E._rank_float(values, np.ones_like(values, dtype=bool), tied=True)
+    assert ranking.group_size.tolist() == [1, 1, 1, 2, 1, 2, 1, 1]
+
+
+def test_hamming_distances_are_exact_for_long_codes():
+    rng = np.random.default_rng(10)
+    for bits in (1, 7, 16, 33, 64, 130, 300):
+        q = rng.integers(0, 2, (5, bits)).astype(np.uint8)
+        db = rng.integers(0, 2, (40, bits)).astype(np.uint8)
+        dense = (q[:, None, :] != db[None]).sum(-1)
+        np.testing.assert_array_equal(distances(BinaryCodes(q, db)), dense)
+
+
+# ----------------------------------------------------------------------------- mechanics
+
+
+def _assert_same(a: Evaluation, b: Evaluation):
+    assert a.metrics == pytest.approx(b.metrics, abs=1e-12)
+    np.testing.assert_allclose(a.per_query_ap, b.per_query_ap, atol=1e-12)
+    for name in a.curves:
+        for key in a.curves[name]:
+            np.testing.assert_allclose(a.curves[name][key], b.curves[name][key], atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["binary", "pq", "float", "sdc"])
+def test_blocked_equals_unblocked(kind):
+    rng = np.random.default_rng(11)
+    b_codes, ql, dl = random_binary(rng, 17, 250, bits=6, multi=True)
+    codes = {"binary": b_codes, "pq": random_pq(rng, 17, 250), "sdc": random_pq(rng, 17, 250),
+             "float": FloatCodes(rng.normal(size=(17, 5)).astype(np.float32),
+                                 rng.normal(size=(250, 5)).astype(np.float32))}[kind]
+    sdc = kind == "sdc"
+    whole = evaluate(codes, ql, dl, k=33, block_size=10_000, sdc=sdc)
+    for bs in (1, 4):
+        _assert_same(whole, evaluate(codes, ql, dl, k=33, block_size=bs, sdc=sdc))
+
+
+@pytest.mark.parametrize("kind", ["binary", "pq", "float", "sdc"])
+def test_torch_path_equals_numpy_path(kind):
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(12)
+    b_codes, ql, dl = random_binary(rng, 13, 200, bits=10)
+    codes = {"binary": b_codes, "pq": random_pq(rng, 13, 200), "sdc": random_pq(rng, 13, 200),
+             "float": FloatCodes(rng.integers(-2, 3, (13, 4)).astype(np.float32),
+                                 rng.integers(-2, 3, (200, 4)).astype(np.float32))}[kind]
+    kw = dict(k=20, normaliser="rk", device="cpu", block_size=5, curves=True,
+              sdc=kind == "sdc", quick=False)
+    ref = E._run(codes, ql, dl, **kw)
+    got = E._run(codes, ql, dl, backend="torch", **kw)
+    assert got[0] == pytest.approx(ref[0], abs=1e-12)
+    np.testing.assert_allclose(got[4], ref[4], atol=1e-12)
+    for name in ref[1]:
+        for key in ref[1][name]:
+            np.testing.assert_allclose(got[1][name][key], ref[1][name][key], atol=1e-12)
+
+
+def test_numpy_and_pandas_counting_sorts_agree(monkeypatch):
+    rng = np.random.default_rng(17)
+    codes, ql, dl = random_binary(rng, 9, 500, bits=7, multi=True)
+    dist = distances(codes)
+    for row in dist:
+        order, counts = E._counting_sort_numpy(row, 8)
+        np.testing.assert_array_equal(order, brute_order(row))
+        np.testing.assert_array_equal(counts, [np.sum(row == v) for v in range(8)])
+        if hasattr(E, "_pandas_groupsort"):
+            got = E._counting_sort_pandas(row, 8)
+            np.testing.assert_array_equal(got[0], order)
+            np.testing.assert_array_equal(got[1], counts)
+    ref = evaluate(codes, ql, dl, k=50)
+    monkeypatch.setattr(E, "_counting_sort", E._counting_sort_numpy)
+    _assert_same(ref, evaluate(codes, ql, dl, k=50))
+
+
+def test_mean_average_precision_matches_evaluate(binary_case, binary_eval):
+    codes, ql, dl = binary_case
+    assert mean_average_precision(codes, ql, dl, k=40) == pytest.approx(
+        binary_eval.metrics["map_at_k"], abs=1e-12)
+    assert mean_average_precision(codes, ql, dl) == pytest.approx(
+        binary_eval.metrics["map_all"], abs=1e-12)
+
+
+def test_relevance_single_and_multi_label():
+    assert relevance(np.array([0, 2]), np.array([0, 1, 2])).tolist() == [
+        [True, False, False], [False, False, True]]
+    q = np.array([[1, 0, 1], [0, 0, 0]])
+    db = np.array([[0, 0, 1], [0, 1, 0], [1, 1, 1]])
+    assert relevance(q, db).tolist() == [[True, False, True], [False, False, False]]
+
+
+def test_report_is_json_ready_and_carries_a_metric_card(binary_eval):
+    import json
+
+    json.dumps([binary_eval.metrics, binary_eval.curves, binary_eval.metric_card,
+                binary_eval.timings])
+    card = binary_eval.metric_card
+    assert card["distance"] == "hamming" and card["k"] == 40 and card["normaliser"] == "rk"
+    assert card["relevance"] == "share at least one label"
+    assert "tie-aware" in card["tie_policy"] and card["n_query"] == 25 and card["n_db"] == 300
+    assert {"search_s", "eval_s", "queries_per_s"} <= set(binary_eval.timings)
+    assert binary_eval.metrics["bytes_per_code"] == pytest.approx(6 / 8)
+    assert binary_eval.per_query_ap.shape == (25,) and binary_eval.per_query_ap.dtype == np.float64
+
+
+def test_automatic_block_fits_the_memory_target_at_a_million_items():
+    rng = np.random.default_rng(13)
+    codes = BinaryCodes(rng.integers(0, 2, (1000, 32)).astype(np.uint8),
+                        rng.integers(0, 2, (2, 32)).astype(np.uint8))
+    search = E._make_search(codes, False)
+    assert E._block_size(search, 1000, 10**6, None, False) * 10**6 * 4 <= 256 * 2**20
+    pq = E._make_search(random_pq(rng, 1000, 2), False)
+    assert E._block_size(pq, 1000, 10**6, None, False) * 10**6 * 8 <= 256 * 2**20
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda c, q, d: (c, q[:-1], d), "labels for"),
+    (lambda c, q, d: (BinaryCodes(c.query_bits * 2, c.db_bits), q, d), "bits must be 0 or 1"),
+    (lambda c, q, d: (c, q.astype(float) + 0.5, d), "class ids must be integers"),
+    (lambda c, q, d: (c, np.eye(3)[q % 3], d), "not the same kind"),
+    (lambda c, q, d: ("codes", q, d), "cannot evaluate"),
+])
+def test_bad_inputs_raise_one_line_errors(change, match):
+    rng = np.random.default_rng(14)
+    codes, ql, dl = random_binary(rng, 5, 30, bits=4)
+    with pytest.raises(QbenchError, match=match) as err:
+        evaluate(*change(codes, ql, dl))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"normaliser": "x"}, "normaliser"), ({"k": 0}, "k must be"), ({"device": "tpu"}, "device"),
+    ({"block_size": 0}, "block_size"), ({"sdc": True}, "sdc"),
+])
+def test_bad_options_raise(kwargs, match):
+    rng = np.random.default_rng(15)
+    codes, ql, dl = random_binary(rng, 5, 30, bits=4)
+    with pytest.raises(QbenchError, match=match):
+        evaluate(codes, ql, dl, **kwargs)
+
+
+def test_pq_codes_out_of_range_raise():
+    rng = np.random.default_rng(16)
+    codes = random_pq(rng, 3, 10, k=4)
+    codes.db_codes[0, 0] = 4
+    with pytest.raises(QbenchError, match="db_codes"):
+        evaluate(codes, np.zeros(3, int), np.zeros(10, int))
