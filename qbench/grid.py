@@ -1,0 +1,537 @@
+"""The resumable grid runner: expand a grid file, skip finished runs, isolate failures.
+
+Grid file (JSON)
+----------------
+::
+
+    {
+      "description": "free text",
+      "methods":  ["float", "sign", "pq", "dqn", "dqn-ip"],    # methods or variant names
+      "bits":     [12, 24, 32, 48],
+      "seeds":    [0, 1, 2],
+      "params":   {"*": {"dim": 64}, "dqn": {"refit_every": 5}, "dqn-ip": {...}},
+      "variants": {"dqn-ip": {"method": "dqn", "params": {"loss": "ip"}}},
+      "datasets": {
+        "digits":  {"protocol": "standard", "epochs": null},
+        "cifar10": {"epochs": 60, "params": {"*": {"encoder": "cnn"}},
+                    "dataset_params": {}, "methods": [...], "bits": [...], "seeds": [...]}
+      }
+    }
+
+- ``datasets``: one block per dataset; ``--dataset`` picks the block (a dataset without a
+  block is an error). Block keys, all optional: ``protocol`` (null: the dataset's default),
+  ``epochs`` (null: each method's default; given: ``RunRequest.epochs``), ``dataset_params``,
+  ``params`` (as the top-level ``params``, applied after them), and ``methods``, ``bits``,
+  ``seeds`` replacing the top-level lists for this dataset.
+- ``params``: method hyper-parameters by method name, variant name or ``"*"`` (every method
+  that declares the parameter). A cell's parameters, later entries winning: top-level
+  ``*``, method, variant definition, top-level variant name, then the same from the
+  dataset block.
+- ``variants``: a named method with fixed parameters. Its runs are stored under the variant
+  name (``digits-standard-dqn-ip-12b-seed0.json``) while the result's ``method`` stays the
+  base method; ``qbench compare`` labels such rows by their non-default parameters
+  (``dqn[loss=ip]``). A variant name must not be a method name.
+- ``--seeds`` on the command line replaces the file's seeds.
+
+The file is checked (keys, types, method and parameter names) before anything runs; a
+mistake there is a :class:`QbenchError`.
+
+Running
+-------
+Cells are (method or variant, bits, seed) for the chosen dataset, ordered seed by seed so
+an interrupted grid leaves whole seeds. Each cell's result goes to
+``<out>/<result_filename(dataset, protocol, name, bits, seed)>``. A cell is skipped when
+that file exists, validates, and records the cell's dataset, protocol, method, bits, seed
+and requested parameters; otherwise it runs (an invalid or stale file is overwritten).
+A run that raises any :class:`Exception` (including :class:`QbenchError`) is recorded in
+``<out>/failed/<result name>.failed.json`` (error type, message, traceback, cell) and the
+grid goes on; failed cells run again on the next invocation and a success removes the
+record. ``jobs`` > 1 runs cells in that many worker processes (``spawn`` context; each
+gets cores // jobs threads for torch, faiss and BLAS, so 2 jobs on 2 cores use one thread
+each), each calling :func:`qbench.pipeline.run_experiment` in-process.
+KeyboardInterrupt / SystemExit stop the grid; results are written atomically, so
+rerunning the same command resumes without redoing finished runs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import multiprocessing
+import os
+import re
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qbench.errors import QbenchError
+from qbench.results import load_result, result_filename, write_json_atomic
+
+TOP_KEYS = ("description", "datasets", "methods", "bits", "seeds", "params", "variants")
+BLOCK_KEYS = ("description", "protocol", "epochs", "dataset_params", "params", "methods",
+              "bits", "seeds")
+VARIANT_KEYS = ("method", "params", "description")
+VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+FAILED_DIR = "failed"
+FAILURE_SUFFIX = ".failed.json"
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@dataclass
+class Cell:
+    """One run of the grid. ``name`` is the method or variant name used in file names;
+    ``params`` holds the requested (parsed) method parameters only."""
+
+    dataset: str
+    protocol: str
+    method: str
+    name: str
+    bits: int
+    seed: int
+    params: dict = field(default_factory=dict)
+    epochs: int | None = None
+    dataset_params: dict = field(default_factory=dict)
+
+    @property
+    def filename(self) -> str:
+        return result_filename(self.dataset, self.protocol, self.name, self.bits, self.seed)
+
+    @property
+    def stem(self) -> str:
+        return self.filename.removesuffix(".json")
+
+    def describe(self) -> str:
+        return f"{self.name} {self.bits} bits seed {self.seed} ({self.dataset}/{self.protocol})"
+
+    def request(self, out: Path, data_dir: Path | None, device: str):
+        """The :class:`qbench.pipeline.RunRequest` of this cell."""
+        from qbench.pipeline import RunRequest
+
+        return RunRequest(
+            method=self.method, dataset=self.dataset, bits=self.bits, seed=self.seed,
+            protocol=self.protocol, epochs=self.epochs, device=device, out=Path(out),
+            data_dir=data_dir, method_params=dict(self.params),
+            dataset_params=dict(self.dataset_params), progress=False,
+            output_file=Path(out) / self.filename,
+        )
+
+
+@dataclass
+class Outcome:
+    """What a worker reports about one cell."""
+
+    stem: str
+    ok: bool
+    seconds: float
+    path: str | None = None
+    error_type: str = ""
+    message: str = ""
+    traceback: str = ""
+
+
+@dataclass
+class GridSummary:
+    """Result names of the cells run now (done), skipped as finished, and failed."""
+
+    grid_file: Path
+    dataset: str
+    out: Path
+    jobs: int
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+    run_s: float = 0.0
+
+    def describe(self) -> str:
+        """One paragraph: counts, time, where results and failures are."""
+        total = len(self.done) + len(self.skipped) + len(self.failed)
+        if total and len(self.skipped) == total:
+            return (f"Grid {self.grid_file} on {self.dataset}: all {total} runs are already "
+                    f"finished in {self.out}; nothing to run.")
+        minutes, seconds = divmod(self.wall_s, 60)
+        text = (f"Grid {self.grid_file} on {self.dataset}: {total} runs — {len(self.done)} "
+                f"done now, {len(self.skipped)} skipped (already finished), "
+                f"{len(self.failed)} failed; {int(minutes)} min {seconds:.1f} s wall time with "
+                f"{self.jobs} job{'s' if self.jobs != 1 else ''} (the runs took "
+                f"{self.run_s:.1f} s together). Results are in {self.out}.")
+        if self.failed:
+            text += (f" Failures are recorded in {Path(self.out) / FAILED_DIR}/ "
+                     f"(e.g. {self.failed[0]}{FAILURE_SUFFIX}); rerun the same command to "
+                     "retry them without redoing finished runs.")
+        return text
+
+
+# -- the grid file -------------------------------------------------------------------------
+
+def load_grid(path: Path) -> dict:
+    """Read a grid file and check its structure; errors name the file and the key."""
+    path = Path(path)
+    try:
+        grid = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise QbenchError(f"grid file {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise QbenchError(f"grid file {path}: not valid JSON ({exc})") from None
+    where = f"grid file {path}"
+    if not isinstance(grid, dict):
+        raise QbenchError(f"{where}: the top level must be an object")
+    _check_keys(grid, TOP_KEYS, where)
+    if not isinstance(grid.get("datasets"), dict) or not grid["datasets"]:
+        raise QbenchError(f"{where}: 'datasets' must be an object with one block per dataset")
+    _check_common(grid, where)
+    for name, block in grid["datasets"].items():
+        bwhere = f"{where}, datasets.{name}"
+        if not isinstance(block, dict):
+            raise QbenchError(f"{bwhere}: must be an object")
+        _check_keys(block, BLOCK_KEYS, bwhere)
+        _check_common(block, bwhere)
+        if block.get("protocol") is not None and not isinstance(block["protocol"], str):
+            raise QbenchError(f"{bwhere}: 'protocol' must be a string or null")
+        epochs = block.get("epochs")
+        if epochs is not None and (not _is_int(epochs) or epochs < 1):
+            raise QbenchError(f"{bwhere}: 'epochs' must be a positive integer or null")
+        if not isinstance(block.get("dataset_params", {}), dict):
+            raise QbenchError(f"{bwhere}: 'dataset_params' must be an object")
+    variants = grid.get("variants", {})
+    if not isinstance(variants, dict):
+        raise QbenchError(f"{where}: 'variants' must be an object")
+    for name, spec in variants.items():
+        vwhere = f"{where}, variants.{name}"
+        if not VARIANT_NAME.match(name):
+            raise QbenchError(f"{vwhere}: a variant name may hold letters, digits, '_', '.', "
+                              "'+' and '-' only")
+        if not isinstance(spec, dict) or not isinstance(spec.get("method"), str):
+            raise QbenchError(f"{vwhere}: must be an object with a 'method' name")
+        _check_keys(spec, VARIANT_KEYS, vwhere)
+        if not isinstance(spec.get("params", {}), dict):
+            raise QbenchError(f"{vwhere}: 'params' must be an object")
+    return grid
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_keys(obj: dict, allowed: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(obj) - set(allowed))
+    if unknown:
+        raise QbenchError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(allowed)}")
+
+
+def _check_common(obj: dict, where: str) -> None:
+    if "methods" in obj and (not isinstance(obj["methods"], list) or not obj["methods"]
+                             or not all(isinstance(m, str) for m in obj["methods"])):
+        raise QbenchError(f"{where}: 'methods' must be a non-empty list of names")
+    for key, low in (("bits", 1), ("seeds", 0)):
+        if key in obj and (not isinstance(obj[key], list) or not obj[key]
+                           or not all(_is_int(v) and v >= low for v in obj[key])):
+            raise QbenchError(f"{where}: '{key}' must be a non-empty list of integers >= {low}")
+    params = obj.get("params", {})
+    if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+        raise QbenchError(f"{where}: 'params' must map method names (or '*') to objects")
+
+
+def expand_grid(grid: dict, dataset: str, *, seeds: list[int] | None = None,
+                data_dir: Path | None = None, source: str = "grid") -> list[Cell]:
+    """The cells of ``grid`` for ``dataset``, seed by seed, then method, then bits.
+
+    Method, variant and parameter names are checked against the registry here.
+    """
+    from qbench.registry import DATASETS, METHODS
+
+    where = f"grid file {source}"
+    if dataset not in grid["datasets"]:
+        raise QbenchError(f"{where} has no block for dataset {dataset!r}; blocks: "
+                          + ", ".join(sorted(grid["datasets"])))
+    block = grid["datasets"][dataset]
+    names = block.get("methods", grid.get("methods"))
+    bits_list = block.get("bits", grid.get("bits"))
+    if not names or not bits_list:
+        raise QbenchError(f"{where}: no 'methods' or no 'bits' for dataset {dataset}")
+    if seeds is not None:
+        if not seeds or not all(_is_int(s) and s >= 0 for s in seeds):
+            raise QbenchError(f"--seeds must be integers >= 0, got {seeds!r}")
+        seed_list = list(seeds)
+    else:
+        seed_list = block.get("seeds", grid.get("seeds", [0]))
+
+    try:
+        dataset_params = DATASETS.resolve_params(dataset, block.get("dataset_params", {}))
+        plugin = DATASETS.get(dataset)(dataset_params, data_dir)
+        protocol = plugin.protocol(block.get("protocol")).name
+    except QbenchError as exc:
+        raise QbenchError(f"{where}, datasets.{dataset}: {exc}") from None
+    requested_dp = {k: dataset_params[k] for k in block.get("dataset_params", {})}
+
+    variants = grid.get("variants", {})
+    methods = set(METHODS.names())
+    for name, spec in variants.items():
+        if name in methods:
+            raise QbenchError(f"{where}: variant {name!r} has the name of a method; rename it")
+        if spec["method"] not in methods:
+            raise QbenchError(f"{where}: variant {name!r}: unknown method {spec['method']!r}; "
+                              "allowed: " + ", ".join(sorted(methods)))
+    unknown = [n for n in names if n not in methods and n not in variants]
+    if unknown:
+        raise QbenchError(f"{where}: unknown method {unknown[0]!r}; allowed: "
+                          + ", ".join(sorted(methods | set(variants))))
+    if len(set(names)) != len(names):
+        raise QbenchError(f"{where}: a method is listed twice for dataset {dataset}")
+
+    cell_params = {}
+    for name in names:
+        method = variants[name]["method"] if name in variants else name
+        declared = {p.name for p in METHODS.get(method).params}
+        requested: dict = {}
+        for scope in (grid, block):
+            table = scope.get("params", {})
+            requested.update({k: v for k, v in table.get("*", {}).items() if k in declared})
+            requested.update(table.get(method, {}))
+            if scope is grid and name in variants:
+                requested.update(variants[name].get("params", {}))
+            if name in variants:
+                requested.update(table.get(name, {}))
+        try:
+            resolved = METHODS.resolve_params(method, requested)
+        except QbenchError as exc:
+            raise QbenchError(f"{where}: {name}: {exc}") from None
+        cell_params[name] = (method, {k: resolved[k] for k in requested})
+
+    return [
+        Cell(dataset, protocol, cell_params[name][0], name, int(bits), int(seed),
+             dict(cell_params[name][1]), block.get("epochs"), dict(requested_dp))
+        for seed in seed_list for name in names for bits in bits_list
+    ]
+
+
+# -- one cell ------------------------------------------------------------------------------
+
+def is_finished(cell: Cell, out: Path) -> bool:
+    """True when the cell's result file exists, validates and matches the cell."""
+    path = Path(out) / cell.filename
+    if not path.is_file():
+        return False
+    try:
+        res = load_result(path)
+    except QbenchError:
+        return False
+    if (res["dataset"], res["protocol"], res["method"], res["bits"], res["seed"]) != (
+            cell.dataset, cell.protocol, cell.method, cell.bits, cell.seed):
+        return False
+    params = res["params"]
+    if any(k not in params or params[k] != v for k, v in cell.params.items()):
+        return False
+    if cell.epochs is not None and "epochs" in params and params["epochs"] != cell.epochs:
+        return False
+    recorded = res.get("dataset_params") or {}
+    return all(recorded.get(k) == v for k, v in cell.dataset_params.items())
+
+
+# intra-op threads of this worker process (None: the main process, no limit)
+_WORKER_THREADS: int | None = None
+
+
+def run_pipeline(request) -> tuple[Path, dict]:
+    """The default runner: :func:`qbench.pipeline.run_experiment`, looked up at call time."""
+    from qbench import pipeline
+
+    if _WORKER_THREADS is not None:
+        import torch
+
+        torch.set_num_threads(_WORKER_THREADS)
+    return pipeline.run_experiment(request)
+
+
+def worker_threads(jobs: int) -> int:
+    """Threads per worker: the usable cores shared out, at least 1 (1 each for 2 jobs on 2
+    cores; oversubscribed OpenMP threads spin and slow small runs down many times)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, cores // jobs)
+
+
+def _init_worker(threads: int) -> None:
+    """Worker initializer: threads, signals and a watch on the parent process.
+
+    ``threads`` threads for torch, faiss (OpenMP) and BLAS: the environment is set before
+    they load in this process, and :func:`run_pipeline` also calls ``torch.set_num_threads``.
+    Ctrl-C is left to the parent, which stops the workers; a worker whose parent was
+    killed exits (its run's result, written atomically, is never half there).
+    """
+    global _WORKER_THREADS
+    _WORKER_THREADS = threads
+    for name in THREAD_ENV:
+        os.environ[name] = str(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch_parent, name="qbench-parent-watch", daemon=True).start()
+
+
+def execute_cell(cell: Cell, out: Path, data_dir: Path | None, device: str,
+                 runner: Callable = run_pipeline) -> Outcome:
+    """Run one cell in this process; an :class:`Exception` becomes a failed outcome.
+
+    KeyboardInterrupt and SystemExit propagate: they stop the grid, not one cell.
+    """
+    started = time.perf_counter()
+    try:
+        path, _ = runner(cell.request(out, data_dir, device))
+        load_result(path)
+    except Exception as exc:  # noqa: BLE001 -- isolate every failure of one run
+        return Outcome(cell.stem, False, time.perf_counter() - started,
+                       error_type=type(exc).__name__, message=str(exc),
+                       traceback=traceback.format_exc())
+    return Outcome(cell.stem, True, time.perf_counter() - started, path=str(path))
+
+
+def failure_path(out: Path, cell: Cell) -> Path:
+    """Where the failure record of ``cell`` lives."""
+    return Path(out) / FAILED_DIR / f"{cell.stem}{FAILURE_SUFFIX}"
+
+
+def record_failure(out: Path, cell: Cell, outcome: Outcome, grid_file: Path) -> Path:
+    """Write the failure record of ``cell`` atomically; return its path."""
+    return write_json_atomic(failure_path(out, cell), {
+        "kind": "qbench-grid-failure",
+        "grid_file": str(grid_file),
+        "cell": asdict(cell),
+        "result_file": cell.filename,
+        "error_type": outcome.error_type,
+        "message": outcome.message,
+        "traceback": outcome.traceback,
+        "seconds": outcome.seconds,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    })
+
+
+# -- the grid ------------------------------------------------------------------------------
+
+def _check_options(jobs: int, out: Path, data_dir: Path | None, device: str) -> None:
+    if not _is_int(jobs) or jobs < 1:
+        raise QbenchError(f"--jobs must be a positive integer, got {jobs!r}")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise QbenchError(f"--data-dir {data_dir} is not a directory")
+    from qbench.pipeline import resolve_device
+
+    resolve_device(device)
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise QbenchError(f"--out {out} cannot be created: {exc.strerror or exc}") from None
+
+
+def run_grid(grid_file: Path, *, dataset: str = "digits", jobs: int = 1,
+             out: Path = Path("results"), data_dir: Path | None = None, device: str = "auto",
+             seeds: list[int] | None = None, runner: Callable | None = None,
+             progress: bool | None = None) -> GridSummary:
+    """Run every unfinished cell of ``grid_file`` for ``dataset``; see the module docstring.
+
+    runner: called with a RunRequest, returns (path, result); default
+        :func:`run_pipeline`. With jobs > 1 it must be picklable (a module-level function).
+    progress: show the tqdm bar (None: only on a terminal).
+    """
+    from tqdm.auto import tqdm
+
+    grid_file, out = Path(grid_file), Path(out)
+    grid = load_grid(grid_file)
+    _check_options(jobs, out, data_dir, device)
+    cells = expand_grid(grid, dataset, seeds=seeds, data_dir=data_dir, source=str(grid_file))
+    runner = runner or run_pipeline
+    summary = GridSummary(grid_file, dataset, out, jobs)
+    started = time.perf_counter()
+
+    pending = []
+    for cell in cells:
+        if is_finished(cell, out):
+            summary.skipped.append(cell.stem)
+            failure_path(out, cell).unlink(missing_ok=True)
+        else:
+            pending.append(cell)
+    by_stem = {c.stem: c for c in pending}
+    bar = tqdm(total=len(cells), initial=len(summary.skipped), unit="run", desc=f"grid {dataset}",
+               disable=(None if progress is None else not progress), dynamic_ncols=True)
+
+    def report(outcome: Outcome) -> None:
+        cell = by_stem[outcome.stem]
+        summary.run_s += outcome.seconds
+        if outcome.ok:
+            summary.done.append(cell.stem)
+            failure_path(out, cell).unlink(missing_ok=True)
+        else:
+            summary.failed.append(cell.stem)
+            record = record_failure(out, cell, outcome, grid_file)
+            bar.write(f"failed: {cell.describe()}: {outcome.error_type}: "
+                      f"{outcome.message.splitlines()[0] if outcome.message else ''} "
+                      f"(recorded in {record})")
+        bar.update(1)
+        left = len(cells) - len(summary.done) - len(summary.failed) - len(summary.skipped)
+        bar.set_postfix_str(f"done {len(summary.done)}, failed {len(summary.failed)}, "
+                            f"skipped {len(summary.skipped)}, left {left}")
+
+    try:
+        if jobs == 1 or len(pending) <= 1:
+            for cell in pending:
+                report(execute_cell(cell, out, data_dir, device, runner))
+        else:
+            _run_parallel(pending, jobs, out, data_dir, device, runner, report)
+    finally:
+        bar.close()
+        summary.wall_s = time.perf_counter() - started
+    return summary
+
+
+def _run_parallel(cells: list[Cell], jobs: int, out: Path, data_dir: Path | None, device: str,
+                  runner: Callable, report: Callable[[Outcome], None]) -> None:
+    """Run ``cells`` in ``jobs`` spawned worker processes (see :func:`worker_threads`)."""
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context,
+                               initializer=_init_worker, initargs=(worker_threads(jobs),))
+    try:
+        futures = {pool.submit(execute_cell, c, out, data_dir, device, runner): c
+                   for c in cells}
+        remaining = set(futures)
+        while remaining:
+            finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                cell = futures[fut]
+                try:
+                    outcome = fut.result()
+                except BrokenProcessPool as exc:
+                    outcome = Outcome(cell.stem, False, 0.0, error_type="BrokenProcessPool",
+                                      message="a worker process died while the grid ran "
+                                              f"(killed, out of memory or a crash): {exc}")
+                report(outcome)
+    except BaseException:
+        _stop_workers(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancel queued cells and terminate the workers now (Ctrl-C, kill, an error here).
+
+    Their unfinished runs are dropped; finished results were written atomically.
+    """
+    processes = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=10)

@@ -1,0 +1,348 @@
+"""qbench compare: grouping, mean ± std, conventions, significance, formats, files, plots."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from qbench.compare import (
+    Run,
+    assign_labels,
+    convention_key,
+    paper_markdown,
+    prepare,
+    run_compare,
+    significance,
+    wilcoxon_p,
+)
+from qbench.errors import QbenchError
+from qbench.results import SCHEMA_VERSION, result_filename, write_json_atomic
+
+N_QUERY = 40
+FAMILIES = {"float": "float", "sign": "binary", "itq": "binary", "lsh": "binary",
+            "householder": "binary"}
+
+
+def metric_card(**changes) -> dict:
+    card = {
+        "relevance": "same class", "distance": "adc", "order": "ascending distance",
+        "k": "all", "k_effective": 1697, "normaliser": "rk",
+        "zero_hit_policy": "a query with no relevant item scores 0",
+        "tie_policy": "database index", "curves": "mean over queries",
+        "n_query": N_QUERY, "n_db": 1697,
+    }
+    card.update(changes)
+    return card
+
+
+def make_result(method: str = "pq", bits: int = 12, seed: int = 0, *, map_all: float = 0.5,
+                per_query_ap: list[float] | None = None, dataset: str = "digits",
+                protocol: str = "standard", params: dict | None = None,
+                card: dict | None = None, family: str | None = None,
+                checksum: str | None = None) -> dict:
+    """A valid result dict with the given headline numbers (everything else plausible)."""
+    family = family or FAMILIES.get(method, "pq")
+    rng = np.random.default_rng(seed * 1000 + bits)
+    if per_query_ap is None:
+        per_query_ap = list(np.full(N_QUERY, map_all))
+    recall = np.linspace(0.02, 1.0, 50) + rng.uniform(0, 0.005, 50)
+    bytes_per_code = 256.0 if family == "float" else bits / 8
+    return {
+        "schema_version": SCHEMA_VERSION, "method": method, "family": family,
+        "description": f"{method} (fabricated)", "dataset": dataset, "dataset_params": {},
+        "protocol": protocol, "bits": bits, "seed": seed,
+        "params": dict(params if params is not None else {}),
+        "method_info": {"training": {"encoder": "mlp", "epochs": 60}},
+        "splits": {"protocol": protocol, "seed": seed,
+                   "checksum": checksum or f"splits-{dataset}-{protocol}-{seed}",
+                   "n_query": N_QUERY, "n_train": 500, "n_val": 100, "n_database": 1697},
+        "metrics": {"map_all": map_all, "map_at_k": map_all, "float_map_all": 0.8,
+                    "retention": map_all / 0.8, "bytes_per_code": bytes_per_code},
+        "curves": {
+            "pr": {"rank": list(range(34, 1700, 34)), "recall": recall.tolist(),
+                   "precision": (map_all * (1.2 - recall)).tolist()},
+            "top_r": {"r": list(range(100, 1001, 100)),
+                      "precision": list(np.linspace(map_all + 0.1, map_all, 10))},
+        },
+        "per_query_ap": list(per_query_ap),
+        "timings": {"train_s": 1.0, "encode_s": 0.1, "search_s": 0.01, "total_s": 1.2},
+        "cost": {"bytes_per_code": bytes_per_code, "database_bytes": bytes_per_code * 1697,
+                 "queries_per_s": 1000.0 * bits},
+        "metric_card": card if card is not None else metric_card(),
+        "env": {"python": "3"}, "created": "2024-01-01T00:00:00+00:00",
+    }
+
+
+def write(folder: Path, result: dict, name: str | None = None) -> Path:
+    name = name or result_filename(result["dataset"], result["protocol"], result["method"],
+                                   result["bits"], result["seed"])
+    return write_json_atomic(folder / name, result)
+
+
+MAPS = {  # method -> bits -> per-seed MAP
+    "pq": {12: [0.40, 0.42, 0.44], 24: [0.50, 0.53, 0.56]},
+    "dqn": {12: [0.60, 0.61, 0.65], 24: [0.70, 0.70, 0.73]},
+}
+
+
+@pytest.fixture()
+def grid_results(tmp_path: Path) -> list[Path]:
+    """pq and dqn at 12 and 24 bits, seeds 0-2, with the MAPs of MAPS."""
+    folder = tmp_path / "results"
+    paths = []
+    for method, by_bits in MAPS.items():
+        for bits, maps in by_bits.items():
+            for seed, value in enumerate(maps):
+                ap = np.clip(value + np.linspace(-0.2, 0.2, N_QUERY), 0, 1)
+                ap += value - ap.mean()
+                paths.append(write(folder, make_result(method, bits, seed, map_all=value,
+                                                       per_query_ap=ap.tolist())))
+    return paths
+
+
+def read_csv_output(text: str) -> pd.DataFrame:
+    return pd.read_csv(io.StringIO(text), comment="#")
+
+
+def markdown_rows(text: str) -> list[list[str]]:
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("|") and not set(line) <= set("|:- "):
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def test_groups_by_method_and_bits_with_mean_std_and_n(grid_results):
+    df = read_csv_output(run_compare(grid_results, fmt="csv"))
+    assert len(df) == 4
+    for method, by_bits in MAPS.items():
+        for bits, maps in by_bits.items():
+            row = df[(df["method"] == method) & (df["bits"] == bits)].iloc[0]
+            assert row["mean"] == pytest.approx(np.mean(maps), abs=1e-12)
+            assert row["std"] == pytest.approx(np.std(maps, ddof=1), abs=1e-12)
+            assert row["n"] == 3
+            assert row["seeds"] == "0,1,2"
+
+
+def test_markdown_table_has_methods_as_rows_and_bits_as_columns(grid_results):
+    rows = markdown_rows(run_compare(grid_results, fmt="md"))
+    assert rows[0] == ["method", "12 bits", "24 bits"]
+    body = {r[0]: r[1:] for r in rows[1:]}
+    assert list(body) == ["pq", "dqn"]
+    mean, std = np.mean(MAPS["pq"][12]), np.std(MAPS["pq"][12], ddof=1)
+    assert body["pq"][0] == f"{mean:.3f} ± {std:.3f}"
+    assert body["dqn"][0].startswith("**") and body["dqn"][0].endswith("**")
+
+
+def test_latex_and_text_formats(grid_results):
+    latex = run_compare(grid_results, fmt="latex")
+    assert r"\begin{tabular}{lrr}" in latex and r"\end{tabular}" in latex
+    assert r"$\mathbf{0.620 \pm 0.026}$" in latex
+    text = run_compare(grid_results, fmt="table")
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("method"))
+    assert header.split() == ["method", "12", "bits", "24", "bits"]
+    pq_line = next(line for line in lines if line.startswith("pq "))
+    assert "0.420 ± 0.020" in pq_line
+
+
+def test_bad_format_and_unknown_metric_are_errors(grid_results):
+    with pytest.raises(QbenchError, match="format 'xlsx'.*csv, latex, md, table"):
+        run_compare(grid_results, fmt="xlsx")
+    with pytest.raises(QbenchError, match="unknown metric 'mapp'.*map_all.*retention"):
+        run_compare(grid_results, metric="mapp")
+
+
+def test_other_metric_tabulated(grid_results):
+    df = read_csv_output(run_compare(grid_results, fmt="csv", metric="retention"))
+    row = df[(df["method"] == "pq") & (df["bits"] == 12)].iloc[0]
+    assert row["mean"] == pytest.approx(np.mean(MAPS["pq"][12]) / 0.8)
+    assert df["tied_with_best"].isna().all()
+
+
+def test_out_writes_every_table_and_plot(grid_results, tmp_path):
+    out = tmp_path / "report"
+    text = run_compare(grid_results, fmt="md", out=out)
+    assert f"tables to {out / 'tables'}" in text
+    tables = out / "tables"
+    for name in ("summary.md", "summary.csv", "summary.tex", "summary.txt", "significance.md",
+                 "significance.csv", "all_metrics.csv", "paper_vs_qbench.md"):
+        assert (tables / name).stat().st_size > 0, name
+    assert read_csv_output((tables / "summary.csv").read_text())["n"].tolist() == [3] * 4
+    assert r"\begin{tabular}" in (tables / "summary.tex").read_text()
+    for figure in ("map_vs_bits", "pr", "top_r", "retention_vs_bits", "map_vs_bytes",
+                   "map_vs_qps"):
+        for ext in ("png", "pdf"):
+            path = out / "plots" / f"digits-standard-{figure}.{ext}"
+            assert path.is_file() and path.stat().st_size > 0, path
+    assert (out / "plots" / "digits-standard-map_vs_bits.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "plots" / "digits-standard-pr.pdf").read_bytes()[:4] == b"%PDF"
+
+
+def test_paper_table_places_published_numbers_beside_ours_with_a_warning(grid_results):
+    runs, agg, _, _ = prepare(grid_results)
+    text = paper_markdown(runs, agg)
+    assert "| DQN (slides, CIFAR-10) | 0.554 | 0.558 | 0.564 | 0.580 |" in text
+    assert "| DQN_2+ (slides, CIFAR-10) | 0.528 | 0.534 | 0.538 | 0.541 |" in text
+    assert "| DQN_ip (slides, CIFAR-10) | 0.506 | 0.513 | 0.519 | 0.529 |" in text
+    dqn = next(line for line in text.splitlines() if line.startswith("| qbench `dqn` "))
+    assert "0.620 ± 0.026" in dqn and dqn.endswith("| – | – |")
+    assert "not comparable" in text and "AlexNet" in text and "encoder mlp" in text
+    assert "database of 1,697 items" in text and "59,000" in text
+
+
+def test_malformed_json_names_the_file(grid_results, tmp_path):
+    bad = tmp_path / "results" / "broken.json"
+    bad.write_text('{"schema_version": 1, "method": ')
+    with pytest.raises(QbenchError, match=r"broken\.json: not valid JSON"):
+        run_compare(grid_results + [bad])
+
+
+def test_other_schema_version_names_the_file(grid_results, tmp_path):
+    old = make_result("pq", 12, 5)
+    old["schema_version"] = SCHEMA_VERSION + 1
+    path = write(tmp_path, old, "future.json")
+    with pytest.raises(QbenchError, match=rf"future\.json: schema_version {SCHEMA_VERSION + 1}"):
+        run_compare(grid_results + [path])
+    partial = make_result("pq", 12, 6)
+    del partial["metrics"]
+    path = write(tmp_path, partial, "partial.json")
+    with pytest.raises(QbenchError, match=r"partial\.json: missing key 'metrics'"):
+        run_compare([path])
+
+
+def test_failure_records_are_skipped_with_a_note(grid_results, tmp_path):
+    record = tmp_path / "digits-standard-ssm-12b-seed0.failed.json"
+    record.write_text(json.dumps({"kind": "qbench-grid-failure", "message": "boom"}))
+    text = run_compare(grid_results + [record], fmt="csv")
+    assert text.startswith(f"# skipped {record}: a grid failure record")
+    assert len(read_csv_output(text)) == 4
+    with pytest.raises(QbenchError, match="no result files"):
+        run_compare([record])
+
+
+def test_different_metric_conventions_are_never_averaged(tmp_path):
+    paths = [write(tmp_path, make_result("pq", 12, s, map_all=0.4)) for s in range(2)]
+    other = metric_card(normaliser="min_k_r", k=100)
+    paths += [write(tmp_path, make_result("pq", 12, s, map_all=0.9, card=other),
+                    f"other-{s}.json") for s in range(2)]
+    df = read_csv_output(run_compare(paths, fmt="csv"))
+    assert sorted(df["mean"]) == [pytest.approx(0.4), pytest.approx(0.9)]
+    assert df["n"].tolist() == [2, 2]
+    assert df["convention"].nunique() == 2
+    md = run_compare(paths, fmt="md")
+    assert md.count("| method | 12 bits |") == 2
+    assert "normaliser min_k_r" in md and "normaliser rk" in md
+
+
+def test_distance_and_tie_aware_notes_do_not_split_conventions():
+    pq_card = metric_card()
+    binary = metric_card(distance="hamming", curves="tie-aware expected precision",
+                         hamming_radius_curves="set metrics within radius",
+                         tie_policy="database index; tie-aware expectation reported")
+    assert convention_key(pq_card) == convention_key(binary)
+    assert convention_key(pq_card) != convention_key(metric_card(tie_policy="random"))
+
+
+def test_two_files_of_the_same_run_are_rejected(tmp_path):
+    a = write(tmp_path, make_result("pq", 12, 0), "a.json")
+    b = write(tmp_path, make_result("pq", 12, 0), "b.json")
+    with pytest.raises(QbenchError, match=r"a\.json and .*b\.json are both runs of pq"):
+        run_compare([a, b])
+    assert "0.500" in run_compare([a, a])  # the same file twice counts once
+
+
+def test_variant_rows_are_labelled_by_non_default_params(tmp_path):
+    defaults = {"dqn": {"loss": "cosine", "epochs": 0, "lam": 1.0}}
+    runs = []
+    for loss in ("cosine", "ip"):
+        for seed in range(2):
+            res = make_result("dqn", 12, seed, params={"loss": loss, "epochs": 15, "lam": 1.0})
+            runs.append(Run(Path(f"{loss}{seed}.json"), res))
+    assign_labels(runs, defaults)
+    assert [r.label for r in runs] == ["dqn", "dqn", "dqn[loss=ip]", "dqn[loss=ip]"]
+    # a budget parameter that varies between runs is part of the label
+    runs[0].result["params"]["epochs"] = 30
+    assign_labels(runs, defaults)
+    assert runs[0].label == "dqn[epochs=30]" and runs[1].label == "dqn[epochs=15]"
+    # methods unknown to the registry: the most common value is the reference
+    toy = [Run(Path(f"t{i}.json"), make_result("toy", 12, i, params={"alpha": a}))
+           for i, a in enumerate((0.5, 0.5, 0.1))]
+    assign_labels(toy, {})
+    assert [r.label for r in toy] == ["toy", "toy", "toy[alpha=0.1]"]
+
+
+def test_registered_method_defaults_label_the_ip_variant(tmp_path):
+    paths = [write(tmp_path, make_result("dqn", 12, s, params={"loss": loss}),
+                   f"{loss}-{s}.json") for loss in ("cosine", "ip") for s in range(2)]
+    rows = {r[0] for r in markdown_rows(run_compare(paths, fmt="md"))[1:]}
+    assert rows == {"dqn", "dqn[loss=ip]"}
+
+
+def test_wilcoxon_p_matches_scipy_and_handles_identical_runs():
+    from scipy.stats import wilcoxon
+
+    rng = np.random.default_rng(0)
+    d = rng.normal(0.02, 0.05, 200)
+    assert wilcoxon_p(d) == pytest.approx(wilcoxon(d).pvalue)
+    assert wilcoxon_p(np.zeros(50)) == 1.0
+
+
+def test_significance_pairs_queries_and_marks_ties_with_the_best(tmp_path):
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.2, 0.9, N_QUERY)
+    paths = []
+    for seed in range(3):
+        best = base + 0.0 * seed
+        jitter = rng.uniform(0.005, 0.03, N_QUERY // 2)
+        near = best + np.concatenate([jitter, -jitter]) - 1e-4     # symmetric noise
+        far = best - 0.15 - rng.uniform(0, 0.02, N_QUERY)          # clearly worse
+        full = best + 0.2                                            # float: never "best"
+        for method, ap in (("dqn", best), ("ssm", near), ("pq", far), ("float", full)):
+            paths.append(write(tmp_path, make_result(method, 12, seed, map_all=float(ap.mean()),
+                                                     per_query_ap=ap.tolist())))
+    runs, _, sig, _ = prepare(paths)
+    by = sig.set_index("label")
+    assert set(by["best"]) == {"dqn"}
+    assert by.loc["dqn", "tied"] and by.loc["dqn", "p_value"] == 1.0
+    assert by.loc["pq", "n_pairs"] == 3 * N_QUERY and by.loc["pq", "seeds_paired"] == "0,1,2"
+    assert by.loc["pq", "p_value"] < 1e-6 and not by.loc["pq", "tied"]
+    assert by.loc["pq", "diff"] < -0.15
+    assert by.loc["ssm", "tied"]
+    assert by.loc["float", "p_value"] < 0.05 and not by.loc["float", "tied"]
+    rows = {r[0]: r[1] for r in markdown_rows(run_compare(paths, fmt="md"))[1:]}
+    assert rows["dqn"].startswith("**") and rows["ssm"].startswith("**")
+    assert not rows["pq"].startswith("**") and not rows["float"].startswith("**")
+    text = run_compare(paths, fmt="table")
+    assert next(x for x in text.splitlines() if x.startswith("ssm")).endswith(" *")
+    assert significance(runs).equals(sig)
+
+
+def test_runs_on_different_splits_are_not_paired(tmp_path):
+    a = write(tmp_path, make_result("dqn", 12, 0, map_all=0.6), "a.json")
+    b = write(tmp_path, make_result("pq", 12, 0, map_all=0.4, checksum="other"), "b.json")
+    _, _, sig, _ = prepare([a, b])
+    row = sig.set_index("label").loc["pq"]
+    assert row["n_pairs"] == 0 and pd.isna(row["p_value"]) and not row["tied"]
+
+
+def test_cells_with_fewer_seeds_show_n(tmp_path):
+    paths = [write(tmp_path, make_result("pq", 12, s, map_all=0.4 + 0.01 * s)) for s in range(3)]
+    paths.append(write(tmp_path, make_result("pq", 24, 0, map_all=0.5)))
+    rows = {r[0]: r[1:] for r in markdown_rows(run_compare(paths, fmt="md"))}
+    assert rows["pq"] == ["**0.410 ± 0.010**", "**0.500 (n=1)**"]
+
+
+def test_fixed_colour_per_method():
+    from qbench.plots import METHOD_STYLES, method_style
+
+    assert method_style("dqn")["color"] == METHOD_STYLES["dqn"][0]
+    assert method_style("dqn[loss=ip]")["color"] == METHOD_STYLES["dqn"][0]
+    assert method_style("dqn[loss=ip]")["linestyle"] != "-"
+    assert method_style("mystery") == method_style("mystery")
+    assert len({c for c, _ in METHOD_STYLES.values()}) == len(METHOD_STYLES)

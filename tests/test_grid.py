@@ -1,0 +1,224 @@
+"""qbench grid: expansion, skipping finished runs, failure records, resuming, parallel jobs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from test_compare import make_result
+
+from qbench import grid as grid_module
+from qbench.errors import QbenchError
+from qbench.grid import expand_grid, load_grid, run_grid
+from qbench.results import load_result, write_json_atomic
+
+CALLS: list[tuple[str, int, int]] = []
+
+
+def fake_run(req):
+    """Stands in for run_experiment: writes a valid result for the request, counts calls."""
+    CALLS.append((req.output_file.name, req.bits, req.seed))
+    result = make_result(req.method, req.bits, req.seed, dataset=req.dataset,
+                         protocol=req.protocol, params=dict(req.method_params))
+    if req.epochs is not None and req.method not in ("pq", "opq", "lsh"):
+        result["params"]["epochs"] = req.epochs  # as the pipeline does for declared epochs
+    with open(Path(req.out) / "calls.log", "a") as log:
+        log.write(f"{os.getpid()} {req.output_file.name}\n")
+    return write_json_atomic(req.output_file, result), result
+
+
+def write_grid(tmp_path: Path, **changes) -> Path:
+    spec = {"methods": ["float", "pq", "dqn-ip"], "bits": [12, 24], "seeds": [0, 1],
+            "variants": {"dqn-ip": {"method": "dqn", "params": {"loss": "ip"}}},
+            "datasets": {"digits": {"protocol": "standard", "epochs": 3}}}
+    spec.update(changes)
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _reset_calls():
+    CALLS.clear()
+
+
+def test_default_grid_file_expands_to_every_method_bits_and_seed():
+    path = Path(__file__).resolve().parents[1] / "grids" / "default.json"
+    grid = load_grid(path)
+    cells = expand_grid(grid, "digits", source=str(path))
+    assert len(cells) == 13 * 4 * 3
+    names = {c.name for c in cells}
+    assert {"float", "two-stage-opq", "householder", "dqn-ip"} <= names
+    ip = next(c for c in cells if c.name == "dqn-ip")
+    assert ip.method == "dqn" and ip.params == {"loss": "ip"}
+    assert ip.filename == "digits-standard-dqn-ip-12b-seed0.json"
+    cifar = expand_grid(grid, "cifar10", source=str(path))
+    assert next(c for c in cifar if c.name == "dqn").params == {"encoder": "cnn"}
+    assert next(c for c in cifar if c.name == "pq").params == {}  # pq declares no encoder
+    assert {c.epochs for c in cifar} == {60}
+
+
+def test_runs_every_cell_then_skips_finished_runs(tmp_path):
+    grid, out = write_grid(tmp_path), tmp_path / "out"
+    first = run_grid(grid, out=out, runner=fake_run)
+    assert len(first.done) == 12 and not first.skipped and not first.failed
+    assert len(CALLS) == 12
+    result = load_result(out / "digits-standard-dqn-ip-24b-seed1.json")
+    assert result["method"] == "dqn" and result["params"] == {"loss": "ip", "epochs": 3}
+    CALLS.clear()
+    second = run_grid(grid, out=out, runner=fake_run)
+    assert CALLS == [] and len(second.skipped) == 12 and not second.done
+    assert "all 12 runs are already finished" in second.describe()
+    third = run_grid(grid, out=out, runner=fake_run, seeds=[1, 2])
+    assert len(CALLS) == 6 and {c[2] for c in CALLS} == {2}
+    assert len(third.skipped) == 6 and len(third.done) == 6
+
+
+def test_changed_params_or_corrupt_files_are_rerun(tmp_path):
+    grid, out = write_grid(tmp_path), tmp_path / "out"
+    run_grid(grid, out=out, runner=fake_run)
+    (out / "digits-standard-pq-12b-seed0.json").write_text("{truncated")
+    CALLS.clear()
+    run_grid(grid, out=out, runner=fake_run)
+    assert [c[0] for c in CALLS] == ["digits-standard-pq-12b-seed0.json"]
+    CALLS.clear()
+    changed = write_grid(tmp_path, datasets={"digits": {"epochs": 5}})
+    summary = run_grid(changed, out=out, runner=fake_run)
+    assert len(summary.done) == 8  # float and dqn-ip declare epochs; pq does not
+    assert all(not name.startswith("digits-standard-pq") for name, _, _ in CALLS)
+
+
+def failing_run(req):
+    if req.method == "pq" and req.bits == 24:
+        raise QbenchError("subspaces=5 does not fit 24 bits")
+    if req.method == "float" and req.seed == 1 and req.bits == 12:
+        raise RuntimeError("CUDA out of memory")
+    return fake_run(req)
+
+
+def test_failures_are_recorded_and_the_grid_goes_on(tmp_path):
+    grid, out = write_grid(tmp_path), tmp_path / "out"
+    summary = run_grid(grid, out=out, runner=failing_run)
+    assert sorted(summary.failed) == ["digits-standard-float-12b-seed1",
+                                      "digits-standard-pq-24b-seed0",
+                                      "digits-standard-pq-24b-seed1"]
+    assert len(summary.done) == 9
+    record = json.loads((out / "failed" / "digits-standard-pq-24b-seed0.failed.json").read_text())
+    assert record["error_type"] == "QbenchError"
+    assert record["message"] == "subspaces=5 does not fit 24 bits"
+    assert "Traceback" in record["traceback"] and "failing_run" in record["traceback"]
+    assert record["cell"]["method"] == "pq" and record["cell"]["bits"] == 24
+    oom = json.loads((out / "failed" / "digits-standard-float-12b-seed1.failed.json").read_text())
+    assert oom["error_type"] == "RuntimeError"
+    assert not (out / "digits-standard-pq-24b-seed0.json").exists()
+    text = summary.describe()
+    assert "12 runs" in text and "9 done" in text and "3 failed" in text
+    assert str(out / "failed") in text
+
+    CALLS.clear()
+    retry = run_grid(grid, out=out, runner=fake_run)
+    assert sorted(c[0] for c in CALLS) == ["digits-standard-float-12b-seed1.json",
+                                           "digits-standard-pq-24b-seed0.json",
+                                           "digits-standard-pq-24b-seed1.json"]
+    assert len(retry.skipped) == 9 and not retry.failed
+    assert list((out / "failed").iterdir()) == []
+
+
+def interrupted_run(req):
+    if len(CALLS) == 2:
+        CALLS.append(("interrupt", req.bits, req.seed))
+        raise KeyboardInterrupt
+    return fake_run(req)
+
+
+def test_interrupted_grid_resumes_without_redoing_or_losing_finished_runs(tmp_path):
+    grid, out = write_grid(tmp_path), tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(grid, out=out, runner=interrupted_run)
+    finished = sorted(p.name for p in out.glob("*.json"))
+    assert finished == ["digits-standard-float-12b-seed0.json",
+                        "digits-standard-float-24b-seed0.json"]
+    assert not (out / "failed").exists()  # an interruption is not a failure
+    before = {name: (out / name).read_bytes() for name in finished}
+    CALLS.clear()
+    summary = run_grid(grid, out=out, runner=fake_run)
+    assert len(CALLS) == 10 and not {c[0] for c in CALLS} & set(finished)
+    assert sorted(summary.skipped) == [n.removesuffix(".json") for n in finished]
+    assert all((out / n).read_bytes() == data for n, data in before.items())
+    assert len(list(out.glob("*.json"))) == 12
+
+
+def test_parallel_jobs_run_each_cell_once_in_worker_processes(tmp_path):
+    grid, out = write_grid(tmp_path), tmp_path / "out"
+    summary = run_grid(grid, out=out, runner=failing_run, jobs=2)
+    assert len(summary.done) == 9 and len(summary.failed) == 3
+    log = (out / "calls.log").read_text().split("\n")
+    pids = {line.split()[0] for line in log if line}
+    names = [line.split()[1] for line in log if line]
+    assert len(names) == len(set(names)) == 9
+    assert str(os.getpid()) not in pids
+    assert (out / "failed" / "digits-standard-pq-24b-seed1.failed.json").is_file()
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"methods": ["float", "sssm"]}, "unknown method 'sssm'"),
+    ({"bits": [12, "24"]}, "'bits' must be a non-empty list of integers"),
+    ({"colour": "red"}, "unknown key 'colour'"),
+    ({"params": {"pq": {"subspaces": "four"}}}, "pq: parameter subspaces"),
+    ({"params": {"pq": {"lr": 0.1}}}, "unknown parameter 'lr' for method pq"),
+    ({"datasets": {"mnist": {}}}, "no block for dataset 'digits'"),
+    ({"datasets": {"digits": {"protocol": "huge"}}}, "unknown protocol"),
+    ({"variants": {"pq": {"method": "opq"}}}, "variant 'pq' has the name of a method"),
+])
+def test_grid_file_mistakes_are_reported_before_anything_runs(tmp_path, changes, message):
+    grid = write_grid(tmp_path, **changes)
+    with pytest.raises(QbenchError, match=message):
+        run_grid(grid, out=tmp_path / "out", runner=fake_run)
+    assert CALLS == []
+
+
+def test_unreadable_grid_file_and_bad_jobs(tmp_path):
+    with pytest.raises(QbenchError, match="no such file"):
+        run_grid(tmp_path / "missing.json", out=tmp_path)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(QbenchError, match=r"bad\.json: not valid JSON"):
+        run_grid(bad, out=tmp_path)
+    with pytest.raises(QbenchError, match="--jobs must be a positive integer"):
+        run_grid(write_grid(tmp_path), out=tmp_path, jobs=0)
+
+
+def test_cli_grid_command_reports_and_exits_nonzero_on_failures(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from qbench.cli import cli
+
+    monkeypatch.setattr("qbench.pipeline.run_experiment", failing_run)
+    grid = write_grid(tmp_path, methods=["pq"], bits=[24])
+    res = CliRunner().invoke(cli, ["grid", str(grid), "--out", str(tmp_path / "o"),
+                                   "--seeds", "0"])
+    assert res.exit_code == 1, res.output
+    assert "1 failed" in res.output and "subspaces=5" in res.output
+    assert grid_module.FAILED_DIR in res.output
+
+
+def test_real_tiny_grid_end_to_end_then_compare(tmp_path):
+    from qbench.compare import run_compare
+
+    spec = {"methods": ["float", "pq"], "bits": [12], "seeds": [0],
+            "datasets": {"synthetic": {"epochs": 2, "dataset_params": {
+                "n_items": 400, "n_query": 20, "n_train": 100, "n_val": 20}}}}
+    grid = tmp_path / "tiny.json"
+    grid.write_text(json.dumps(spec))
+    out = tmp_path / "out"
+    summary = run_grid(grid, dataset="synthetic", out=out, device="cpu")
+    assert not summary.failed and len(summary.done) == 2, summary.describe()
+    result = load_result(out / "synthetic-standard-float-12b-seed0.json")
+    assert result["params"]["epochs"] == 2 and result["dataset_params"]["n_items"] == 400
+    again = run_grid(grid, dataset="synthetic", out=out, device="cpu")
+    assert len(again.skipped) == 2 and not again.done
+    table = run_compare(sorted(out.glob("*.json")), fmt="md", out=tmp_path / "report")
+    assert "| float |" in table and "| pq |" in table
+    assert (tmp_path / "report" / "plots" / "synthetic-standard-pr.png").stat().st_size > 0
