@@ -1,0 +1,263 @@
+"""What the joint-learning strategies (DQN, SSM, GSL) share (SPEC §3).
+
+All three train the encoder with the shared similarity loss while product-quantization
+codebooks C (M, K, D/M) are refit periodically on the current training embeddings; they
+differ only in how the codebooks act on the network (a loss penalty, a velocity, a snapped
+gradient). This module holds:
+
+- :data:`JOINT_PARAMS` -- the engine's parameters plus the code layout and refit schedule;
+- :class:`CodebookHooks` -- engine hooks owning C, the assignments h of the training items
+  (n_train, M), the refit schedule (``warmup`` epochs without codebooks, then a refit every
+  ``refit_every`` epochs) and model selection on the *quantized* retrieval;
+- :class:`JointMethod` -- the ``run`` every joint method shares: layout, training, a final
+  refit on the selected model, PQ codes for query and database.
+
+The quantization space. What is quantized is what the similarity loss sees: with the cosine
+loss (the default) the outputs' norm carries no information, so codebooks are fit on, forces
+act on, and the database is encoded from the L2-normalised outputs z/|z| (SPEC §2: normalise
+before PQ/ADC); with the inner-product loss the raw outputs are quantized. The same space is
+used during training, for model selection and for the final encoding.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from qbench.codes import FloatCodes, PQCodes
+from qbench.engine import ENGINE_PARAMS, Hooks, Trainer
+from qbench.errors import QbenchError
+from qbench.method import Method, MethodOutput, RunContext, check_divisible, l2_normalise, pq_layout
+from qbench.quantizers import ProductQuantizer, assign_subspaces, decode_subspaces
+from qbench.registry import Param
+
+REFIT_NITER = 15
+"""k-means iterations per refit; refits after the first are warm-started from the last C."""
+
+MIN_DIM = 64
+
+JOINT_PARAMS = ENGINE_PARAMS + (
+    Param("dim", int, 0, f"embedding width D (0: the smallest multiple of M >= {MIN_DIM})"),
+    Param("subspaces", int, 0, "PQ subspaces M (0: from --bits, 8 bits per subspace when "
+          "possible; M must divide --bits)"),
+    Param("warmup", int, 10, "epochs of similarity-only training before the first codebook fit"),
+    Param("refit_every", int, 5, "epochs between codebook refits (per-subspace k-means on the "
+          "training embeddings, eval mode)"),
+)
+
+
+def joint_layout(bits: int, params: dict) -> tuple[int, int, int]:
+    """(M, b, D): M subspaces of 2^b codewords (M*b = bits) and the embedding width D."""
+    subspaces, nbits = pq_layout(bits, params.get("subspaces", 0))
+    dim = params.get("dim", 0) or subspaces * -(-MIN_DIM // subspaces)
+    check_divisible(dim, subspaces)
+    return subspaces, nbits, dim
+
+
+def quantizes_normalised(params: dict) -> bool:
+    """True when the quantization space is the unit sphere (cosine similarity loss)."""
+    return params.get("loss", "cosine") == "cosine"
+
+
+def tangent_part(z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """v (n, D) minus its component along z (n, D): what changes z/|z| to first order."""
+    unit = F.normalize(z, dim=1, eps=1e-12)
+    return v - unit * (unit * v).sum(1, keepdim=True)
+
+
+class CodebookHooks(Hooks):
+    """Engine hooks holding PQ codebooks and the training items' assignments.
+
+    codebooks: (M, K, D/M) float tensor, None until the first refit; assignments: (n_train, M)
+    int64 nearest-codeword ids of the training items at the last refit. ``normalise`` selects
+    the quantization space (see the module docstring). Subclasses act on the network through
+    ``extra_loss`` or ``output_gradient`` while :meth:`active` is true.
+    """
+
+    def __init__(self, subspaces: int, nbits: int, *, warmup: int, refit_every: int,
+                 normalise: bool, seed: int = 0, niter: int = REFIT_NITER):
+        if warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {warmup}")
+        if refit_every < 1:
+            raise ValueError(f"refit_every must be >= 1, got {refit_every}")
+        self.subspaces = subspaces
+        self.nbits = nbits
+        self.warmup = warmup
+        self.refit_every = refit_every
+        self.normalise = normalise
+        self.seed = seed
+        self.niter = niter
+        self.codebooks: torch.Tensor | None = None
+        self.assignments: torch.Tensor | None = None
+        self.refits = 0
+
+    # -- spaces ---------------------------------------------------------------------
+    def to_space(self, z: torch.Tensor) -> torch.Tensor:
+        """Network outputs (n, D) -> the quantization space (n, D)."""
+        return F.normalize(z, dim=1, eps=1e-12) if self.normalise else z
+
+    def to_space_np(self, emb: np.ndarray) -> np.ndarray:
+        """Embeddings (n, D) numpy -> the quantization space, float32."""
+        return l2_normalise(emb) if self.normalise else np.asarray(emb, dtype=np.float32)
+
+    def pull_back(self, z: torch.Tensor, force: torch.Tensor) -> torch.Tensor:
+        """A force (n, D) on the quantized point, as the force on the output z (n, D).
+
+        If ``force`` = -dU/dq for a potential U of q = z/|z|, the result is -dU/dz =
+        (I - q q^T) force / |z|; without normalisation it is ``force`` itself.
+        """
+        if not self.normalise:
+            return force
+        return tangent_part(z, force) / z.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    # -- codebooks ------------------------------------------------------------------
+    def active(self, epoch: int) -> bool:
+        """Whether the codebooks act on the network during ``epoch``."""
+        return self.codebooks is not None and epoch >= self.warmup
+
+    def refit_due(self, epoch: int) -> bool:
+        """Whether C and h are refit before ``epoch``: at ``warmup``, then every ``refit_every``."""
+        return epoch >= self.warmup and (epoch - self.warmup) % self.refit_every == 0
+
+    def on_epoch_start(self, epoch: int, trainer: Trainer) -> None:
+        if self.refit_due(epoch):
+            self.refit(trainer)
+
+    def refit(self, trainer: Trainer) -> None:
+        """Refit C and h on the current training embeddings (eval mode)."""
+        self.fit_codebooks(self.to_space_np(trainer.embed_split("train")), trainer.device)
+
+    def _fit_pq(self, x: np.ndarray) -> ProductQuantizer:
+        init = None if self.codebooks is None else self.codebooks.cpu().numpy()
+        return ProductQuantizer(self.subspaces, self.nbits, seed=self.seed,
+                                niter=self.niter).fit(x, init=init)
+
+    def fit_codebooks(self, x: np.ndarray, device: torch.device | str = "cpu") -> None:
+        """Per-subspace k-means on x (n_train, D), already in the quantization space.
+
+        Warm-started from the current codebooks when there are any; h becomes the nearest
+        codeword of each row in each subspace.
+        """
+        pq = self._fit_pq(x)
+        self.codebooks = torch.as_tensor(pq.codebooks, device=device)
+        self.assignments = torch.as_tensor(pq.encode(x), device=device)
+        self.refits += 1
+
+    def assigned_codewords(self, idx: torch.Tensor) -> torch.Tensor:
+        """(n, D) concatenated codewords C_m h_im of training items idx (n,)."""
+        books = self.codebooks
+        m = torch.arange(books.shape[0], device=books.device)
+        return books[m[None, :], self.assignments[idx]].reshape(len(idx), -1)
+
+    def nearest_codewords(self, q: torch.Tensor, k: int) -> torch.Tensor:
+        """(n, M, k, D/M): the k nearest codewords of each subspace of q (n, D), nearest first."""
+        books = self.codebooks
+        n = q.shape[0]
+        m_count, _, dsub = books.shape
+        parts = q.reshape(n, m_count, dsub)
+        dist = ((books * books).sum(-1)[None]
+                - 2 * torch.einsum("nmd,mkd->nmk", parts, books))  # + |q_m|^2, rank-neutral
+        ids = dist.topk(min(k, books.shape[1]), dim=-1, largest=False).indices  # (n, M, k)
+        m = torch.arange(m_count, device=books.device)
+        return books[m[None, :, None], ids]
+
+    # -- model selection ------------------------------------------------------------
+    def validation_codes(self, val_emb: np.ndarray, train_emb: np.ndarray) -> PQCodes:
+        """ADC of validation queries against the training items quantized with codebooks
+        refit on them (as the final encoding does), so selection scores the quantized model.
+        The hook's own codebooks are left untouched."""
+        val_q, train_q = self.to_space_np(val_emb), self.to_space_np(train_emb)
+        pq = self._fit_pq(train_q)
+        return PQCodes(val_q, pq.encode(train_q), pq.codebooks)
+
+
+def require_range(method: Method, name: str, low: float, high: float | None = None) -> None:
+    """Raise :class:`QbenchError` unless low <= params[name] (<= high)."""
+    value = method.params[name]
+    if value < low or (high is not None and value > high):
+        allowed = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise QbenchError(f"parameter {name} of method {method.name} must be {allowed}, "
+                          f"got {value}")
+
+
+class JointMethod(Method):
+    """Base of the joint methods: train with hooks, refit once more, encode with PQ.
+
+    Subclasses implement :meth:`build_hooks` and may override :meth:`use_tanh`.
+    """
+
+    family = "pq"
+    params = JOINT_PARAMS
+
+    def __init__(self, params: dict):
+        super().__init__(params)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`QbenchError` for out-of-range parameter values (before any work)."""
+        require_range(self, "dim", 0)
+        require_range(self, "warmup", 0)
+        require_range(self, "refit_every", 1)
+
+    def check_bits(self, bits: int) -> None:
+        """Also checks that the embedding width fits the layout, before any data is loaded."""
+        super().check_bits(bits)
+        joint_layout(bits, self.params)
+
+    def build_hooks(self, subspaces: int, nbits: int, ctx: RunContext) -> CodebookHooks:
+        """The method's hooks for M = ``subspaces`` codebooks of 2^``nbits`` codewords."""
+        raise NotImplementedError
+
+    def use_tanh(self) -> bool:
+        return False
+
+    def hook_kwargs(self, ctx: RunContext) -> dict:
+        """Constructor arguments of :class:`CodebookHooks` from the shared parameters."""
+        return {"warmup": self.params["warmup"], "refit_every": self.params["refit_every"],
+                "normalise": quantizes_normalised(self.params), "seed": ctx.seed}
+
+    def run(self, ctx: RunContext) -> MethodOutput:
+        subspaces, nbits, dim = joint_layout(ctx.bits, self.params)
+        hooks = self.build_hooks(subspaces, nbits, ctx)
+        trainer = Trainer(ctx, self.params, dim, tanh=self.use_tanh(), hooks=hooks).fit()
+        return joint_output(trainer, hooks, dim)
+
+
+def joint_output(trainer: Trainer, hooks: CodebookHooks, dim: int) -> MethodOutput:
+    """PQ codes of query and database from the trained (selected) model.
+
+    The codebooks are refit once more on the selected model's training embeddings (counted
+    in train_s); encode_s covers embedding and encoding query and database. float_codes rank
+    the same quantization-space embeddings by cosine.
+    """
+    start = time.perf_counter()
+    train_q = hooks.to_space_np(trainer.embed_split("train"))
+    hooks.fit_codebooks(train_q, trainer.device)
+    books = hooks.codebooks.cpu().numpy()
+    recon = decode_subspaces(hooks.assignments.cpu().numpy(), books)
+    quant_error = float(((train_q - recon) ** 2).sum(1).mean())
+    fit_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    query = hooks.to_space_np(trainer.embed_split("query"))
+    db = hooks.to_space_np(trainer.embed_split("database"))
+    codes = PQCodes(query, assign_subspaces(db, books), books)
+    encode_s = time.perf_counter() - start
+    return MethodOutput(
+        codes=codes,
+        float_codes=FloatCodes(query, db, metric="cosine"),
+        info={
+            "subspaces": hooks.subspaces,
+            "codewords": 1 << hooks.nbits,
+            "bits_per_subspace": hooks.nbits,
+            "dim": dim,
+            "quantized_space": "l2-normalised" if hooks.normalise else "raw",
+            "refits": hooks.refits,
+            "quantization_error_train": quant_error,
+            "training": trainer.summary(),
+        },
+        timings={"train_s": trainer.train_s + fit_s, "encode_s": encode_s},
+    )
