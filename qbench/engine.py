@@ -96,6 +96,10 @@ class Trainer:
         self.hooks = hooks or Hooks()
         self.device = torch.device(ctx.device)
         modality = ctx.dataset.modality
+        if self.device.type == "cpu" and modality == "vector":
+            # Small MLP batches run faster on one thread, and stay fast when other processes
+            # compete for the cores (measured on 2 cores: 3.6 s vs 5.0 s per digits run).
+            torch.set_num_threads(1)
         self.encoder_name = resolve_encoder(params["encoder"], modality, ctx.device)
         self.epochs = params["epochs"] or DEFAULT_EPOCHS[modality]
         torch.manual_seed(ctx.seed)
@@ -166,7 +170,8 @@ class Trainer:
                 self.history.epochs.append(epoch)
                 self.history.val_map.append(score)
                 bar.set_postfix(val_map=f"{score:.3f}")
-                if best_state is None or score > self.history.best_val_map:
+                # ">=": among tied epochs keep the latest (validation MAP saturates on easy data)
+                if best_state is None or score >= self.history.best_val_map:
                     self.history.best_val_map = score
                     self.history.best_epoch = epoch
                     best_state = copy.deepcopy(self.model.state_dict())
