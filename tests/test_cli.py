@@ -109,3 +109,72 @@ def test_unwritable_out_is_a_clean_error(tmp_path):
 def test_missing_data_dir_is_a_clean_error(tmp_path):
     result = invoke(*run_args(tmp_path, "--data-dir", tmp_path / "absent"))
     _assert_clean_error(result, tmp_path, "--data-dir", "absent")
+
+
+def test_data_dir_without_the_dataset_files_is_a_clean_error(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = run_args(tmp_path / "out", "--dataset", "cifar10", "--data-dir", empty)
+    result = invoke(*args)
+    assert result.exit_code == 2
+    line = result.stderr.strip()
+    assert line.startswith("error: ") and "\n" not in line
+    assert str(empty) in line and "cifar-10" in line
+    assert not list(tmp_path.rglob("*.json"))
+
+
+def test_truncated_idx_file_is_a_clean_error(tmp_path):
+    from test_datasets import write_idx_set
+
+    data = tmp_path / "fm"
+    write_idx_set(data, 30, 10)
+    victim = data / "train-images-idx3-ubyte.gz"
+    import gzip
+
+    raw = gzip.decompress(victim.read_bytes())
+    victim.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    result = invoke(*run_args(tmp_path / "out", "--dataset", "fashion-mnist",
+                              "--data-dir", data))
+    assert result.exit_code == 2
+    line = result.stderr.strip()
+    assert "\n" not in line and "train-images-idx3-ubyte" in line
+    assert not list(tmp_path.rglob("*.json"))
+
+
+def _codes_npz(path, **overrides):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "query_labels": rng.integers(0, 3, 8), "db_labels": rng.integers(0, 3, 40),
+        "query_bits": rng.integers(0, 2, (8, 16)), "db_bits": rng.integers(0, 2, (40, 16)),
+    }
+    arrays.update(overrides)
+    np.savez(path, **arrays)
+    return path
+
+
+def test_evaluate_scores_a_codes_file_with_the_shared_keys(tmp_path):
+    codes = _codes_npz(tmp_path / "codes.npz")
+    out = tmp_path / "eval.json"
+    result = invoke("evaluate", codes, "--out", out, "--k", "10")
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    for key in ("map_all", "map_at_k", "tie_aware_map_all", "tie_aware_map_all_optimistic",
+                "tie_aware_map_all_pessimistic", "p_at_hamming2"):
+        assert key in data["metrics"]
+    assert data["metric_card"]["k"] == 10 and data["metric_card"]["distance"] == "hamming"
+    assert {"pr", "top_r"} <= set(data["curves"]) and "eval_s" in data["timings"]
+    assert "MAP@all" in result.output
+
+
+def test_evaluate_malformed_file_is_one_line_naming_the_key(tmp_path):
+    import numpy as np
+
+    codes = _codes_npz(tmp_path / "codes.npz", db_labels=np.zeros(39, dtype=int))
+    out = tmp_path / "eval.json"
+    result = invoke("evaluate", codes, "--out", out)
+    assert result.exit_code == 2
+    line = result.stderr.strip()
+    assert "\n" not in line and "db_labels" in line
+    assert not out.exists()
