@@ -16,9 +16,9 @@ import time
 
 import numpy as np
 
-from qbench.codes import BinaryCodes, FloatCodes
+from qbench.codes import BinaryCodes
 from qbench.engine import ENGINE_PARAMS, Trainer
-from qbench.method import Method, MethodOutput, RunContext
+from qbench.method import Method, MethodOutput, RunContext, trained_output
 from qbench.quantizers import HouseholderRotation, rescale_to_sqrt_dim
 from qbench.registry import METHODS, Param
 
@@ -67,13 +67,7 @@ class Householder(Method):
                 "epochs": p["rot_epochs"],
                 "orthogonality_error": float(np.abs(u.T @ u - np.eye(len(u))).max()),
             },
-            "training": trainer.summary(),
         }
-        return MethodOutput(
-            codes=codes,
-            float_codes=FloatCodes(emb["query"].astype(np.float32),
-                                   emb["database"].astype(np.float32), metric="cosine"),
-            info=info,
-            timings={"train_s": trainer.train_s, "encode_s": encode_s},
-        )
+        return trained_output(codes, trainer, emb["query"], emb["database"], info=info,
+                              encode_s=encode_s)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from qbench.codes import BinaryCodes, FloatCodes
+from qbench.codes import BinaryCodes
 from qbench.engine import ENGINE_PARAMS, Trainer
 from qbench.errors import QbenchError
-from qbench.method import Method, MethodOutput, RunContext
+from qbench.method import Method, MethodOutput, RunContext, trained_output
 from qbench.quantizers import ITQ
 from qbench.registry import METHODS, Param
 
@@ -58,11 +58,6 @@ class IterativeQuantization(Method):
             "normalise": self.params["normalise"],
             "quantization_loss_before": itq.loss_history[0],
             "quantization_loss_after": itq.loss_history[-1],
-            "training": trainer.summary(),
         }
-        return MethodOutput(
-            codes=codes,
-            float_codes=FloatCodes(emb["query"], emb["database"], metric="cosine"),
-            info=info,
-            timings={"train_s": trainer.train_s, "encode_s": encode_s},
-        )
+        return trained_output(codes, trainer, emb["query"], emb["database"], info=info,
+                              encode_s=encode_s)

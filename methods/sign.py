@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from qbench.codes import BinaryCodes, FloatCodes
+from qbench.codes import BinaryCodes
 from qbench.engine import ENGINE_PARAMS, Trainer
-from qbench.method import Method, MethodOutput, RunContext, l2_normalise
+from qbench.method import Method, MethodOutput, RunContext, trained_output
 from qbench.quantizers import SignQuantizer
 from qbench.registry import METHODS
 
@@ -28,10 +28,5 @@ class Sign(Method):
         quantizer = SignQuantizer()
         codes = BinaryCodes(quantizer.encode(emb["query"]), quantizer.encode(emb["database"]))
         encode_s = time.perf_counter() - start
-        return MethodOutput(
-            codes=codes,
-            float_codes=FloatCodes(l2_normalise(emb["query"]), l2_normalise(emb["database"]),
-                                   metric="cosine"),
-            info={"dim": ctx.bits, "training": trainer.summary()},
-            timings={"train_s": trainer.train_s, "encode_s": encode_s},
-        )
+        return trained_output(codes, trainer, emb["query"], emb["database"],
+                              info={"dim": ctx.bits}, encode_s=encode_s)

@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import time
 
-from qbench.codes import FloatCodes, PQCodes
+from qbench.codes import PQCodes
 from qbench.engine import ENGINE_PARAMS, Trainer
-from qbench.method import Method, MethodOutput, RunContext, check_divisible, pq_layout
+from qbench.method import (
+    Method,
+    MethodOutput,
+    RunContext,
+    check_divisible,
+    pq_layout,
+    trained_output,
+)
 from qbench.quantizers import OPQ, ProductQuantizer
 from qbench.registry import METHODS, Param
 
@@ -66,14 +73,9 @@ class _TwoStage(Method):
             "dim": dim,
             "normalise": self.params["normalise"],
             "train_distortion": quantizer.distortion(emb["train"]),
-            "training": trainer.summary(),
         }
-        return MethodOutput(
-            codes=codes,
-            float_codes=FloatCodes(emb["query"], emb["database"], metric="cosine"),
-            info=info,
-            timings={"train_s": trainer.train_s, "encode_s": encode_s},
-        )
+        return trained_output(codes, trainer, emb["query"], emb["database"], info=info,
+                              encode_s=encode_s)
 
 
 @METHODS.register

@@ -56,7 +56,6 @@ rerunning the same command resumes without redoing finished runs.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import multiprocessing
 import os
 import re
@@ -72,7 +71,7 @@ from pathlib import Path
 from typing import Any
 
 from qbench.errors import QbenchError
-from qbench.results import load_result, result_filename, write_json_atomic
+from qbench.results import load_result, read_json, result_filename, write_json_atomic
 
 TOP_KEYS = ("description", "datasets", "methods", "bits", "seeds", "params", "variants")
 BLOCK_KEYS = ("description", "protocol", "epochs", "dataset_params", "params", "methods",
@@ -174,12 +173,7 @@ class GridSummary:
 def load_grid(path: Path) -> dict:
     """Read a grid file and check its structure; errors name the file and the key."""
     path = Path(path)
-    try:
-        grid = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise QbenchError(f"grid file {path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise QbenchError(f"grid file {path}: not valid JSON ({exc})") from None
+    grid = read_json(path, "grid file")
     where = f"grid file {path}"
     if not isinstance(grid, dict):
         raise QbenchError(f"{where}: the top level must be an object")

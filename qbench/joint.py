@@ -27,10 +27,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qbench.codes import FloatCodes, PQCodes
+from qbench.codes import PQCodes
 from qbench.engine import ENGINE_PARAMS, Hooks, Trainer
 from qbench.errors import QbenchError
-from qbench.method import Method, MethodOutput, RunContext, check_divisible, l2_normalise, pq_layout
+from qbench.method import (
+    Method,
+    MethodOutput,
+    RunContext,
+    check_divisible,
+    l2_normalise,
+    pq_layout,
+    trained_output,
+)
 from qbench.quantizers import ProductQuantizer, assign_subspaces, decode_subspaces
 from qbench.registry import Param
 
@@ -246,18 +254,14 @@ def joint_output(trainer: Trainer, hooks: CodebookHooks, dim: int) -> MethodOutp
     db = hooks.to_space_np(trainer.embed_split("database"))
     codes = PQCodes(query, assign_subspaces(db, books), books)
     encode_s = time.perf_counter() - start
-    return MethodOutput(
-        codes=codes,
-        float_codes=FloatCodes(query, db, metric="cosine"),
-        info={
-            "subspaces": hooks.subspaces,
-            "codewords": 1 << hooks.nbits,
-            "bits_per_subspace": hooks.nbits,
-            "dim": dim,
-            "quantized_space": "l2-normalised" if hooks.normalise else "raw",
-            "refits": hooks.refits,
-            "quantization_error_train": quant_error,
-            "training": trainer.summary(),
-        },
-        timings={"train_s": trainer.train_s + fit_s, "encode_s": encode_s},
-    )
+    info = {
+        "subspaces": hooks.subspaces,
+        "codewords": 1 << hooks.nbits,
+        "bits_per_subspace": hooks.nbits,
+        "dim": dim,
+        "quantized_space": "l2-normalised" if hooks.normalise else "raw",
+        "refits": hooks.refits,
+        "quantization_error_train": quant_error,
+    }
+    return trained_output(codes, trainer, query, db, info=info, encode_s=encode_s,
+                          extra_train_s=fit_s)

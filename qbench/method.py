@@ -56,6 +56,24 @@ class MethodOutput:
     timings: dict = field(default_factory=dict)
 
 
+def trained_output(codes: Codes, trainer, query_emb: np.ndarray, db_emb: np.ndarray, *,
+                   info: dict, encode_s: float, extra_train_s: float = 0.0) -> MethodOutput:
+    """The output of a method built on a trained encoder (``trainer``: a
+    :class:`qbench.engine.Trainer`).
+
+    float_codes rank the method's own embeddings ``query_emb`` / ``db_emb`` by cosine (for
+    retention); info gains the training summary; timings are train_s (training plus
+    ``extra_train_s``) and encode_s.
+    """
+    return MethodOutput(
+        codes=codes,
+        float_codes=FloatCodes(np.asarray(query_emb, dtype=np.float32),
+                               np.asarray(db_emb, dtype=np.float32), metric="cosine"),
+        info={**info, "training": trainer.summary()},
+        timings={"train_s": trainer.train_s + extra_train_s, "encode_s": encode_s},
+    )
+
+
 class Method:
     """Base of method plugins. ``params`` on the instance is the resolved dict."""
 

@@ -105,16 +105,20 @@ def validate_result(data: Any, source: str = "result") -> dict:
     return data
 
 
+def read_json(path: Path, what: str = "") -> Any:
+    """Parse a JSON file; a missing or malformed file raises :class:`QbenchError` naming it."""
+    where = f"{what} {path}".strip()
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise QbenchError(f"{where}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise QbenchError(f"{where}: not valid JSON ({exc})") from None
+
+
 def load_result(path: Path) -> dict:
     """Read and validate one result file; errors name the file."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise QbenchError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise QbenchError(f"{path}: not valid JSON ({exc})") from None
-    return validate_result(data, str(path))
+    return validate_result(read_json(path), str(path))
 
 
 def git_commit(cwd: Path | None = None) -> str | None:
