@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from qbench.atomic import atomic_write
 from qbench.errors import QbenchError
 
 CHUNK_BYTES = 1 << 20
@@ -61,13 +61,10 @@ def download(url: str, dest: Path, md5: str | None, *, progress: bool = True) ->
     from tqdm import tqdm
 
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
+    with atomic_write(dest) as out:
         digest = hashlib.md5(usedforsecurity=False)
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:
+            with urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:
                 length = resp.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else None
                 with tqdm(
@@ -87,7 +84,4 @@ def download(url: str, dest: Path, md5: str | None, *, progress: bool = True) ->
                 f"{dest}: md5 of the download from {url} is {actual}, expected {md5.lower()}; "
                 "the file was removed"
             )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest

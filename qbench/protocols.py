@@ -9,13 +9,12 @@ split lies in the database and outside train.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from qbench.atomic import atomic_write
 from qbench.data import Dataset, ProtocolSpec
 from qbench.errors import QbenchError
 
@@ -52,22 +51,14 @@ class Splits:
 
     def save(self, path: Path) -> None:
         """Write atomically as .npz (indices plus checksum)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(
-                    fh,
-                    protocol=self.protocol,
-                    seed=self.seed,
-                    checksum=self.checksum,
-                    **{name: getattr(self, name) for name in SPLIT_NAMES},
-                )
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as fh:
+            np.savez(
+                fh,
+                protocol=self.protocol,
+                seed=self.seed,
+                checksum=self.checksum,
+                **{name: getattr(self, name) for name in SPLIT_NAMES},
+            )
 
     @classmethod
     def load(cls, path: Path) -> Splits:

@@ -10,12 +10,12 @@ import math
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from qbench.atomic import atomic_write
 from qbench.errors import QbenchError
 
 SCHEMA_VERSION = 1
@@ -67,23 +67,10 @@ def write_json_atomic(path: Path, data: dict) -> Path:
 
     A crash or a full disk leaves either the old file or none, never a half-written one.
     """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise QbenchError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(to_jsonable(data), fh, indent=1, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    text = json.dumps(to_jsonable(data), indent=1, allow_nan=False) + "\n"
+    with atomic_write(path) as fh:
+        fh.write(text.encode())
+    return Path(path)
 
 
 def validate_result(data: Any, source: str = "result") -> dict:

@@ -68,3 +68,14 @@ def test_environment_records_versions():
     env = environment("cpu")
     assert env["device"] == "cpu" and env["packages"]["torch"]
     json.dumps(env)
+
+
+def test_written_file_gets_the_usual_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = write_json_atomic(tmp_path / "r.json", _minimal())
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
