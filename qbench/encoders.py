@@ -88,9 +88,10 @@ class ResNet18(nn.Module):
 
 
 class TorchvisionBackbone(nn.Module):
-    """AlexNet or VGG16 with ImageNet weights; the last classifier layer becomes a bottleneck."""
+    """AlexNet or VGG16 (ImageNet weights with ``pretrained``, else random initialisation);
+    the last classifier layer becomes the bottleneck of width D."""
 
-    def __init__(self, arch: str, dim: int):
+    def __init__(self, arch: str, dim: int, pretrained: bool = True):
         super().__init__()
         try:
             import torchvision
@@ -101,7 +102,7 @@ class TorchvisionBackbone(nn.Module):
             ) from None
         builders = {"alexnet": ("alexnet", "AlexNet_Weights"), "vgg16": ("vgg16", "VGG16_Weights")}
         fn_name, weights_name = builders[arch]
-        weights = getattr(torchvision.models, weights_name).IMAGENET1K_V1
+        weights = getattr(torchvision.models, weights_name).IMAGENET1K_V1 if pretrained else None
         try:
             net = getattr(torchvision.models, fn_name)(weights=weights)
         except Exception as exc:  # noqa: BLE001 - any download/cache failure is the same to a user
@@ -140,8 +141,15 @@ def resolve_encoder(name: str, modality: str, device: str) -> str:
 
 
 def build_encoder(name: str, input_shape: tuple[int, ...], dim: int, hidden: int = 256,
-                  tanh: bool = False) -> nn.Module:
-    """Instantiate encoder ``name`` (already resolved) for inputs of ``input_shape``."""
+                  tanh: bool = False, weights: str = "none") -> nn.Module:
+    """Instantiate encoder ``name`` (already resolved) for inputs of ``input_shape``.
+
+    ``weights``: "none" (random initialisation) or "imagenet" (alexnet and vgg16 only).
+    """
+    if weights not in ("none", "imagenet"):
+        raise QbenchError(f"unknown weights {weights!r}; allowed: imagenet, none")
+    if weights == "imagenet" and name not in ("alexnet", "vgg16"):
+        raise QbenchError(f"weights=imagenet needs encoder=alexnet or vgg16, not {name!r}")
     if name == "mlp":
         body: nn.Module = MLP(input_shape[0], dim, hidden)
     elif name == "cnn":
@@ -149,5 +157,5 @@ def build_encoder(name: str, input_shape: tuple[int, ...], dim: int, hidden: int
     elif name == "resnet18":
         body = ResNet18(input_shape[0], dim)
     else:
-        body = TorchvisionBackbone(name, dim)
+        body = TorchvisionBackbone(name, dim, pretrained=weights == "imagenet")
     return nn.Sequential(body, nn.Tanh()) if tanh else body

@@ -108,7 +108,8 @@ class Trainer:
         self.y_train = torch.as_tensor(ctx.y("train")).to(self.device)
         self._fit_input_scaling(x_train)
         self.model = build_encoder(
-            self.encoder_name, tuple(x_train.shape[1:]), dim, params["hidden"], tanh
+            self.encoder_name, tuple(x_train.shape[1:]), dim, params["hidden"], tanh,
+            params["weights"],
         ).to(self.device)
         self.loss_fn = SIMILARITY_LOSSES[params["loss"]]
         self.history = History()

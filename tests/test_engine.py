@@ -136,3 +136,18 @@ def test_output_gradient_hook_replaces_the_back_propagated_gradient():
     after = list(trainer.model.parameters())
     # zero gradient and no weight decay: Adam leaves every parameter where it was
     assert all(torch.equal(b, a.detach()) for b, a in zip(before, after))
+
+
+def test_imagenet_weights_need_a_torchvision_backbone():
+    with pytest.raises(QbenchError, match="weights=imagenet needs encoder=alexnet or vgg16"):
+        build_encoder("cnn", (3, 32, 32), dim=8, weights="imagenet")
+
+
+def test_torchvision_backbone_without_torchvision_or_weights_is_a_clean_error():
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        with pytest.raises(QbenchError, match="needs torchvision"):
+            build_encoder("alexnet", (3, 32, 32), dim=8, weights="imagenet")
+    else:
+        pytest.skip("torchvision is installed here")
