@@ -74,3 +74,25 @@ def test_pq_layout_with_explicit_subspaces():
         pq_layout(32, 5)
     with pytest.raises(QbenchError, match="positive"):
         pq_layout(0)
+
+
+def test_entry_point_plugins_are_registered(monkeypatch):
+    import qbench.registry as registry
+
+    class ThirdParty:
+        name, description, params = "third-party", "from an installed package", ()
+
+    class FakeEntryPoint:
+        def load(self):
+            return ThirdParty
+
+    seen = {}
+
+    def fake_entry_points(group):
+        seen["group"] = group
+        return [FakeEntryPoint()]
+
+    monkeypatch.setattr(registry, "entry_points", fake_entry_points)
+    reg = Registry("method", "qbench.methods", "qbench.methods")
+    assert reg.get("third-party") is ThirdParty
+    assert seen["group"] == "qbench.methods"
