@@ -34,10 +34,11 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest
 
-## Grid of every method x 12/24/32/48 bits x 3 seeds on DATASET, then tables and plots.
+## Grid of every method x 12/24/32/48 bits x 3 seeds on DATASET, then tables and plots of
+## every grid run so far (all datasets) into results/tables and results/plots.
 reproduce-tables: install dataset-data
-	$(QBENCH) grid grids/default.json --dataset $(DATASET) --jobs $(JOBS) --out results/$(DATASET)
-	$(QBENCH) compare results/$(DATASET)/*.json --format md --out results
+	$(QBENCH) grid grids/default.json --dataset $(DATASET) --jobs $(JOBS) --out results/grid/$(DATASET)
+	$(QBENCH) compare results/grid/*/ --format md --out results
 
 ## Fashion-MNIST comes from Debian's dataset-fashion-mnist package when it is missing.
 dataset-data:

@@ -83,10 +83,11 @@ class Features(DatasetPlugin):
     description = "your own vectors: an .npz with X (n, d) and y (n,) or multi-hot (n, C)"
     params = (
         Param("path", str, "", "the .npz file (relative paths resolve under --data-dir)"),
-        Param("n_query", int, 1000, "query items"),
-        Param("n_train", int, 5000, "training items"),
-        Param("n_val", int, 1000, "validation items (taken from the database)"),
-        Param("map_k", int, 0, "K of the headline MAP@K (0: the whole database)"),
+        Param("n_query", int, 1000, "query items", minimum=1),
+        Param("n_train", int, 5000, "training items", minimum=2),
+        Param("n_val", int, 1000, "validation items (taken from the database)",
+              minimum=1),
+        Param("map_k", int, 0, "K of the headline MAP@K (0: the whole database)", minimum=0),
         Param("db_includes_train", bool, True, "the database contains the training items"),
     )
 

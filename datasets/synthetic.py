@@ -19,14 +19,14 @@ class Synthetic(DatasetPlugin):
     name = "synthetic"
     description = "Gaussian clusters of configurable size (tests, scale runs)"
     params = (
-        Param("n_items", int, 2000, "number of items"),
-        Param("dim", int, 32, "input dimension"),
-        Param("n_classes", int, 10, "number of clusters / classes"),
-        Param("noise", float, 1.0, "standard deviation around each centre"),
+        Param("n_items", int, 2000, "number of items", minimum=1),
+        Param("dim", int, 32, "input dimension", minimum=1),
+        Param("n_classes", int, 10, "number of clusters / classes", minimum=1),
+        Param("noise", float, 1.0, "standard deviation around each centre", minimum=0.0),
         Param("multilabel", bool, False, "add a random second label per item"),
-        Param("n_query", int, 100, "query items"),
-        Param("n_train", int, 500, "training items"),
-        Param("n_val", int, 100, "validation items"),
+        Param("n_query", int, 100, "query items", minimum=1),
+        Param("n_train", int, 500, "training items", minimum=2),
+        Param("n_val", int, 100, "validation items", minimum=1),
         Param("data_seed", int, 0, "seed of the data itself (splits use --seed)"),
     )
 

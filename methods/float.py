@@ -6,7 +6,7 @@ import time
 
 from qbench.codes import FloatCodes
 from qbench.engine import ENGINE_PARAMS, Trainer
-from qbench.method import Method, MethodOutput, RunContext
+from qbench.method import DEFAULT_DIM, Method, MethodOutput, RunContext
 from qbench.registry import METHODS, Param
 
 
@@ -21,7 +21,7 @@ class FloatEmbedding(Method):
     name = "float"
     description = "unquantized embeddings of the similarity-trained encoder (upper bound)"
     family = "float"
-    params = ENGINE_PARAMS + (Param("dim", int, 64, "embedding width D"),)
+    params = ENGINE_PARAMS + (Param("dim", int, DEFAULT_DIM, "embedding width D", minimum=1),)
 
     def run(self, ctx: RunContext) -> MethodOutput:
         trainer = Trainer(ctx, self.params, self.params["dim"]).fit()

@@ -7,11 +7,9 @@ import time
 from qbench.codes import BinaryCodes
 from qbench.engine import ENGINE_PARAMS, Trainer
 from qbench.errors import QbenchError
-from qbench.method import Method, MethodOutput, RunContext, trained_output
+from qbench.method import DEFAULT_DIM, Method, MethodOutput, RunContext, trained_output
 from qbench.quantizers import ITQ
 from qbench.registry import METHODS, Param
-
-MIN_AUTO_DIM = 64
 
 
 @METHODS.register
@@ -27,13 +25,15 @@ class IterativeQuantization(Method):
     description = "similarity training, then ITQ (PCA + learned rotation) and sign"
     family = "binary"
     params = ENGINE_PARAMS + (
-        Param("dim", int, 0, "embedding width D (0: max(64, bits)); must be >= bits"),
-        Param("itq_iters", int, 50, "ITQ alternations of sign and Procrustes rotation"),
+        Param("dim", int, 0, "embedding width D (0: max(64, bits)); must be >= bits",
+              minimum=0),
+        Param("itq_iters", int, 50, "ITQ alternations of sign and Procrustes rotation",
+              minimum=0),
         Param("normalise", bool, True, "L2-normalise embeddings before ITQ"),
     )
 
     def embedding_dim(self, bits: int) -> int:
-        dim = self.params["dim"] or max(MIN_AUTO_DIM, bits)
+        dim = self.params["dim"] or max(DEFAULT_DIM, bits)
         if dim < bits:
             raise QbenchError(f"itq: dim={dim} is below --bits {bits}; ITQ needs dim >= bits "
                               f"(e.g. -p dim={bits}, or dim=0 for max(64, bits))")
@@ -48,9 +48,12 @@ class IterativeQuantization(Method):
         dim = self.embedding_dim(ctx.bits)
         trainer = Trainer(ctx, self.params, dim).fit()
         start = time.perf_counter()
-        emb = trainer.embed_splits(("train", "query", "database"),
-                                   normalise=self.params["normalise"])
+        emb = trainer.embed_splits(("train",), normalise=self.params["normalise"])
         itq = ITQ(ctx.bits, iters=self.params["itq_iters"], seed=ctx.seed).fit(emb["train"])
+        fit_s = time.perf_counter() - start
+        start = time.perf_counter()
+        emb.update(trainer.embed_splits(("query", "database"),
+                                        normalise=self.params["normalise"]))
         codes = BinaryCodes(itq.encode(emb["query"]), itq.encode(emb["database"]))
         encode_s = time.perf_counter() - start
         info = {
@@ -60,4 +63,4 @@ class IterativeQuantization(Method):
             "quantization_loss_after": itq.loss_history[-1],
         }
         return trained_output(codes, trainer, emb["query"], emb["database"], info=info,
-                              encode_s=encode_s)
+                              encode_s=encode_s, extra_train_s=fit_s)

@@ -17,12 +17,6 @@ from qbench.quantizers import OPQ, ProductQuantizer
 from qbench.registry import METHODS, Param
 
 
-def flat_inputs(ctx: RunContext, split: str) -> np.ndarray:
-    """(n, d) float32 raw inputs of ``split``, images flattened."""
-    x = ctx.x(split)
-    return x.reshape(len(x), -1).astype(np.float32)
-
-
 def pad_columns(x: np.ndarray, multiple: int) -> np.ndarray:
     """x (n, d) with zero columns appended up to the next multiple of ``multiple``."""
     extra = -x.shape[1] % multiple
@@ -32,7 +26,8 @@ def pad_columns(x: np.ndarray, multiple: int) -> np.ndarray:
 class _RawPQ(Method):
     family = "pq"
     params = (
-        Param("subspaces", int, 0, "PQ subspaces M (0: automatic from --bits, SPEC §2)"),
+        Param("subspaces", int, 0, "PQ subspaces M (0: automatic from --bits, SPEC §2)",
+              minimum=0),
     )
 
     def make_quantizer(self, m: int, b: int, seed: int) -> ProductQuantizer | OPQ:
@@ -42,9 +37,11 @@ class _RawPQ(Method):
         self.check_bits(ctx.bits)
         m, b = pq_layout(ctx.bits, self.params["subspaces"])
         start = time.perf_counter()
-        train = flat_inputs(ctx, "train")
-        query, db = flat_inputs(ctx, "query"), flat_inputs(ctx, "database")
+        train = ctx.flat_x("train")
         quantizer = self.make_quantizer(m, b, ctx.seed).fit(pad_columns(train, m))
+        fit_s = time.perf_counter() - start
+        start = time.perf_counter()
+        query, db = ctx.flat_x("query"), ctx.flat_x("database")
         db_codes = quantizer.encode(pad_columns(db, m))
         query_padded = pad_columns(query, m)
         if isinstance(quantizer, OPQ):
@@ -63,7 +60,7 @@ class _RawPQ(Method):
             codes=codes,
             float_codes=FloatCodes(query, db, metric="l2"),
             info=info,
-            timings={"train_s": 0.0, "encode_s": encode_s},
+            timings={"train_s": fit_s, "encode_s": encode_s},
         )
 
 
@@ -86,7 +83,8 @@ class RawOPQ(_RawPQ):
     name = "opq"
     description = "optimized product quantization of the raw input (unsupervised baseline)"
     params = _RawPQ.params + (
-        Param("opq_iters", int, 50, "OPQ alternations of PQ training and rotation update"),
+        Param("opq_iters", int, 50, "OPQ alternations of PQ training and rotation update",
+              minimum=0),
     )
 
     def make_quantizer(self, m: int, b: int, seed: int) -> ProductQuantizer | OPQ:

@@ -17,33 +17,29 @@ from qbench.method import (
     MethodOutput,
     RunContext,
     check_divisible,
+    default_pq_dim,
     pq_layout,
     trained_output,
 )
 from qbench.quantizers import OPQ, ProductQuantizer
 from qbench.registry import METHODS, Param
 
-MIN_AUTO_DIM = 64
-
-
-def auto_dim(subspaces: int) -> int:
-    """The smallest multiple of ``subspaces`` that is >= 64 (the default embedding width)."""
-    return -(-MIN_AUTO_DIM // subspaces) * subspaces
-
 
 class _TwoStage(Method):
     family = "pq"
     rotate = False
     params = ENGINE_PARAMS + (
-        Param("dim", int, 0, "embedding width D (0: smallest multiple of M that is >= 64)"),
-        Param("subspaces", int, 0, "PQ subspaces M (0: automatic from --bits, SPEC §2)"),
+        Param("dim", int, 0, "embedding width D (0: smallest multiple of M that is >= 64)",
+              minimum=0),
+        Param("subspaces", int, 0, "PQ subspaces M (0: automatic from --bits, SPEC §2)",
+              minimum=0),
         Param("normalise", bool, True, "L2-normalise embeddings before fitting and search"),
     )
 
     def layout(self, bits: int) -> tuple[int, int, int]:
         """(M, b, D) for ``bits``; raises QbenchError for a bad budget or a D not divisible by M."""
         m, b = pq_layout(bits, self.params["subspaces"])
-        dim = self.params["dim"] or auto_dim(m)
+        dim = self.params["dim"] or default_pq_dim(m)
         check_divisible(dim, m)
         return m, b, dim
 
@@ -59,9 +55,12 @@ class _TwoStage(Method):
         m, b, dim = self.layout(ctx.bits)
         trainer = Trainer(ctx, self.params, dim).fit()
         start = time.perf_counter()
-        emb = trainer.embed_splits(("train", "query", "database"),
-                                   normalise=self.params["normalise"])
+        emb = trainer.embed_splits(("train",), normalise=self.params["normalise"])
         quantizer = self.make_quantizer(m, b, ctx.seed).fit(emb["train"])
+        fit_s = time.perf_counter() - start
+        start = time.perf_counter()
+        emb.update(trainer.embed_splits(("query", "database"),
+                                        normalise=self.params["normalise"]))
         db_codes = quantizer.encode(emb["database"])
         query = quantizer.transform(emb["query"]) if self.rotate else emb["query"]
         codes = PQCodes(query, db_codes, quantizer.codebooks)
@@ -75,7 +74,7 @@ class _TwoStage(Method):
             "train_distortion": quantizer.distortion(emb["train"]),
         }
         return trained_output(codes, trainer, emb["query"], emb["database"], info=info,
-                              encode_s=encode_s)
+                              encode_s=encode_s, extra_train_s=fit_s)
 
 
 @METHODS.register
@@ -99,7 +98,8 @@ class TwoStageOPQ(_TwoStage):
     description = "similarity training, then OPQ (rotation + PQ) on the frozen embeddings (DQN_2+)"
     rotate = True
     params = _TwoStage.params + (
-        Param("opq_iters", int, 50, "OPQ alternations of PQ training and rotation update"),
+        Param("opq_iters", int, 50, "OPQ alternations of PQ training and rotation update",
+              minimum=0),
     )
 
     def make_quantizer(self, m: int, b: int, seed: int) -> ProductQuantizer | OPQ:

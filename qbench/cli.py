@@ -97,12 +97,16 @@ def run_command(method, dataset, bits, seed, protocol, epochs, device, out, data
     )
     path, result = run_experiment(req)
     m = result["metrics"]
+    k = result["metric_card"].get("k")
+    headline = f"MAP@all {m['map_all']:.4f}"
+    if k != "all":
+        headline = f"MAP@{k} {m['map_at_k']:.4f}, " + headline
     extra = f", retention {m['retention']:.3f}" if m.get("retention") is not None else ""
     tie = (f", tie-aware {m['tie_aware_map_all']:.4f}"
            if m.get("tie_aware_map_all") is not None else "")
     click.echo(
         f"{method} on {dataset} ({result['protocol']}, {bits} bits, seed {seed}): "
-        f"MAP@all {m['map_all']:.4f}{tie}{extra}; {result['timings']['total_s']:.1f} s -> {path}"
+        f"{headline}{tie}{extra}; {result['timings']['total_s']:.1f} s -> {path}"
     )
 
 
@@ -113,18 +117,33 @@ def run_command(method, dataset, bits, seed, protocol, epochs, device, out, data
 @click.option("--k", type=int, default=None, help="Cut-off K of MAP@K (default: all).")
 @click.option("--normaliser", default="rk", show_default=True,
               help="AP@K normaliser: rk, min_k_r or r.")
+@click.option("--metric", "float_metric", default="l2", show_default=True,
+              help="Distance for float embeddings: l2 or cosine.")
+@click.option("--sdc", is_flag=True, help="PQ codes: symmetric distance (query quantized too).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 def evaluate_command(codes_file: Path, out: Path | None, k: int | None, normaliser: str,
-                     device: str) -> None:
+                     float_metric: str, sdc: bool, device: str) -> None:
     """Score codes or embeddings produced elsewhere (.npz) with the qbench evaluator."""
+    from qbench.codes import FloatCodes, PQCodes
     from qbench.codesfile import load_codes_npz
     from qbench.evaluator import evaluate
-    from qbench.pipeline import resolve_device
+    from qbench.pipeline import check_writable, resolve_device
     from qbench.results import SCHEMA_VERSION, write_json_atomic
 
+    if float_metric not in ("l2", "cosine"):
+        raise QbenchError(f"--metric {float_metric!r} is not allowed; allowed: cosine, l2")
+    if out is not None:
+        if out.is_dir():
+            raise QbenchError(f"--out {out} is a directory; give a file, e.g. {out / 'eval.json'}")
+        check_writable(out.parent)
     device = resolve_device(device)
     codes, q_labels, db_labels = load_codes_npz(codes_file)
-    ev = evaluate(codes, q_labels, db_labels, k=k, normaliser=normaliser, device=device)
+    if isinstance(codes, FloatCodes):
+        codes.metric = float_metric
+    if sdc and not isinstance(codes, PQCodes):
+        raise QbenchError(f"--sdc needs PQ codes (db_codes + codebooks) in {codes_file}")
+    ev = evaluate(codes, q_labels, db_labels, k=k, normaliser=normaliser, device=device,
+                  sdc=sdc)
     if out is not None:
         write_json_atomic(out, {
             "schema_version": SCHEMA_VERSION, "kind": "evaluation", "source": str(codes_file),

@@ -114,14 +114,13 @@ class TorchvisionBackbone(nn.Module):
         in_features = net.classifier[-1].in_features
         net.classifier[-1] = nn.Linear(in_features, dim)
         self.net = net
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (n, C, H, W) already standardised per channel by the engine (as ImageNet
+        inputs are, with the dataset's own statistics), resized to 224x224."""
         if x.shape[1] == 1:
             x = x.repeat(1, 3, 1, 1)
-        x = F.interpolate(x, size=224, mode="bilinear", align_corners=False)
-        return self.net((x - self.mean) / self.std)
+        return self.net(F.interpolate(x, size=224, mode="bilinear", align_corners=False))
 
 
 def resolve_encoder(name: str, modality: str, device: str) -> str:

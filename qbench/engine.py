@@ -37,13 +37,13 @@ ENGINE_PARAMS = (
           "CPU for images), mlp, cnn, resnet18, alexnet, vgg16", choices=ENCODERS),
     Param("weights", str, "none", "backbone weights for alexnet/vgg16: none or imagenet",
           choices=("none", "imagenet")),
-    Param("epochs", int, 0, "training epochs (0: 60 for vectors, 30 for images)"),
-    Param("batch_size", int, 128, "mini-batch size"),
-    Param("lr", float, 1e-3, "Adam learning rate"),
-    Param("weight_decay", float, 1e-5, "Adam weight decay"),
+    Param("epochs", int, 0, "training epochs (0: 60 for vectors, 30 for images)", minimum=0),
+    Param("batch_size", int, 128, "mini-batch size", minimum=2),
+    Param("lr", float, 1e-3, "Adam learning rate", minimum=1e-12),
+    Param("weight_decay", float, 1e-5, "Adam weight decay", minimum=0.0),
     Param("loss", str, "cosine", "similarity loss: cosine (DQN) or ip (inner product)",
           choices=tuple(SIMILARITY_LOSSES)),
-    Param("hidden", int, 256, "MLP hidden width"),
+    Param("hidden", int, 256, "MLP hidden width", minimum=1),
     Param("augment", bool, True, "random flip + crop for images"),
     Param("select", bool, True, "keep the epoch with the best validation MAP"),
 )
@@ -66,6 +66,10 @@ class Hooks:
                         epoch: int) -> torch.Tensor:
         """The gradient back-propagated at the output, given g = dL_sim/dz (n, D)."""
         return g
+
+    def selectable(self, epoch: int) -> bool:
+        """Whether the model after ``epoch`` may be chosen by model selection."""
+        return True
 
     def validation_codes(self, val_emb: np.ndarray, train_emb: np.ndarray) -> Codes:
         """What model selection ranks: validation queries against training items."""
@@ -166,7 +170,8 @@ class Trainer:
                 losses.append(self._step(opt, x_train[idx_np], idx, epoch, augment))
             sched.step()
             self.history.loss.append(float(np.mean(losses)) if losses else float("nan"))
-            if p["select"] and ((epoch + 1) % eval_every == 0 or epoch + 1 == self.epochs):
+            due = (epoch + 1) % eval_every == 0 or epoch + 1 == self.epochs
+            if p["select"] and due and self.hooks.selectable(epoch):
                 score = self.validation_map()
                 self.history.epochs.append(epoch)
                 self.history.val_map.append(score)

@@ -35,6 +35,7 @@ from qbench.method import (
     MethodOutput,
     RunContext,
     check_divisible,
+    default_pq_dim,
     l2_normalise,
     pq_layout,
     trained_output,
@@ -45,12 +46,10 @@ from qbench.registry import Param
 REFIT_NITER = 15
 """k-means iterations per refit; refits after the first are warm-started from the last C."""
 
-MIN_DIM = 64
-
 JOINT_PARAMS = ENGINE_PARAMS + (
-    Param("dim", int, 0, f"embedding width D (0: the smallest multiple of M >= {MIN_DIM})"),
+    Param("dim", int, 0, "embedding width D (0: the smallest multiple of M >= 64)", minimum=0),
     Param("subspaces", int, 0, "PQ subspaces M (0: from --bits, 8 bits per subspace when "
-          "possible; M must divide --bits)"),
+          "possible; M must divide --bits)", minimum=0),
     Param("warmup", int, 10, "epochs of similarity-only training before the first codebook fit"),
     Param("refit_every", int, 5, "epochs between codebook refits (per-subspace k-means on the "
           "training embeddings, eval mode)"),
@@ -60,7 +59,7 @@ JOINT_PARAMS = ENGINE_PARAMS + (
 def joint_layout(bits: int, params: dict) -> tuple[int, int, int]:
     """(M, b, D): M subspaces of 2^b codewords (M*b = bits) and the embedding width D."""
     subspaces, nbits = pq_layout(bits, params.get("subspaces", 0))
-    dim = params.get("dim", 0) or subspaces * -(-MIN_DIM // subspaces)
+    dim = params.get("dim", 0) or default_pq_dim(subspaces)
     check_divisible(dim, subspaces)
     return subspaces, nbits, dim
 
@@ -122,6 +121,11 @@ class CodebookHooks(Hooks):
         return tangent_part(z, force) / z.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
     # -- codebooks ------------------------------------------------------------------
+    def selectable(self, epoch: int) -> bool:
+        """Only models trained with the quantization strategy active (after warm-up) are
+        candidates: otherwise selection could quietly return a two-stage model."""
+        return epoch >= self.warmup
+
     def active(self, epoch: int) -> bool:
         """Whether the codebooks act on the network during ``epoch``."""
         return self.codebooks is not None and epoch >= self.warmup

@@ -39,6 +39,11 @@ class RunContext:
         """Labels of a split."""
         return self.dataset.y[getattr(self.splits, split)]
 
+    def flat_x(self, split: str) -> np.ndarray:
+        """(n, d) float32 raw inputs of a split, images flattened (unsupervised baselines)."""
+        x = self.x(split)
+        return x.reshape(len(x), -1).astype(np.float32)
+
 
 @dataclass
 class MethodOutput:
@@ -115,6 +120,16 @@ def pq_layout(bits: int, subspaces: int = 0) -> tuple[int, int]:
         return subspaces, bits // subspaces
     b = next(b for b in range(8, 0, -1) if bits % b == 0)
     return bits // b, b
+
+
+DEFAULT_DIM = 64
+"""The default embedding width D of learned methods."""
+
+
+def default_pq_dim(subspaces: int) -> int:
+    """The smallest multiple of ``subspaces`` that is >= :data:`DEFAULT_DIM` (D must be
+    divisible by M: 64 for M = 2, 4; 66 for M = 3, 6)."""
+    return -(-DEFAULT_DIM // subspaces) * subspaces
 
 
 def check_divisible(dim: int, subspaces: int, what: str = "embedding dim") -> None:

@@ -57,6 +57,7 @@ def resolve_device(device: str) -> str:
 
 def check_writable(folder: Path) -> None:
     """Raise unless files can be created in ``folder`` (created if missing)."""
+    folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
@@ -79,6 +80,8 @@ class Prepared:
 
 def prepare(req: RunRequest) -> Prepared:
     """Validate every input of ``req`` (cheap checks only) and build the plugins."""
+    if req.seed < 0:
+        raise QbenchError(f"--seed must be a non-negative integer, got {req.seed}")
     method_cls = METHODS.get(req.method)
     dataset_cls = DATASETS.get(req.dataset)
     mparams = dict(req.method_params)

@@ -177,11 +177,21 @@ def validate_splits(splits: Splits, spec: ProtocolSpec, n_items: int) -> None:
             raise QbenchError(f"protocol {spec.name}: {a} and {b} splits share {len(inter)} items")
 
 
+def _draw_key(dataset: Dataset, spec: ProtocolSpec) -> str:
+    """12 hex digits naming everything a draw depends on besides the seed: the protocol's
+    sizes and the labels (so a changed dataset or protocol never reuses a stale file)."""
+    h = hashlib.sha256(repr(spec).encode())
+    labels = np.ascontiguousarray(dataset.y)
+    h.update(repr((labels.shape, labels.dtype.str)).encode())
+    h.update(labels.tobytes())
+    return h.hexdigest()[:12]
+
+
 def materialise(dataset: Dataset, spec: ProtocolSpec, seed: int, cache_dir: Path | None) -> Splits:
     """The splits for (dataset, protocol, seed): loaded from ``cache_dir`` or drawn and saved."""
     if cache_dir is None:
         return make_splits(dataset, spec, seed)
-    path = Path(cache_dir) / f"{dataset.name}-{spec.name}-seed{seed}-n{len(dataset)}.npz"
+    path = Path(cache_dir) / f"{dataset.name}-{spec.name}-seed{seed}-{_draw_key(dataset, spec)}.npz"
     if path.exists():
         splits = Splits.load(path)
         validate_splits(splits, spec, len(dataset))

@@ -25,13 +25,15 @@ _FALSE = {"0", "false", "no", "off"}
 
 @dataclass(frozen=True)
 class Param:
-    """A declared hyper-parameter: name, type (int, float, str or bool), default, help."""
+    """A declared hyper-parameter: name, type (int, float, str or bool), default, help,
+    optionally the allowed ``choices`` or the smallest allowed value ``minimum``."""
 
     name: str
     type: type
     default: Any
     help: str
     choices: tuple | None = None
+    minimum: float | None = None
 
     def parse(self, value: Any, owner: str = "") -> Any:
         """Convert a value (often the text after ``-p key=``) to this parameter's type."""
@@ -56,6 +58,10 @@ class Param:
             raise QbenchError(
                 f"parameter {self.name}{where}: {value!r} is not a valid {self.type.__name__}"
             ) from None
+        if self.minimum is not None and out < self.minimum:
+            raise QbenchError(
+                f"parameter {self.name}{where}: {out!r} is below the minimum {self.minimum!r}"
+            )
         if self.choices is not None and out not in self.choices:
             raise QbenchError(
                 f"parameter {self.name}{where}: {out!r} is not allowed; allowed: "

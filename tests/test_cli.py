@@ -178,3 +178,28 @@ def test_evaluate_malformed_file_is_one_line_naming_the_key(tmp_path):
     line = result.stderr.strip()
     assert "\n" not in line and "db_labels" in line
     assert not out.exists()
+
+
+def test_evaluate_out_that_is_a_directory_is_refused_before_evaluating(tmp_path):
+    codes = _codes_npz(tmp_path / "codes.npz")
+    result = invoke("evaluate", codes, "--out", tmp_path)
+    assert result.exit_code == 2
+    assert "is a directory" in result.stderr and "Traceback" not in result.output
+
+
+def test_evaluate_float_embeddings_by_cosine_and_refuses_sdc_for_them(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    codes = _codes_npz(tmp_path / "emb.npz", query_emb=rng.normal(size=(8, 4)),
+                       db_emb=rng.normal(size=(40, 4)))
+    np.savez(codes, **{k: v for k, v in np.load(codes).items() if "bits" not in k})
+    out = tmp_path / "e.json"
+    assert invoke("evaluate", codes, "--metric", "cosine", "--out", out).exit_code == 0
+    assert json.loads(out.read_text())["metric_card"]["distance"] == "cosine"
+    result = invoke("evaluate", codes, "--sdc")
+    assert result.exit_code == 2 and "--sdc needs PQ codes" in result.stderr
+
+
+def test_negative_seed_is_a_clean_error(tmp_path):
+    _assert_clean_error(invoke(*run_args(tmp_path, "--seed", "-1")), tmp_path, "--seed", "-1")

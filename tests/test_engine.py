@@ -151,3 +151,14 @@ def test_torchvision_backbone_without_torchvision_or_weights_is_a_clean_error():
             build_encoder("alexnet", (3, 32, 32), dim=8, weights="imagenet")
     else:
         pytest.skip("torchvision is installed here")
+
+
+def test_model_selection_only_considers_selectable_epochs():
+    class LateOnly(Hooks):
+        def selectable(self, epoch):
+            return epoch >= 6
+
+    ctx = _digits_ctx()
+    trainer = Trainer(ctx, _params(epochs=8), dim=8, hooks=LateOnly()).fit()
+    assert trainer.history.epochs and min(trainer.history.epochs) >= 6
+    assert trainer.history.best_epoch >= 6

@@ -96,3 +96,11 @@ def test_entry_point_plugins_are_registered(monkeypatch):
     reg = Registry("method", "qbench.methods", "qbench.methods")
     assert reg.get("third-party") is ThirdParty
     assert seen["group"] == "qbench.methods"
+
+
+@pytest.mark.parametrize("key, value", [("batch_size", "0"), ("epochs", "-3"), ("dim", "-4"),
+                                        ("lr", "0")])
+def test_values_below_the_minimum_are_refused(key, value):
+    with pytest.raises(QbenchError, match=f"parameter {key} of method float: .* is below the "
+                                          "minimum"):
+        METHODS.resolve_params("float", {key: value})
