@@ -46,11 +46,10 @@ import numpy as np
 import pandas as pd
 
 from qbench.errors import QbenchError, choice_error
-from qbench.results import load_result
+from qbench.results import FAILURE_SUFFIX, load_result
 
 FORMATS = ("table", "md", "csv", "latex")
 FORMAT_SUFFIX = {"table": "txt", "md": "md", "csv": "csv", "latex": "tex"}
-FAILURE_SUFFIX = ".failed.json"
 ALPHA = 0.05
 # metrics whose per-query values are the recorded per_query_ap (significance marks)
 AP_METRICS = ("map_all",)

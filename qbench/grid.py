@@ -71,7 +71,13 @@ from pathlib import Path
 from typing import Any
 
 from qbench.errors import QbenchError
-from qbench.results import load_result, read_json, result_filename, write_json_atomic
+from qbench.results import (
+    FAILURE_SUFFIX,
+    load_result,
+    read_json,
+    result_filename,
+    write_json_atomic,
+)
 
 TOP_KEYS = ("description", "datasets", "methods", "bits", "seeds", "params", "variants")
 BLOCK_KEYS = ("description", "protocol", "epochs", "dataset_params", "params", "methods",
@@ -79,7 +85,6 @@ BLOCK_KEYS = ("description", "protocol", "epochs", "dataset_params", "params", "
 VARIANT_KEYS = ("method", "params", "description")
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 FAILED_DIR = "failed"
-FAILURE_SUFFIX = ".failed.json"
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 

@@ -20,6 +20,9 @@ from qbench.errors import QbenchError
 
 SCHEMA_VERSION = 1
 
+FAILURE_SUFFIX = ".failed.json"
+"""File-name ending of a grid's failure record (not a result; ``compare`` skips it)."""
+
 # key -> JSON type(s) it must have
 REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
     "schema_version": int,
