@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from qbench.joint import JOINT_PARAMS, CodebookHooks, JointMethod, require_range
+from qbench.joint import JOINT_PARAMS, CodebookHooks, JointMethod
 from qbench.method import RunContext
 from qbench.registry import METHODS, Param
 
@@ -55,16 +55,12 @@ class DeepQuantizationNetwork(JointMethod):
     description = "DQN: similarity loss + lambda * PQ quantization error, periodic codebook refits"
     params = JOINT_PARAMS + (
         Param("lam", float, 0.3, "weight lambda of the quantization penalty (mean form; the "
-              "reference's 1e-4 was on sum-form losses, see the method docstring)"),
+              "reference's 1e-4 was on sum-form losses, see the method docstring)", minimum=0.0),
         Param("tanh", bool, False, "bound outputs with tanh as DQN's reference code did"),
     )
 
     def use_tanh(self) -> bool:
         return self.params["tanh"]
-
-    def validate(self) -> None:
-        super().validate()
-        require_range(self, "lam", 0.0)
 
     def build_hooks(self, subspaces: int, nbits: int, ctx: RunContext) -> PenaltyHooks:
         return PenaltyHooks(subspaces, nbits, lam=self.params["lam"], **self.hook_kwargs(ctx))

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from qbench.joint import JOINT_PARAMS, CodebookHooks, JointMethod, require_range, tangent_part
+from qbench.joint import JOINT_PARAMS, CodebookHooks, JointMethod, tangent_part
 from qbench.method import RunContext
 from qbench.registry import METHODS, Param
 
@@ -86,14 +86,9 @@ class GradientSnappingLayer(JointMethod):
                    "codeword, periodic codebook refits")
     params = JOINT_PARAMS + (
         Param("alpha", float, 0.5, "alpha in [0, 1]: weight of the codeword direction in the "
-              "snapped gradient (0: plain similarity gradient)"),
-        Param("k_nearest", int, 3, "k: candidate codewords per subspace"),
+              "snapped gradient (0: plain similarity gradient)", minimum=0.0, maximum=1.0),
+        Param("k_nearest", int, 3, "k: candidate codewords per subspace", minimum=1),
     )
-
-    def validate(self) -> None:
-        super().validate()
-        require_range(self, "alpha", 0.0, 1.0)
-        require_range(self, "k_nearest", 1)
 
     def build_hooks(self, subspaces: int, nbits: int, ctx: RunContext) -> SnappingHooks:
         return SnappingHooks(subspaces, nbits, alpha=self.params["alpha"],

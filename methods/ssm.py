@@ -42,7 +42,7 @@ from __future__ import annotations
 import torch
 
 from qbench.engine import Trainer
-from qbench.joint import JOINT_PARAMS, CodebookHooks, JointMethod, require_range
+from qbench.joint import JOINT_PARAMS, CodebookHooks, JointMethod
 from qbench.method import RunContext
 from qbench.registry import METHODS, Param
 
@@ -103,23 +103,17 @@ class SpaceShuttleModel(JointMethod):
     description = ("SSM: momentum on network outputs, propelled by the similarity loss and "
                    "pulled by the nearest PQ codewords")
     params = JOINT_PARAMS + (
-        Param("momentum", float, 0.5, "mu: velocity kept from the item's previous visit, [0, 1)"),
-        Param("eta", float, 1.0, "eta: step of the velocity update"),
+        Param("momentum", float, 0.5, "mu: velocity kept from the item's previous visit, [0, 1)",
+              minimum=0.0, maximum=0.999),
+        Param("eta", float, 1.0, "eta: step of the velocity update", minimum=1e-12),
         Param("gamma", float, 0.01, "gamma: weight of the codeword force against -dL/dz "
-              "(~1/batch_size balances them, see the docstring)"),
-        Param("k_nearest", int, 1, "k: codewords per subspace that pull the output"),
+              "(~1/batch_size balances them, see the docstring)", minimum=0.0),
+        Param("k_nearest", int, 1, "k: codewords per subspace that pull the output", minimum=1),
         Param("force", str, "spring", "force law: spring w(r)=1 or gravity w(r)=1/(r^2+eps)",
               choices=FORCE_LAWS),
-        Param("eps", float, 1e-3, "eps of the gravity law (softening, squared distance units)"),
+        Param("eps", float, 1e-3, "eps of the gravity law (softening, squared distance units)",
+              minimum=1e-12),
     )
-
-    def validate(self) -> None:
-        super().validate()
-        require_range(self, "momentum", 0.0, 0.999)
-        require_range(self, "eta", 1e-12)
-        require_range(self, "gamma", 0.0)
-        require_range(self, "k_nearest", 1)
-        require_range(self, "eps", 1e-12)
 
     def build_hooks(self, subspaces: int, nbits: int, ctx: RunContext) -> ShuttleHooks:
         p = self.params

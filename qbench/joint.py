@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from qbench.codes import PQCodes
-from qbench.engine import ENGINE_PARAMS, Hooks, Trainer
-from qbench.errors import QbenchError
+from qbench.engine import ENGINE_PARAMS, Hooks, Trainer, training_epochs
 from qbench.method import (
     Method,
     MethodOutput,
@@ -50,9 +49,10 @@ JOINT_PARAMS = ENGINE_PARAMS + (
     Param("dim", int, 0, "embedding width D (0: the smallest multiple of M >= 64)", minimum=0),
     Param("subspaces", int, 0, "PQ subspaces M (0: from --bits, 8 bits per subspace when "
           "possible; M must divide --bits)", minimum=0),
-    Param("warmup", int, 10, "epochs of similarity-only training before the first codebook fit"),
-    Param("refit_every", int, 5, "epochs between codebook refits (per-subspace k-means on the "
-          "training embeddings, eval mode)"),
+    Param("warmup", int, -1, "epochs of similarity-only training before the first codebook "
+          "fit (-1: a sixth of the epochs, 10 of 60)", minimum=-1),
+    Param("refit_every", int, 0, "epochs between codebook refits (per-subspace k-means on the "
+          "training embeddings, eval mode; 0: a twelfth of the epochs, 5 of 60)", minimum=0),
 )
 
 
@@ -186,15 +186,6 @@ class CodebookHooks(Hooks):
         return PQCodes(val_q, pq.encode(train_q), pq.codebooks)
 
 
-def require_range(method: Method, name: str, low: float, high: float | None = None) -> None:
-    """Raise :class:`QbenchError` unless low <= params[name] (<= high)."""
-    value = method.params[name]
-    if value < low or (high is not None and value > high):
-        allowed = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise QbenchError(f"parameter {name} of method {method.name} must be {allowed}, "
-                          f"got {value}")
-
-
 class JointMethod(Method):
     """Base of the joint methods: train with hooks, refit once more, encode with PQ.
 
@@ -203,16 +194,6 @@ class JointMethod(Method):
 
     family = "pq"
     params = JOINT_PARAMS
-
-    def __init__(self, params: dict):
-        super().__init__(params)
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`QbenchError` for out-of-range parameter values (before any work)."""
-        require_range(self, "dim", 0)
-        require_range(self, "warmup", 0)
-        require_range(self, "refit_every", 1)
 
     def check_bits(self, bits: int) -> None:
         """Also checks that the embedding width fits the layout, before any data is loaded."""
@@ -227,8 +208,13 @@ class JointMethod(Method):
         return False
 
     def hook_kwargs(self, ctx: RunContext) -> dict:
-        """Constructor arguments of :class:`CodebookHooks` from the shared parameters."""
-        return {"warmup": self.params["warmup"], "refit_every": self.params["refit_every"],
+        """Constructor arguments of :class:`CodebookHooks` from the shared parameters; the
+        automatic schedule scales with the epochs, so short runs still train quantized."""
+        epochs = training_epochs(self.params, ctx.dataset.modality)
+        warmup = self.params["warmup"]
+        refit_every = self.params["refit_every"]
+        return {"warmup": epochs // 6 if warmup < 0 else warmup,
+                "refit_every": refit_every or max(1, epochs // 12),
                 "normalise": quantizes_normalised(self.params), "seed": ctx.seed}
 
     def run(self, ctx: RunContext) -> MethodOutput:

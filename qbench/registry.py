@@ -26,7 +26,7 @@ _FALSE = {"0", "false", "no", "off"}
 @dataclass(frozen=True)
 class Param:
     """A declared hyper-parameter: name, type (int, float, str or bool), default, help,
-    optionally the allowed ``choices`` or the smallest allowed value ``minimum``."""
+    optionally the allowed ``choices`` or the allowed range ``minimum``..``maximum``."""
 
     name: str
     type: type
@@ -34,6 +34,7 @@ class Param:
     help: str
     choices: tuple | None = None
     minimum: float | None = None
+    maximum: float | None = None
 
     def parse(self, value: Any, owner: str = "") -> Any:
         """Convert a value (often the text after ``-p key=``) to this parameter's type."""
@@ -61,6 +62,10 @@ class Param:
         if self.minimum is not None and out < self.minimum:
             raise QbenchError(
                 f"parameter {self.name}{where}: {out!r} is below the minimum {self.minimum!r}"
+            )
+        if self.maximum is not None and out > self.maximum:
+            raise QbenchError(
+                f"parameter {self.name}{where}: {out!r} is above the maximum {self.maximum!r}"
             )
         if self.choices is not None and out not in self.choices:
             raise QbenchError(

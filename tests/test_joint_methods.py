@@ -63,7 +63,7 @@ def test_layout_follows_the_code_budget_and_auto_dim():
 
 @pytest.mark.parametrize("name, overrides", [
     ("gsl", {"alpha": 1.5}), ("gsl", {"alpha": -0.1}), ("ssm", {"momentum": 1.0}),
-    ("dqn", {"lam": -1.0}), ("dqn", {"refit_every": 0}),
+    ("dqn", {"lam": -1.0}), ("dqn", {"refit_every": -1}), ("dqn", {"warmup": -2}),
 ])
 def test_out_of_range_parameters_are_user_errors(name, overrides):
     with pytest.raises(QbenchError, match=next(iter(overrides))):
@@ -319,3 +319,13 @@ def test_joint_method_returns_pq_codes_of_the_budget(digits, name, bits, layout)
     assert out.info["refits"] == 3  # epochs 1 and 2, then the final refit
     assert out.info["quantization_error_train"] > 0
     assert set(out.timings) == {"train_s", "encode_s"}
+
+
+@pytest.mark.parametrize("epochs, warmup, refit_every", [(60, 10, 5), (5, 0, 1), (24, 4, 2)])
+def test_automatic_schedule_scales_with_the_epochs(digits, epochs, warmup, refit_every):
+    method = METHODS.get("dqn")(METHODS.resolve_params("dqn", {"epochs": epochs}))
+    kwargs = method.hook_kwargs(digits_ctx(digits))
+    assert (kwargs["warmup"], kwargs["refit_every"]) == (warmup, refit_every)
+    explicit = METHODS.get("dqn")(METHODS.resolve_params("dqn", {"warmup": 3, "refit_every": 7}))
+    kwargs = explicit.hook_kwargs(digits_ctx(digits))
+    assert (kwargs["warmup"], kwargs["refit_every"]) == (3, 7)
