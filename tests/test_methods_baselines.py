@@ -1,9 +1,7 @@
 """Two-stage (O)PQ, Householder, sign, ITQ, LSH, PQ and OPQ plugins end to end on digits."""
 
-import faiss
 import numpy as np
 import pytest
-import torch
 
 from qbench.codes import BinaryCodes, FloatCodes, PQCodes
 from qbench.errors import QbenchError
@@ -23,17 +21,6 @@ METHOD_PARAMS = {
     "opq": {"opq_iters": 3},
 }
 PQ_LAYOUT = {12: (2, 6), 24: (3, 8), 32: (4, 8), 48: (6, 8)}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster, and steadier on a shared 2-core machine."""
-    torch_threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
-    yield
-    torch.set_num_threads(torch_threads)
-    faiss.omp_set_num_threads(faiss_threads)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Quantizer mechanisms: PQ, OPQ, ITQ, LSH, sign and the Householder rotation."""
 
-import faiss
 import numpy as np
 import pytest
 import torch
@@ -17,17 +16,6 @@ from qbench.quantizers import (
     kmeans,
     rescale_to_sqrt_dim,
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small problems: one thread is faster, and steadier on a shared 2-core machine."""
-    torch_threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
-    yield
-    torch.set_num_threads(torch_threads)
-    faiss.omp_set_num_threads(faiss_threads)
 
 
 def _correlated(n=2000, d=16, seed=0):
