@@ -14,6 +14,7 @@ import numpy as np
 
 from qbench.data import Dataset, DatasetPlugin, ProtocolSpec
 from qbench.errors import QbenchError
+from qbench.labels import as_labels
 from qbench.registry import DATASETS, Param
 
 
@@ -34,22 +35,7 @@ def check_vectors(X: np.ndarray, where: str) -> np.ndarray:
 
 def check_labels(y: np.ndarray, n_items: int, where: str) -> np.ndarray:
     """``y`` as (n,) int64 class ids or (n, C) uint8 multi-hot; raises QbenchError otherwise."""
-    if y.ndim not in (1, 2):
-        raise QbenchError(f"{where}: shape {y.shape}, expected (n,) class ids or (n, C) multi-hot")
-    if len(y) != n_items:
-        raise QbenchError(f"{where}: {len(y)} labels for {n_items} items, expected equal counts")
-    if np.issubdtype(y.dtype, np.floating):
-        if not np.isfinite(y).all() or not np.array_equal(y, np.round(y)):
-            raise QbenchError(f"{where}: non-integer labels (dtype {y.dtype}), expected integers")
-    elif not (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
-        raise QbenchError(f"{where}: dtype {y.dtype}, expected integer labels")
-    if y.ndim == 1:
-        if y.size and y.min() < 0:
-            raise QbenchError(f"{where}: class id {int(y.min())}, expected ids >= 0")
-        return y.astype(np.int64)
-    if not np.isin(y, (0, 1)).all():
-        raise QbenchError(f"{where}: multi-hot labels must be 0 or 1")
-    return y.astype(np.uint8)
+    return as_labels(y, where, n_items)
 
 
 def load_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:

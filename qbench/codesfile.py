@@ -21,6 +21,7 @@ import numpy as np
 
 from qbench.codes import BinaryCodes, FloatCodes, PQCodes
 from qbench.errors import QbenchError
+from qbench.labels import as_labels
 
 KINDS = {
     "binary": ("query_bits", "db_bits"),
@@ -102,16 +103,7 @@ def _labels(archive: _Archive, key: str, n: int, n_name: str) -> np.ndarray:
     hint = f"({n_name}={n},) class ids or ({n_name}={n}, C) multi-hot"
     if a.ndim not in (1, 2) or len(a) != n or 0 in a.shape:
         raise archive.error(key, hint, f"shape {a.shape}")
-    if a.dtype.kind not in "biuf":
-        raise archive.error(key, hint, f"dtype {a.dtype}")
-    if a.ndim == 2:
-        if not np.all((a == 0) | (a == 1)):
-            raise archive.error(key, f"{hint} with values in {{0, 1}}", "other values")
-        return a.astype(np.uint8)
-    if a.dtype.kind == "f":
-        if not np.all(np.isfinite(a)) or not np.all(a == np.round(a)):
-            raise archive.error(key, f"{hint} (integers)", "non-integer values")
-    return a.astype(np.int64)
+    return as_labels(a, f"{archive.path}: key '{key}'")
 
 
 def _check_width(archive: _Archive, key: str, a: np.ndarray, width: int, hint: str):

@@ -30,6 +30,7 @@ import numpy as np
 from qbench import metrics as M
 from qbench.codes import BinaryCodes, FloatCodes, PQCodes
 from qbench.errors import QbenchError
+from qbench.labels import as_labels
 
 BLOCK_BYTES = 256 * 2**20
 """Working-memory target of one block of queries, in bytes."""
@@ -61,19 +62,8 @@ class Evaluation:
 
 def _as_labels(labels, name: str) -> np.ndarray:
     """Validate labels: (n,) integer class ids -> int64, or (n, C) multi-hot {0,1} -> bool."""
-    a = np.asarray(labels)
-    if a.ndim == 1:
-        if a.dtype.kind in "iub":
-            return a.astype(np.int64)
-        if a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.round(a)):
-            return a.astype(np.int64)
-        raise QbenchError(f"{name}: class ids must be integers, got dtype {a.dtype}")
-    if a.ndim == 2:
-        if a.dtype.kind not in "iubf" or not np.all((a == 0) | (a == 1)):
-            raise QbenchError(f"{name}: multi-hot labels must hold only 0 and 1")
-        return a.astype(bool)
-    raise QbenchError(f"{name}: expected shape (n,) class ids or (n, C) multi-hot, "
-                      f"got shape {a.shape}")
+    a = as_labels(labels, name)
+    return a.astype(bool) if a.ndim == 2 else a
 
 
 class _Labels:
