@@ -38,7 +38,8 @@ class _RawPQ(Method):
         m, b = pq_layout(ctx.bits, self.params["subspaces"])
         start = time.perf_counter()
         train = ctx.flat_x("train")
-        quantizer = self.make_quantizer(m, b, ctx.seed).fit(pad_columns(train, m))
+        train_padded = pad_columns(train, m)
+        quantizer = self.make_quantizer(m, b, ctx.seed).fit(train_padded)
         fit_s = time.perf_counter() - start
         start = time.perf_counter()
         query, db = ctx.flat_x("query"), ctx.flat_x("database")
@@ -53,8 +54,8 @@ class _RawPQ(Method):
             "codewords": 1 << b,
             "bits_per_subspace": b,
             "input_dim": int(train.shape[1]),
-            "padded_dim": int(train.shape[1] + (-train.shape[1] % m)),
-            "train_distortion": quantizer.distortion(pad_columns(train, m)),
+            "padded_dim": int(train_padded.shape[1]),
+            "train_distortion": quantizer.distortion(train_padded),
         }
         return MethodOutput(
             codes=codes,
