@@ -9,7 +9,12 @@ match wins:
   without extracting).
 
 Without ``--data-dir`` and with nothing in the cache, the python archive is downloaded
-from the official URL and md5-checked.
+from the official URL and md5-checked. An archive whose md5 is not the official one is
+refused; an extracted folder is read without an md5 check.
+
+Through :meth:`qbench.data.DatasetPlugin.load_cached`, the md5 check and the decoding run
+once per machine: later loads memory-map the cached arrays while the archive (or the
+folder's batch files) keeps its size, mtime, ctime and inode.
 
 The python batches are pickles written by Python 2; they are read with
 :class:`RestrictedUnpickler`, which resolves only the three numpy globals an ndarray
@@ -34,6 +39,7 @@ from qbench.errors import QbenchError
 from qbench.registry import DATASETS
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+HOME_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 PY_ARCHIVE = "cifar-10-python.tar.gz"
 BIN_ARCHIVE = "cifar-10-binary.tar.gz"
 PY_FOLDER = "cifar-10-batches-py"
@@ -179,6 +185,25 @@ def _find_source(folder: Path) -> tuple[str, Path] | None:
     return None
 
 
+def _members(kind: str) -> tuple[str, ...]:
+    """The six batch files then the meta file of source ``kind`` (see :func:`_find_source`)."""
+    if kind.startswith("bin"):
+        return BIN_BATCHES + ("batches.meta.txt",)
+    return PY_BATCHES + ("batches.meta",)
+
+
+def _verify_archive(path: Path, md5: str, folder: str) -> None:
+    """Refuse an archive whose md5 is not the official ``md5``, saying what to do instead."""
+    try:
+        verify_md5(path, md5)
+    except QbenchError as exc:
+        raise QbenchError(
+            f"{exc}; download it again from {HOME_URL}, or extract it and pass the folder "
+            f"holding the extracted {folder}/ with --data-dir (folders are read without an "
+            "md5 check)"
+        ) from None
+
+
 @DATASETS.register
 class Cifar10(DatasetPlugin):
     """CIFAR-10: 60,000 32x32 colour images in 10 classes (50,000 train + 10,000 test)."""
@@ -199,17 +224,20 @@ class Cifar10(DatasetPlugin):
         ),
     }
 
+    def source_files(self) -> list[Path]:
+        """The archive, or the batch and meta files of the extracted folder."""
+        kind, path = self._locate()
+        return [path] if kind.endswith("tar") else [path / m for m in _members(kind)]
+
     def load(self) -> Dataset:
         kind, path = self._locate()
+        members = _members(kind)
         if kind.startswith("bin"):
-            members = BIN_BATCHES + ("batches.meta.txt",)
-            folder, reader = BIN_FOLDER, load_batch_binary
+            folder, reader, archive = BIN_FOLDER, load_batch_binary, BIN_ARCHIVE
         else:
-            members = PY_BATCHES + ("batches.meta",)
-            folder, reader = PY_FOLDER, load_batch_pickle
+            folder, reader, archive = PY_FOLDER, load_batch_pickle, PY_ARCHIVE
         if kind.endswith("tar"):
-            expected_md5 = ARCHIVE_MD5[BIN_ARCHIVE if kind.startswith("bin") else PY_ARCHIVE]
-            verify_md5(path, expected_md5)
+            _verify_archive(path, ARCHIVE_MD5[archive], folder)
             files = _read_archive(path, folder, members)
             where = f"{path}:{folder}/"
         else:
@@ -240,7 +268,7 @@ class Cifar10(DatasetPlugin):
             if found is None:
                 raise QbenchError(
                     f"--data-dir {self.data_dir} holds no CIFAR-10: expected {PY_ARCHIVE} or "
-                    f"{BIN_ARCHIVE} (from https://www.cs.toronto.edu/~kriz/cifar.html) or the "
+                    f"{BIN_ARCHIVE} (from {HOME_URL}) or the "
                     f"extracted {PY_FOLDER}/ or {BIN_FOLDER}/; or omit --data-dir to download"
                 )
             return found

@@ -15,6 +15,10 @@ Where the files are looked for, in order:
 - otherwise the official ``.gz`` files are downloaded there, each checked against its
   published md5. MNIST's original host (yann.lecun.com) often refuses downloads, so the
   PyTorch team's S3 copy is tried first and the original host second.
+
+Through :meth:`qbench.data.DatasetPlugin.load_cached`, the four files are decompressed and
+checked once per machine; later loads memory-map the cached arrays while the files keep
+their size, mtime, ctime and inode.
 """
 
 from __future__ import annotations
@@ -102,6 +106,11 @@ class IdxPlugin(DatasetPlugin):
     md5: dict[str, str] = {}
     system_dirs: tuple[Path, ...] = ()
     class_names: tuple[str, ...] = ()
+
+    def source_files(self) -> list[Path]:
+        """The four IDX files (.gz or plain) that :meth:`load` reads."""
+        folder = self._locate()
+        return [_find(folder, stem) for stem in FILES]
 
     def load(self) -> Dataset:
         folder = self._locate()

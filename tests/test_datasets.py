@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from qbench import arraycache
+from qbench.arraycache import ArrayCache, arrays_checksum
 from qbench.datasets import cifar10, idx
 from qbench.download import download, md5sum, verify_md5
 from qbench.errors import QbenchError
@@ -371,11 +373,15 @@ def test_cifar_extracted_folders_load(tmp_path, tiny_cifar, kind):
     assert make_plugin("cifar10", folder).load().source == str(folder)
 
 
-def test_cifar_archive_with_wrong_md5_is_rejected(tmp_path, tiny_cifar):
+def test_cifar_archive_with_wrong_md5_is_rejected_pointing_to_extracted_folder(
+    tmp_path, tiny_cifar
+):
     path = write_archive(tmp_path / cifar10.PY_ARCHIVE, cifar10.PY_FOLDER, py_members(tiny_cifar))
     with pytest.raises(QbenchError, match=cifar10.ARCHIVE_MD5[cifar10.PY_ARCHIVE]) as err:
         make_plugin("cifar10", tmp_path).load()
-    assert str(path) in str(err.value)
+    msg = str(err.value)
+    assert str(path) in msg and "\n" not in msg
+    assert f"extracted {cifar10.PY_FOLDER}/ with --data-dir" in msg
 
 
 class RunsShell:
@@ -616,3 +622,214 @@ def test_all_dataset_plugins_are_registered():
     assert {"mnist", "fashion-mnist", "cifar10", "features", "nus-wide"} <= names
     for name in names:
         assert DATASETS.get(name).description
+
+
+# --------------------------------------------------------------------------- dataset cache
+
+
+def cache_entries(cache_root: Path, name: str) -> list[Path]:
+    folder = cache_root / "datasets" / name
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+@pytest.fixture
+def cached_cifar(tmp_path, monkeypatch, tiny_cifar):
+    """A trusted tiny python archive in tmp_path/data, and a counter of its md5 checks."""
+    path = write_archive(
+        tmp_path / "data" / cifar10.PY_ARCHIVE, cifar10.PY_FOLDER, py_members(tiny_cifar)
+    )
+    trust_archive(monkeypatch, path)
+    calls = {"md5": 0}
+
+    def counting_verify(*args):
+        calls["md5"] += 1
+        return verify_md5(*args)
+
+    monkeypatch.setattr(cifar10, "verify_md5", counting_verify)
+    return path, calls
+
+
+def test_second_cached_load_neither_reads_nor_verifies_the_source(
+    tmp_path, monkeypatch, tiny_cifar, cached_cifar
+):
+    path, calls = cached_cifar
+    first = make_plugin("cifar10", path.parent).load_cached(tmp_path / "cache-root")
+    assert calls["md5"] == 1 and len(cache_entries(tmp_path / "cache-root", "cifar10")) == 1
+
+    def no_reading(*args):
+        raise AssertionError("the source was read on a cache hit")
+
+    monkeypatch.setattr(cifar10, "_read_archive", no_reading)
+    second = make_plugin("cifar10", path.parent).load_cached(tmp_path / "cache-root")
+    assert calls["md5"] == 1
+    assert_cifar(second, tiny_cifar)
+    assert not second.X.flags.writeable
+    assert second.source == first.source == str(path)
+    images, labels = expected_cifar(tiny_cifar)
+    assert second.checksum == first.checksum == arrays_checksum({"X": images, "y": labels})
+
+
+def test_changed_cifar_archive_is_verified_again_and_refused(tmp_path, cached_cifar):
+    path, calls = cached_cifar
+    make_plugin("cifar10", path.parent).load_cached(tmp_path / "cache-root")
+    with open(path, "ab") as fh:
+        fh.write(b"appended garbage")
+    with pytest.raises(QbenchError, match="md5"):
+        make_plugin("cifar10", path.parent).load_cached(tmp_path / "cache-root")
+    assert calls["md5"] == 2
+
+
+def test_changed_idx_file_is_a_miss_that_replaces_the_old_entry(tmp_path, monkeypatch):
+    monkeypatch.setattr(idx, "EXPECTED_TOTAL", 50)
+    write_idx_set(tmp_path / "d", 40, 10, seed=0)
+    old = make_plugin("mnist", tmp_path / "d").load_cached(tmp_path / "cache-root")
+    images, _ = write_idx_set(tmp_path / "d", 40, 10, seed=1)
+    new = make_plugin("mnist", tmp_path / "d").load_cached(tmp_path / "cache-root")
+    assert np.array_equal(new.X[:, 0], images)
+    assert new.checksum != old.checksum
+    assert len(cache_entries(tmp_path / "cache-root", "mnist")) == 1
+
+
+def flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda entry: flip_last_byte(entry / "X.npy"), "checksum"),
+        (lambda entry: (entry / "y.npy").write_bytes(b"\x93NUMPY"), "y.npy"),
+        (lambda entry: (entry / "manifest.json").write_text("{"), "manifest.json"),
+        (lambda entry: (entry / "X.npy").unlink(), "missing"),
+    ],
+)
+def test_corrupt_cache_entry_is_reported_in_one_line_and_rebuilt(
+    tmp_path, monkeypatch, capsys, damage, reason
+):
+    monkeypatch.setattr(idx, "EXPECTED_TOTAL", 50)
+    images, labels = write_idx_set(tmp_path / "d", 40, 10)
+    root = tmp_path / "cache-root"
+    first = make_plugin("mnist", tmp_path / "d").load_cached(root)
+    [entry] = cache_entries(root, "mnist")
+    damage(entry)
+    ds = make_plugin("mnist", tmp_path / "d").load_cached(root)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(entry) in err and "corrupt" in err and reason in err
+    assert np.array_equal(ds.X[:, 0], images) and np.array_equal(ds.y, labels)
+    assert ds.checksum == first.checksum
+    hit = make_plugin("mnist", tmp_path / "d").load_cached(root)
+    assert capsys.readouterr().err == ""
+    assert not hit.X.flags.writeable and hit.checksum == first.checksum
+
+
+def test_cache_off_loads_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(idx, "EXPECTED_TOTAL", 50)
+    images, _ = write_idx_set(tmp_path / "d", 40, 10)
+    ds = make_plugin("mnist", tmp_path / "d").load_cached(None)
+    assert np.array_equal(ds.X[:, 0], images) and ds.X.flags.writeable
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+def test_unwritable_cache_folder_fails_in_one_line_before_decoding(tmp_path, monkeypatch):
+    monkeypatch.setattr(idx, "EXPECTED_TOTAL", 50)
+    write_idx_set(tmp_path / "d", 40, 10)
+    root = tmp_path / "not-a-folder"
+    root.write_text("")
+
+    def no_decoding(path):
+        raise AssertionError("decoded before the cache folder was checked")
+
+    monkeypatch.setattr(idx, "read_idx", no_decoding)
+    with pytest.raises(QbenchError) as err:
+        make_plugin("mnist", tmp_path / "d").load_cached(root)
+    msg = str(err.value)
+    assert str(root / "datasets" / "mnist") in msg and "not writable" in msg and "\n" not in msg
+
+
+def test_source_changed_while_decoding_is_not_cached(tmp_path, monkeypatch):
+    monkeypatch.setattr(idx, "EXPECTED_TOTAL", 50)
+    write_idx_set(tmp_path / "d", 40, 10)
+    decode = idx.read_idx
+
+    def decode_then_touch(path):
+        os.utime(path, ns=(0, 0))
+        return decode(path)
+
+    monkeypatch.setattr(idx, "read_idx", decode_then_touch)
+    make_plugin("mnist", tmp_path / "d").load_cached(tmp_path / "cache-root")
+    assert cache_entries(tmp_path / "cache-root", "mnist") == []
+
+
+def test_cheap_datasets_are_not_cached_but_have_a_checksum(tmp_path):
+    root = tmp_path / "cache-root"
+    digits = make_plugin("digits").load_cached(root)
+    synth = make_plugin("synthetic", n_items=50).load_cached(root)
+    other = make_plugin("synthetic", n_items=50, data_seed=1).load_cached(root)
+    assert not root.exists()
+    assert digits.checksum == arrays_checksum({"X": digits.X, "y": digits.y})
+    assert synth.checksum == make_plugin("synthetic", n_items=50).load().checksum
+    assert other.checksum != synth.checksum
+
+
+def test_losing_writer_discards_its_copy_and_keeps_the_winners(tmp_path):
+    cache = ArrayCache(tmp_path / "c")
+    arrays = {"X": np.arange(12, dtype=np.float32).reshape(3, 4), "y": np.arange(3)}
+    checksum = cache.put("k", arrays, {"who": "first"})
+    assert cache.put("k", arrays, {"who": "second"}) == checksum
+    assert [p.name for p in (tmp_path / "c").iterdir()] == ["k"]
+    entry = cache.get("k")
+    assert entry.meta == {"who": "first"} and entry.checksum == checksum
+    assert np.array_equal(entry.arrays["X"], arrays["X"])
+
+
+def _load_mnist_and_report(data_dir: Path, root: Path, results) -> None:
+    results.put(make_plugin("mnist", data_dir).load_cached(root).checksum)
+
+
+def test_two_processes_decoding_at_once_leave_one_valid_entry(tmp_path, monkeypatch, capsys):
+    import multiprocessing
+
+    monkeypatch.setattr(idx, "EXPECTED_TOTAL", 50)
+    write_idx_set(tmp_path / "d", 40, 10)
+    root = tmp_path / "cache-root"
+    ctx = multiprocessing.get_context("fork")
+    both_decoding = ctx.Barrier(2, timeout=20)
+    decode = idx.read_idx
+
+    def decode_together(path):
+        if path.name.startswith(IDX_STEMS[0]):
+            both_decoding.wait()
+        return decode(path)
+
+    monkeypatch.setattr(idx, "read_idx", decode_together)
+    results = ctx.Queue()
+    workers = [ctx.Process(target=_load_mnist_and_report, args=(tmp_path / "d", root, results))
+               for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=30)
+    assert [w.exitcode for w in workers] == [0, 0]
+    checksums = {results.get(timeout=5) for _ in workers}
+    assert [p.name.startswith(".tmp-") for p in cache_entries(root, "mnist")] == [False]
+    monkeypatch.setattr(idx, "read_idx", decode)
+    hit = make_plugin("mnist", tmp_path / "d").load_cached(root)
+    assert checksums == {hit.checksum} and not hit.X.flags.writeable
+    assert "corrupt" not in capsys.readouterr().err
+
+
+def test_writer_removes_temporary_folders_of_dead_processes_only(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    folder = tmp_path / "c"
+    orphan = folder / f"{arraycache.TMP_PREFIX}{arraycache._host()}-{dead}-abc"
+    live = folder / f"{arraycache._tmp_prefix()}xyz"
+    orphan.mkdir(parents=True)
+    live.mkdir()
+    ArrayCache(folder).put("k", {"y": np.arange(3)}, {})
+    assert not orphan.exists() and live.exists()
