@@ -33,7 +33,9 @@ from qbench.registry import METHODS, Param
 
 
 class PenaltyHooks(CodebookHooks):
-    """Adds lam * mean_i sum_m |q_im - C_m h_im|^2 over the batch once the codebooks act."""
+    """Adds lam * mean_i sum_m |q_im - C_m h_im|^2 / s over the batch once the codebooks
+    act, s = the batch's detached mean |q_i|^2 (1 with the cosine loss; scale-free with the
+    inner-product loss, whose outputs are ~150x larger in squared norm)."""
 
     def __init__(self, subspaces: int, nbits: int, *, lam: float, **kwargs):
         super().__init__(subspaces, nbits, **kwargs)
@@ -43,8 +45,9 @@ class PenaltyHooks(CodebookHooks):
         """lam * mean over the batch of the squared quantization error; z: (n, D)."""
         if not self.active(epoch) or self.lam == 0:
             return None
-        residual = self.to_space(z) - self.assigned_codewords(idx)
-        return self.lam * (residual * residual).sum(1).mean()
+        q = self.to_space(z)
+        residual = q - self.assigned_codewords(idx)
+        return self.lam * (residual * residual).sum(1).mean() / self.scale(q)
 
 
 @METHODS.register

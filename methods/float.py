@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import time
-
 from qbench.codes import FloatCodes
-from qbench.engine import ENGINE_PARAMS, Trainer
-from qbench.method import DEFAULT_DIM, Method, MethodOutput, RunContext
+from qbench.encoder_cache import stage1_encoder
+from qbench.engine import ENGINE_PARAMS
+from qbench.method import DEFAULT_DIM, Method, MethodOutput, RunContext, l2_normalise
 from qbench.registry import METHODS, Param
+from qbench.trained import select_and_encode
+
+
+def cosine_codes(query, db) -> FloatCodes:
+    """Raw embeddings ranked by cosine (L2-normalised first)."""
+    return FloatCodes(l2_normalise(query), l2_normalise(db), metric="cosine")
 
 
 @METHODS.register
@@ -15,7 +20,7 @@ class FloatEmbedding(Method):
     """Stage-1 similarity training only; rank the database by cosine on float embeddings.
 
     ``--bits`` does not shape the code here (a code is D float32 values); it is recorded so
-    the run sits beside the quantized ones of the same budget.
+    the run sits beside the quantized ones of the same budget. Selection: cosine MAP.
     """
 
     name = "float"
@@ -24,13 +29,10 @@ class FloatEmbedding(Method):
     params = ENGINE_PARAMS + (Param("dim", int, DEFAULT_DIM, "embedding width D", minimum=1),)
 
     def run(self, ctx: RunContext) -> MethodOutput:
-        trainer = Trainer(ctx, self.params, self.params["dim"]).fit()
-        start = time.perf_counter()
-        emb = trainer.embed_splits(("query", "database"))
-        codes = FloatCodes(emb["query"], emb["database"], metric="cosine")
-        return MethodOutput(
-            codes=codes,
-            float_codes=codes,
-            info={"training": trainer.summary(), "dim": self.params["dim"]},
-            timings={"train_s": trainer.train_s, "encode_s": time.perf_counter() - start},
+        encoder = stage1_encoder(ctx, self.params, self.params["dim"])
+        return select_and_encode(
+            ctx, encoder,
+            represent=lambda train, val, pool: (cosine_codes(val, pool), None),
+            encode=lambda _, query, db: cosine_codes(query, db),
+            info={"dim": self.params["dim"]},
         )

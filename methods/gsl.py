@@ -27,6 +27,7 @@ where alpha in [0.2, 1] and k in {1, 3, 8} are all within seed noise of one anot
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from qbench.joint import JOINT_PARAMS, CodebookHooks, JointMethod, tangent_part
 from qbench.method import RunContext
@@ -71,10 +72,11 @@ class SnappingHooks(CodebookHooks):
             return g
         q = self.to_space(z)
         candidates = self.nearest_codewords(q, self.k_nearest)
-        if not self.normalise:
-            return g + snap_correction(g, q, candidates, self.alpha)
-        change = snap_correction(tangent_part(z, g), q, candidates, self.alpha)
-        return g + tangent_part(z, change)
+        g_space = tangent_part(z, g) if self.normalise else g
+        pad = q.shape[1] - g.shape[1]  # zero columns of the padded quantization space
+        change = snap_correction(F.pad(g_space, (0, pad)), q, candidates,
+                                 self.alpha)[:, :g.shape[1]]
+        return g + (tangent_part(z, change) if self.normalise else change)
 
 
 @METHODS.register

@@ -16,18 +16,23 @@ import time
 
 import numpy as np
 
-from qbench.codes import BinaryCodes
-from qbench.engine import ENGINE_PARAMS, Trainer
-from qbench.method import Method, MethodOutput, RunContext, trained_output
+from qbench.codes import BinaryCodes, FloatCodes
+from qbench.encoder_cache import stage1_encoder
+from qbench.engine import ENGINE_PARAMS
+from qbench.method import Method, MethodOutput, RunContext, l2_normalise
+from qbench.methods.sign import sign_codes
 from qbench.quantizers import HouseholderRotation, rescale_to_sqrt_dim
 from qbench.registry import METHODS, Param
+from qbench.selection import select
 
 
 @METHODS.register
 class Householder(Method):
     """H²Q: stage-1 embedding of width B, stage-2 Householder rotation, sign codes.
 
-    Stage 2 fits on the training-split embeddings and selects on the validation split's.
+    Model selection (``selection`` in results) is the stage-1 choice by tie-aware Hamming
+    MAP of the sign codes; stage 2 fits on the chosen model's training-split embeddings and
+    keeps the rotation with the lowest validation-split loss (``method_info.rotation``).
     """
 
     name = "householder"
@@ -44,24 +49,31 @@ class Householder(Method):
     def run(self, ctx: RunContext) -> MethodOutput:
         self.check_bits(ctx.bits)
         p = self.params
-        trainer = Trainer(ctx, p, ctx.bits, tanh=False).fit()
+        encoder = stage1_encoder(ctx, p, ctx.bits)
+        choice = select(encoder, ctx.splits.train, ctx.pool, ctx.dataset.y,
+                        lambda train, val, pool: (sign_codes(val, pool), None), ctx.select)
         start = time.perf_counter()
-        emb = {split: rescale_to_sqrt_dim(trainer.embed_split(split)) for split in ("train", "val")}
+        emb = {split: rescale_to_sqrt_dim(encoder.embeddings(choice.epoch,
+                                                             getattr(ctx.splits, split)))
+               for split in ("train", "val")}
         rotation = HouseholderRotation(
             epochs=p["rot_epochs"], lr=p["rot_lr"], batch_size=p["rot_batch"],
             loss=p["rot_loss"], seed=ctx.seed, device=ctx.device,
         ).fit(emb["train"], emb["val"])
         fit_s = time.perf_counter() - start
         start = time.perf_counter()
-        emb.update({split: rescale_to_sqrt_dim(trainer.embed_split(split))
+        emb.update({split: rescale_to_sqrt_dim(encoder.embeddings(choice.epoch,
+                                                                  getattr(ctx.splits, split)))
                     for split in ("query", "database")})
         codes = BinaryCodes(rotation.encode(emb["query"]), rotation.encode(emb["database"]))
         encode_s = time.perf_counter() - start
         u = rotation.matrix()
         info = {
             "dim": ctx.bits,
+            "training": encoder.summary,
             "rotation": {
                 "loss": p["rot_loss"],
+                "criterion": "lowest validation quantization loss (stage 2)",
                 "train_loss_before": rotation.loss_history[0],
                 "train_loss_after": rotation.quantization_loss(emb["train"]),
                 "val_loss_before": rotation.val_history[0],
@@ -71,6 +83,13 @@ class Householder(Method):
                 "orthogonality_error": float(np.abs(u.T @ u - np.eye(len(u))).max()),
             },
         }
-        return trained_output(codes, trainer, emb["query"], emb["database"], info=info,
-                              encode_s=encode_s, extra_train_s=fit_s)
-
+        return MethodOutput(
+            codes=codes,
+            float_codes=FloatCodes(l2_normalise(emb["query"]), l2_normalise(emb["database"]),
+                                   metric="cosine"),
+            info=info,
+            timings={"train_s": encoder.train_s, "select_s": choice.select_s + choice.fit_s,
+                     "fit_s": fit_s, "encode_s": encode_s},
+            selection=choice.selection.to_dict(),
+            encoder={"key": encoder.cache_key, "cache": encoder.cache_status},
+        )

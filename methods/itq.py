@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import time
+import numpy as np
 
 from qbench.codes import BinaryCodes
-from qbench.engine import ENGINE_PARAMS, Trainer
+from qbench.encoder_cache import stage1_encoder
+from qbench.engine import ENGINE_PARAMS
 from qbench.errors import QbenchError
-from qbench.method import DEFAULT_DIM, Method, MethodOutput, RunContext, trained_output
+from qbench.method import DEFAULT_DIM, Method, MethodOutput, RunContext, l2_normalise
 from qbench.quantizers import ITQ
 from qbench.registry import METHODS, Param
+from qbench.trained import select_and_encode
 
 
 @METHODS.register
 class IterativeQuantization(Method):
     """Similarity training with embedding width D, then ITQ to B bits fitted on the
-    (L2-normalised) training embeddings; Hamming ranking.
+    (L2-normalised) training embeddings of each candidate; Hamming ranking; selection by
+    tie-aware Hamming MAP of the ITQ codes.
 
     ``dim`` = 0 (default) picks D = max(64, B), so PCA always has B directions to keep; an
     explicit ``dim`` below B is an error (ITQ cannot make more bits than dimensions).
@@ -46,21 +49,19 @@ class IterativeQuantization(Method):
     def run(self, ctx: RunContext) -> MethodOutput:
         self.check_bits(ctx.bits)
         dim = self.embedding_dim(ctx.bits)
-        trainer = Trainer(ctx, self.params, dim).fit()
-        start = time.perf_counter()
-        emb = trainer.embed_splits(("train",), normalise=self.params["normalise"])
-        itq = ITQ(ctx.bits, iters=self.params["itq_iters"], seed=ctx.seed).fit(emb["train"])
-        fit_s = time.perf_counter() - start
-        start = time.perf_counter()
-        emb.update(trainer.embed_splits(("query", "database"),
-                                        normalise=self.params["normalise"]))
-        codes = BinaryCodes(itq.encode(emb["query"]), itq.encode(emb["database"]))
-        encode_s = time.perf_counter() - start
-        info = {
-            "dim": dim,
-            "normalise": self.params["normalise"],
-            "quantization_loss_before": itq.loss_history[0],
-            "quantization_loss_after": itq.loss_history[-1],
-        }
-        return trained_output(codes, trainer, emb["query"], emb["database"], info=info,
-                              encode_s=encode_s, extra_train_s=fit_s)
+        encoder = stage1_encoder(ctx, self.params, dim)
+        space = l2_normalise if self.params["normalise"] else np.asarray
+
+        def represent(train, val, pool):
+            itq = ITQ(ctx.bits, iters=self.params["itq_iters"], seed=ctx.seed).fit(space(train))
+            return encode(itq, val, pool), itq
+
+        def encode(itq, query, db):
+            return BinaryCodes(itq.encode(space(query)), itq.encode(space(db)))
+
+        return select_and_encode(
+            ctx, encoder, represent, encode,
+            info={"dim": dim, "normalise": self.params["normalise"]},
+            describe=lambda itq: {"quantization_loss_before": itq.loss_history[0],
+                                  "quantization_loss_after": itq.loss_history[-1]},
+        )

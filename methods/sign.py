@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-import time
-
 from qbench.codes import BinaryCodes
-from qbench.engine import ENGINE_PARAMS, Trainer
-from qbench.method import Method, MethodOutput, RunContext, trained_output
+from qbench.encoder_cache import stage1_encoder
+from qbench.engine import ENGINE_PARAMS
+from qbench.method import Method, MethodOutput, RunContext
 from qbench.quantizers import SignQuantizer
 from qbench.registry import METHODS
+from qbench.trained import select_and_encode
+
+
+def sign_codes(query, db) -> BinaryCodes:
+    """Bit j = [z_j > 0] of query and database embeddings."""
+    quantizer = SignQuantizer()
+    return BinaryCodes(quantizer.encode(query), quantizer.encode(db))
 
 
 @METHODS.register
 class Sign(Method):
-    """Similarity training with D = B (no tanh), then bit j = [z_j > 0]; Hamming ranking."""
+    """Similarity training with D = B (no tanh), then bit j = [z_j > 0]; Hamming ranking.
+    Selection: tie-aware Hamming MAP of the sign codes."""
 
     name = "sign"
     description = "similarity training with D = bits, then the sign of each coordinate"
@@ -22,11 +29,10 @@ class Sign(Method):
 
     def run(self, ctx: RunContext) -> MethodOutput:
         self.check_bits(ctx.bits)
-        trainer = Trainer(ctx, self.params, ctx.bits).fit()
-        start = time.perf_counter()
-        emb = trainer.embed_splits(("query", "database"), normalise=False)
-        quantizer = SignQuantizer()
-        codes = BinaryCodes(quantizer.encode(emb["query"]), quantizer.encode(emb["database"]))
-        encode_s = time.perf_counter() - start
-        return trained_output(codes, trainer, emb["query"], emb["database"],
-                              info={"dim": ctx.bits}, encode_s=encode_s)
+        encoder = stage1_encoder(ctx, self.params, ctx.bits)
+        return select_and_encode(
+            ctx, encoder,
+            represent=lambda train, val, pool: (sign_codes(val, pool), None),
+            encode=lambda _, query, db: sign_codes(query, db),
+            info={"dim": ctx.bits},
+        )

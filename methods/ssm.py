@@ -74,7 +74,9 @@ class ShuttleHooks(CodebookHooks):
                                     device=trainer.device)
 
     def codeword_force(self, z: torch.Tensor) -> torch.Tensor:
-        """F (n, D) on the outputs z (n, D): the k nearest codewords' pull in each subspace."""
+        """F (n, D) on the outputs z (n, D): the k nearest codewords' pull in each subspace,
+        divided by the batch's detached mean squared norm in the quantization space (1 with
+        the cosine loss), so gamma is scale-free."""
         q = self.to_space(z)
         n = q.shape[0]
         m_count, _, dsub = self.codebooks.shape
@@ -82,11 +84,16 @@ class ShuttleHooks(CodebookHooks):
                 - q.reshape(n, m_count, 1, dsub))  # (n, M, k, D/M)
         if self.force_law == "gravity":
             pull = pull / ((pull * pull).sum(-1, keepdim=True) + self.eps)
-        return self.pull_back(z, pull.sum(2).reshape(n, -1))
+        return self.pull_back(z, pull.sum(2).reshape(n, -1) / self.scale(q))
 
     def output_gradient(self, g: torch.Tensor, z: torch.Tensor, idx: torch.Tensor,
                         epoch: int) -> torch.Tensor:
-        """-v_i after the update v_i <- mu v_i + eta (-g_i + gamma F_i); g, z: (n, D)."""
+        """-v_i after the update v_i <- mu v_i + eta (-g_i + gamma F_i); g, z: (n, D).
+
+        During the warm-up epochs the output gradient is g itself: the warm-up is plain
+        similarity training, shared with the stage-1 encoder."""
+        if epoch < self.warmup:
+            return g
         drive = -g
         if self.gamma and self.active(epoch):
             drive = drive + self.gamma * self.codeword_force(z)

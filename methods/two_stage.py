@@ -8,79 +8,51 @@ rotation.
 
 from __future__ import annotations
 
-import time
+import numpy as np
 
-from qbench.codes import PQCodes
-from qbench.engine import ENGINE_PARAMS, Trainer
-from qbench.method import (
-    Method,
-    MethodOutput,
-    RunContext,
-    check_divisible,
-    default_pq_dim,
-    pq_layout,
-    trained_output,
-)
+from qbench.encoder_cache import stage1_encoder
+from qbench.engine import ENGINE_PARAMS
+from qbench.method import DEFAULT_DIM, Method, MethodOutput, RunContext, l2_normalise, pq_layout
 from qbench.quantizers import OPQ, ProductQuantizer
 from qbench.registry import METHODS, Param
+from qbench.trained import PQRepresentation, select_and_encode
 
 
 class _TwoStage(Method):
     family = "pq"
-    rotate = False
     params = ENGINE_PARAMS + (
-        Param("dim", int, 0, "embedding width D (0: smallest multiple of M that is >= 64)",
-              minimum=0),
+        Param("dim", int, DEFAULT_DIM, "embedding width D (zero-padded to a multiple of M "
+              "for PQ)", minimum=1),
         Param("subspaces", int, 0, "PQ subspaces M (0: automatic from --bits, SPEC §2)",
               minimum=0),
         Param("normalise", bool, True, "L2-normalise embeddings before fitting and search"),
     )
 
-    def layout(self, bits: int) -> tuple[int, int, int]:
-        """(M, b, D) for ``bits``; raises QbenchError for a bad budget or a D not divisible by M."""
-        m, b = pq_layout(bits, self.params["subspaces"])
-        dim = self.params["dim"] or default_pq_dim(m)
-        check_divisible(dim, m)
-        return m, b, dim
-
     def check_bits(self, bits: int) -> None:
         super().check_bits(bits)
-        self.layout(bits)
+        pq_layout(bits, self.params["subspaces"])
 
     def make_quantizer(self, m: int, b: int, seed: int) -> ProductQuantizer | OPQ:
         return ProductQuantizer(m, b, seed=seed)
 
     def run(self, ctx: RunContext) -> MethodOutput:
         self.check_bits(ctx.bits)
-        m, b, dim = self.layout(ctx.bits)
-        trainer = Trainer(ctx, self.params, dim).fit()
-        start = time.perf_counter()
-        emb = trainer.embed_splits(("train",), normalise=self.params["normalise"])
-        quantizer = self.make_quantizer(m, b, ctx.seed).fit(emb["train"])
-        fit_s = time.perf_counter() - start
-        start = time.perf_counter()
-        emb.update(trainer.embed_splits(("query", "database"),
-                                        normalise=self.params["normalise"]))
-        db_codes = quantizer.encode(emb["database"])
-        query = quantizer.transform(emb["query"]) if self.rotate else emb["query"]
-        codes = PQCodes(query, db_codes, quantizer.codebooks)
-        encode_s = time.perf_counter() - start
-        info = {
-            "subspaces": m,
-            "codewords": 1 << b,
-            "bits_per_subspace": b,
-            "dim": dim,
-            "normalise": self.params["normalise"],
-            "train_distortion": quantizer.distortion(emb["train"]),
-        }
-        return trained_output(codes, trainer, emb["query"], emb["database"], info=info,
-                              encode_s=encode_s, extra_train_s=fit_s)
+        m, b = pq_layout(ctx.bits, self.params["subspaces"])
+        dim = self.params["dim"]
+        encoder = stage1_encoder(ctx, self.params, dim)
+        pq = PQRepresentation(lambda: self.make_quantizer(m, b, ctx.seed), m,
+                              l2_normalise if self.params["normalise"] else np.asarray)
+        info = {"subspaces": m, "codewords": 1 << b, "bits_per_subspace": b, "dim": dim,
+                "padded_dim": -(-dim // m) * m, "normalise": self.params["normalise"]}
+        return select_and_encode(ctx, encoder, pq.represent, pq.encode, info=info,
+                                 describe=pq.describe)
 
 
 @METHODS.register
 class TwoStagePQ(_TwoStage):
     """DQN_2: similarity-trained embeddings (L2-normalised), then PQ on the training
     embeddings (per-subspace k-means, M x 2^b codewords); database encoded, ADC search.
+    Selection: ADC MAP of the PQ codes fitted on each candidate.
     """
 
     name = "two-stage-pq"
@@ -96,7 +68,6 @@ class TwoStageOPQ(_TwoStage):
 
     name = "two-stage-opq"
     description = "similarity training, then OPQ (rotation + PQ) on the frozen embeddings (DQN_2+)"
-    rotate = True
     params = _TwoStage.params + (
         Param("opq_iters", int, 50, "OPQ alternations of PQ training and rotation update",
               minimum=0),

@@ -6,11 +6,15 @@ Stage: encoder f_theta -> embedding z -> similarity loss. Methods hook in throug
 - ``extra_loss(z, idx)``: a differentiable penalty added to the loss (DQN's quantization term);
 - ``output_gradient(g, z, idx)``: replace dL_sim/dz before it is back-propagated (SSM, GSL);
 - ``on_epoch_start(epoch)``: periodic work such as codebook refits;
-- ``validation_codes(val_emb, train_emb)``: what model selection scores (default: cosine
-  ranking of the float embeddings).
+- ``selectable(epoch)``: whether the model after an epoch is a candidate for selection.
 
-Model selection uses the validation split as queries against the training split as the
-retrieval set, never the query split.
+Training keeps *candidates*: the model's weights after every ``epochs // 10``-th epoch (and
+the last), the epochs that model selection (:mod:`qbench.selection`) chooses from by the
+method's own representation. :class:`TrainedEncoder` embeds items with any candidate's
+weights, each (epoch, item) once. The loop holds the training inputs on the device, keeps
+the loss on the device (read once per epoch) and can stop at, save and resume from the full
+training state at an epoch boundary (:class:`Snapshot`; the joint methods warm-start from
+the shared stage-1 training this way).
 """
 
 from __future__ import annotations
@@ -23,11 +27,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from qbench.codes import Codes, FloatCodes
 from qbench.encoders import ENCODERS, build_encoder, resolve_encoder
-from qbench.evaluator import mean_average_precision
 from qbench.losses import SIMILARITY_LOSSES
-from qbench.method import RunContext, l2_normalise
+from qbench.method import RunContext
 from qbench.registry import Param
 
 DEFAULT_EPOCHS = {"vector": 60, "image": 30}
@@ -45,8 +47,10 @@ ENGINE_PARAMS = (
           choices=tuple(SIMILARITY_LOSSES)),
     Param("hidden", int, 256, "MLP hidden width", minimum=1),
     Param("augment", bool, True, "random flip + crop for images"),
-    Param("select", bool, True, "keep the epoch with the best validation MAP"),
 )
+
+STAGE1_KEYS = tuple(p.name for p in ENGINE_PARAMS)
+"""The parameters that determine a stage-1 training (with D, tanh and the data)."""
 
 
 def training_epochs(params: dict, modality: str) -> int:
@@ -54,11 +58,22 @@ def training_epochs(params: dict, modality: str) -> int:
     return params["epochs"] or DEFAULT_EPOCHS[modality]
 
 
+def candidate_epochs(epochs: int) -> list[int]:
+    """The epochs (0-based) after which a model is kept as a selection candidate."""
+    every = max(1, epochs // 10)
+    return [e for e in range(epochs) if (e + 1) % every == 0 or e + 1 == epochs]
+
+
+def warmup_epochs(epochs: int) -> int:
+    """The joint methods' default warm-up: a sixth of the epochs (10 of 60)."""
+    return epochs // 6
+
+
 class Hooks:
     """Default hooks: plain similarity training."""
 
     def on_train_start(self, trainer: Trainer) -> None:
-        """Called once, after the model is built, before the first epoch."""
+        """Called once, after the model is built (or resumed), before the first epoch."""
 
     def on_epoch_start(self, epoch: int, trainer: Trainer) -> None:
         """Called before each epoch (0-based)."""
@@ -76,25 +91,31 @@ class Hooks:
         """Whether the model after ``epoch`` may be chosen by model selection."""
         return True
 
-    def validation_codes(self, val_emb: np.ndarray, train_emb: np.ndarray) -> Codes:
-        """What model selection ranks: validation queries against training items."""
-        return FloatCodes(val_emb, train_emb, metric="cosine")
-
 
 @dataclass
-class History:
-    epochs: list[int] = field(default_factory=list)
-    val_map: list[float] = field(default_factory=list)
+class Snapshot:
+    """The full training state after ``epoch`` completed epochs: weights, optimiser,
+    scheduler, the batch-order generator and torch's generator, the loss curve so far."""
+
+    epoch: int
+    model: dict
+    optimizer: dict
+    scheduler: dict
+    numpy_rng: dict
+    torch_rng: torch.Tensor
     loss: list[float] = field(default_factory=list)
-    best_epoch: int = -1
-    best_val_map: float = float("nan")
+
+
+def _cpu_state(model: torch.nn.Module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 class Trainer:
     """Trains an encoder on the training split of ``ctx`` with the shared similarity loss.
 
     ``params`` holds the :data:`ENGINE_PARAMS` values (other keys are ignored); ``dim`` is
-    the embedding width D; ``tanh`` bounds outputs to (-1, 1).
+    the embedding width D; ``tanh`` bounds outputs to (-1, 1). After :meth:`fit`,
+    ``candidates`` maps candidate epochs to CPU copies of the weights.
     """
 
     def __init__(self, ctx: RunContext, params: dict, dim: int, *, tanh: bool = False,
@@ -102,12 +123,14 @@ class Trainer:
         self.ctx = ctx
         self.params = params
         self.dim = dim
+        self.tanh = tanh
         self.hooks = hooks or Hooks()
         self.device = torch.device(ctx.device)
         modality = ctx.dataset.modality
         if self.device.type == "cpu" and modality == "vector":
             # Small MLP batches run faster on one thread, and stay fast when other processes
             # compete for the cores (measured on 2 cores: 3.6 s vs 5.0 s per digits run).
+            # The pipeline restores the thread count after the run.
             torch.set_num_threads(1)
         self.encoder_name = resolve_encoder(params["encoder"], modality, ctx.device)
         self.epochs = training_epochs(params, modality)
@@ -121,7 +144,10 @@ class Trainer:
             params["weights"],
         ).to(self.device)
         self.loss_fn = SIMILARITY_LOSSES[params["loss"]]
-        self.history = History()
+        self.loss_curve: list[float] = []
+        self.candidates: dict[int, dict] = {}
+        self.snapshot: Snapshot | None = None
+        self.start_epoch = 0
         self.train_s = 0.0
 
     # -- inputs ---------------------------------------------------------------------
@@ -137,64 +163,81 @@ class Trainer:
             self.mean = torch.tensor(x.mean(axis=0), device=self.device)
             self.std = torch.tensor(x.std(axis=0) + 1e-2, device=self.device)
 
-    def prepare(self, x: np.ndarray, augment: bool = False) -> torch.Tensor:
-        """Raw inputs (numpy) -> standardised float tensor on the device."""
-        t = torch.as_tensor(x).to(self.device)
+    def prepare(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Raw inputs -> standardised float tensor on the device."""
+        t = torch.as_tensor(x).to(self.device, non_blocking=True)
         t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
-        t = (t - self.mean) / self.std
-        if augment and t.ndim == 4:
-            t = flip_and_crop(t, self.rng)
-        return t
+        return (t - self.mean) / self.std
 
     # -- training -------------------------------------------------------------------
-    def fit(self) -> Trainer:
-        """Train for ``epochs``; keep the parameters of the best validation epoch."""
+    def fit(self, *, resume: Snapshot | None = None, stop_after: int | None = None,
+            snapshot_at: int | None = None) -> Trainer:
+        """Train until ``stop_after`` epochs (default: all), keeping candidate weights.
+
+        ``resume``: continue from a :class:`Snapshot` instead of epoch 0 (the result equals
+        an uninterrupted run up to nondeterminism). ``snapshot_at``: save the full state
+        after that many epochs in ``self.snapshot``.
+        """
         p = self.params
         opt = torch.optim.Adam(self.model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.epochs))
-        x_train = self.ctx.x("train")
+        if resume is not None:
+            self._restore(resume, opt, sched)
+        stop = self.epochs if stop_after is None else min(stop_after, self.epochs)
+        x_train = self.prepare(self.ctx.x("train"))  # held on the device for the whole run
         n = len(x_train)
         bs = min(p["batch_size"], n)
         augment = p["augment"] and self.ctx.dataset.modality == "image"
-        eval_every = max(1, self.epochs // 10)
-        best_state = None
+        keep = set(candidate_epochs(self.epochs))
         self.hooks.on_train_start(self)
-        start = time.perf_counter()
-        bar = tqdm(range(self.epochs), desc=f"train {self.encoder_name}", unit="epoch",
-                   disable=not self.ctx.progress, leave=False)
+        started = time.perf_counter()
+        bar = tqdm(range(self.start_epoch, stop), desc=f"train {self.encoder_name}",
+                   unit="epoch", disable=not self.ctx.progress, leave=False)
         for epoch in bar:
+            if snapshot_at == epoch:
+                self.snapshot = self._snapshot(epoch, opt, sched)
             self.hooks.on_epoch_start(epoch, self)
             self.model.train()
             order = self.rng.permutation(n)
-            losses = []
+            total = torch.zeros((), device=self.device)
+            steps = 0
             for start_i in range(0, n, bs):
                 idx_np = order[start_i:start_i + bs]
                 if len(idx_np) < 2:
                     continue
                 idx = torch.as_tensor(idx_np, device=self.device)
-                losses.append(self._step(opt, x_train[idx_np], idx, epoch, augment))
+                x = x_train[idx]
+                if augment:
+                    x = flip_and_crop(x, self.rng)
+                total += self._step(opt, x, idx, epoch)
+                steps += 1
             sched.step()
-            self.history.loss.append(float(np.mean(losses)) if losses else float("nan"))
-            due = (epoch + 1) % eval_every == 0 or epoch + 1 == self.epochs
-            if p["select"] and due and self.hooks.selectable(epoch):
-                score = self.validation_map()
-                self.history.epochs.append(epoch)
-                self.history.val_map.append(score)
-                bar.set_postfix(val_map=f"{score:.3f}")
-                # ">=": among tied epochs keep the latest (validation MAP saturates on easy data)
-                if best_state is None or score >= self.history.best_val_map:
-                    self.history.best_val_map = score
-                    self.history.best_epoch = epoch
-                    best_state = copy.deepcopy(self.model.state_dict())
-        if best_state is not None:
-            self.model.load_state_dict(best_state)
-        else:
-            self.history.best_epoch = self.epochs - 1
-        self.train_s = time.perf_counter() - start
+            self.loss_curve.append(float(total) / steps if steps else float("nan"))
+            if epoch in keep and self.hooks.selectable(epoch):
+                self.candidates[epoch] = _cpu_state(self.model)
+        if snapshot_at == stop:
+            self.snapshot = self._snapshot(stop, opt, sched)
+        self.start_epoch = stop
+        self.train_s += time.perf_counter() - started
         return self
 
-    def _step(self, opt, x: np.ndarray, idx: torch.Tensor, epoch: int, augment: bool) -> float:
-        z = self.model(self.prepare(x, augment))
+    def _snapshot(self, epoch: int, opt, sched) -> Snapshot:
+        return Snapshot(epoch, _cpu_state(self.model), copy.deepcopy(opt.state_dict()),
+                        sched.state_dict(), copy.deepcopy(self.rng.bit_generator.state),
+                        torch.get_rng_state(), list(self.loss_curve))
+
+    def _restore(self, snap: Snapshot, opt, sched) -> None:
+        self.model.load_state_dict(snap.model)
+        opt.load_state_dict(snap.optimizer)
+        sched.load_state_dict(snap.scheduler)
+        self.rng.bit_generator.state = snap.numpy_rng
+        torch.set_rng_state(snap.torch_rng)
+        self.loss_curve = list(snap.loss)
+        self.start_epoch = snap.epoch
+
+    def _step(self, opt, x: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
+        """One optimiser step; returns the batch loss as a detached device scalar."""
+        z = self.model(x)
         z_out = z.detach().requires_grad_(True)
         loss = self.loss_fn(z_out, self.y_train[idx])
         (g,) = torch.autograd.grad(loss, z_out)
@@ -206,51 +249,108 @@ class Trainer:
         opt.zero_grad(set_to_none=True)
         surrogate.backward()
         opt.step()
-        return float(loss.detach()) + (float(extra.detach()) if extra is not None else 0.0)
+        return loss.detach() + (extra.detach() if extra is not None else 0.0)
 
     # -- inference ------------------------------------------------------------------
-    @torch.no_grad()
-    def embed(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-        """(n, D) float32 embeddings in eval mode."""
-        self.model.eval()
-        out = [self.model(self.prepare(x[i:i + batch_size])).cpu()
-               for i in range(0, len(x), batch_size)]
-        if not out:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return torch.cat(out).numpy().astype(np.float32)
+    def embed(self, x: np.ndarray, out: np.ndarray | None = None,
+              batch_size: int = 1024) -> np.ndarray:
+        """(n, D) float32 embeddings of x with the current weights, in eval mode.
 
-    def embed_split(self, split: str) -> np.ndarray:
-        return self.embed(self.ctx.x(split))
-
-    def embed_splits(self, splits=("train", "query", "database"), *,
-                     normalise: bool = True) -> dict[str, np.ndarray]:
-        """{split: (n, D) float32 embeddings}, L2-normalised unless ``normalise`` is False.
-
-        Cosine-trained embeddings carry no information in their norm, so quantizers fit and
-        search normalised vectors by default (SPEC §2).
+        Written into ``out`` when given (no per-batch allocation of the result); on a CUDA
+        out-of-memory error the batch size halves.
         """
-        out = {}
-        for split in splits:
-            emb = self.embed_split(split)
-            out[split] = l2_normalise(emb) if normalise else emb
+        self.model.eval()
+        if out is None:
+            out = np.empty((len(x), self.dim), dtype=np.float32)
+        start = 0
+        with torch.inference_mode():
+            while start < len(x):
+                stop = min(start + batch_size, len(x))
+                try:
+                    out[start:stop] = self.model(self.prepare(x[start:stop])).float().cpu().numpy()
+                except torch.cuda.OutOfMemoryError:
+                    if batch_size == 1:
+                        raise
+                    batch_size //= 2
+                    torch.cuda.empty_cache()
+                    continue
+                start = stop
         return out
-
-    def validation_map(self) -> float:
-        """MAP@all of validation queries against the training split (model selection)."""
-        codes = self.hooks.validation_codes(self.embed_split("val"), self.embed_split("train"))
-        return mean_average_precision(codes, self.ctx.y("val"), self.ctx.y("train"))
 
     def summary(self) -> dict:
         """JSON-ready training record."""
-        h = self.history
         return {
             "encoder": self.encoder_name,
             "epochs": self.epochs,
-            "best_epoch": h.best_epoch,
-            "best_val_map": None if np.isnan(h.best_val_map) else h.best_val_map,
-            "val_map_curve": {"epoch": h.epochs, "val_map": h.val_map},
-            "final_loss": h.loss[-1] if h.loss else None,
+            "candidate_epochs": sorted(self.candidates),
+            "loss_curve": list(self.loss_curve),
+            "final_loss": self.loss_curve[-1] if self.loss_curve else None,
         }
+
+
+class TrainedEncoder:
+    """Candidate weights of one training and embeddings of items under each of them.
+
+    ``embeddings(epoch, idx)`` embeds only the items not embedded before with that epoch's
+    weights (raw outputs, (len(idx), D) float32). ``store`` (optional) persists them:
+    an object with ``load_embeddings(epoch) -> (values, have) | None`` and
+    ``save_embeddings(epoch, values, have)`` (the encoder cache).
+    """
+
+    def __init__(self, trainer: Trainer, candidates: dict[int, dict], summary: dict,
+                 train_s: float, *, store=None, progress: bool = False):
+        self.trainer = trainer
+        self.states = candidates
+        self.summary = summary
+        self.train_s = train_s
+        self.store = store
+        self.progress = progress
+        self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._loaded: int | None = None
+        self.snapshot: Snapshot | None = None  # state at the joint methods' warm-up epoch
+        self.cache_key: str | None = None
+        self.cache_status = "off"  # "hit", "miss" or "off"
+
+    @property
+    def candidates(self) -> list[int]:
+        return sorted(self.states)
+
+    @property
+    def dim(self) -> int:
+        return self.trainer.dim
+
+    def _table(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        if epoch not in self._tables:
+            stored = self.store.load_embeddings(epoch) if self.store is not None else None
+            if stored is None:
+                n = len(self.trainer.ctx.dataset)
+                stored = (np.zeros((n, self.dim), dtype=np.float32), np.zeros(n, dtype=bool))
+            self._tables[epoch] = stored
+        return self._tables[epoch]
+
+    def embeddings(self, epoch: int, idx: np.ndarray) -> np.ndarray:
+        """(len(idx), D) float32 raw embeddings of dataset items ``idx`` at ``epoch``."""
+        if epoch not in self.states:
+            raise KeyError(f"epoch {epoch} is not a candidate ({self.candidates})")
+        values, have = self._table(epoch)
+        missing = np.unique(idx[~have[idx]])
+        if len(missing):
+            if self._loaded != epoch:
+                self.trainer.model.load_state_dict(self.states[epoch])
+                self._loaded = epoch
+            x = self.trainer.ctx.dataset.X
+            bar = tqdm(total=len(missing), desc=f"embed (epoch {epoch})", unit="item",
+                       disable=not self.progress or len(missing) < 20_000, leave=False)
+            chunk = 8192
+            for start in range(0, len(missing), chunk):
+                part = missing[start:start + chunk]
+                values[part] = self.trainer.embed(x[part])
+                bar.update(len(part))
+            bar.close()
+            have[missing] = True
+            if self.store is not None:
+                self.store.save_embeddings(epoch, values, have)
+        return values[idx]
 
 
 def flip_and_crop(x: torch.Tensor, rng: np.random.Generator, pad: int = 4) -> torch.Tensor:

@@ -8,9 +8,10 @@ gradient). This module holds:
 - :data:`JOINT_PARAMS` -- the engine's parameters plus the code layout and refit schedule;
 - :class:`CodebookHooks` -- engine hooks owning C, the assignments h of the training items
   (n_train, M), the refit schedule (``warmup`` epochs without codebooks, then a refit every
-  ``refit_every`` epochs) and model selection on the *quantized* retrieval;
-- :class:`JointMethod` -- the ``run`` every joint method shares: layout, training, a final
-  refit on the selected model, PQ codes for query and database.
+  ``refit_every`` epochs), the quantization space and the penalty's scale;
+- :class:`JointMethod` -- the ``run`` every joint method shares: layout, training (warm-started
+  from the shared stage-1 encoder's warm-up state when the cache is on), then selection and
+  PQ codes exactly as two-stage-pq makes them (:class:`qbench.trained.PQRepresentation`).
 
 The quantization space. What is quantized is what the similarity loss sees: with the cosine
 loss (the default) the outputs' norm carries no information, so codebooks are fit on, forces
@@ -21,32 +22,38 @@ used during training, for model selection and for the final encoding.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qbench.codes import PQCodes
-from qbench.engine import ENGINE_PARAMS, Hooks, Trainer, training_epochs
+from qbench.encoder_cache import stage1_encoder
+from qbench.engine import (
+    ENGINE_PARAMS,
+    Hooks,
+    TrainedEncoder,
+    Trainer,
+    training_epochs,
+    warmup_epochs,
+)
 from qbench.method import (
+    DEFAULT_DIM,
     Method,
     MethodOutput,
     RunContext,
-    check_divisible,
-    default_pq_dim,
     l2_normalise,
+    pad_columns,
     pq_layout,
-    trained_output,
 )
-from qbench.quantizers import ProductQuantizer, assign_subspaces, decode_subspaces
+from qbench.quantizers import ProductQuantizer
 from qbench.registry import Param
+from qbench.trained import PQRepresentation, select_and_encode
 
 REFIT_NITER = 15
 """k-means iterations per refit; refits after the first are warm-started from the last C."""
 
 JOINT_PARAMS = ENGINE_PARAMS + (
-    Param("dim", int, 0, "embedding width D (0: the smallest multiple of M >= 64)", minimum=0),
+    Param("dim", int, DEFAULT_DIM, "embedding width D (the quantization space is zero-padded "
+          "to a multiple of M)", minimum=1),
     Param("subspaces", int, 0, "PQ subspaces M (0: from --bits, 8 bits per subspace when "
           "possible; M must divide --bits)", minimum=0),
     Param("warmup", int, -1, "epochs of similarity-only training before the first codebook "
@@ -59,9 +66,7 @@ JOINT_PARAMS = ENGINE_PARAMS + (
 def joint_layout(bits: int, params: dict) -> tuple[int, int, int]:
     """(M, b, D): M subspaces of 2^b codewords (M*b = bits) and the embedding width D."""
     subspaces, nbits = pq_layout(bits, params.get("subspaces", 0))
-    dim = params.get("dim", 0) or default_pq_dim(subspaces)
-    check_divisible(dim, subspaces)
-    return subspaces, nbits, dim
+    return subspaces, nbits, params.get("dim", DEFAULT_DIM)
 
 
 def quantizes_normalised(params: dict) -> bool:
@@ -103,19 +108,30 @@ class CodebookHooks(Hooks):
 
     # -- spaces ---------------------------------------------------------------------
     def to_space(self, z: torch.Tensor) -> torch.Tensor:
-        """Network outputs (n, D) -> the quantization space (n, D)."""
-        return F.normalize(z, dim=1, eps=1e-12) if self.normalise else z
+        """Network outputs (n, D) -> the quantization space (n, D'), D' = D zero-padded to a
+        multiple of M."""
+        q = F.normalize(z, dim=1, eps=1e-12) if self.normalise else z
+        return F.pad(q, (0, -q.shape[1] % self.subspaces))
 
     def to_space_np(self, emb: np.ndarray) -> np.ndarray:
-        """Embeddings (n, D) numpy -> the quantization space, float32."""
+        """Embeddings (n, D) numpy -> the quantization space (n, D'), float32."""
         return l2_normalise(emb) if self.normalise else np.asarray(emb, dtype=np.float32)
 
+    @staticmethod
+    def scale(q: torch.Tensor) -> torch.Tensor:
+        """The batch's mean squared norm of q (n, D'), detached: the quantization terms are
+        divided by it, so one lambda or gamma means the same under either similarity loss
+        (it is 1 for the cosine loss's unit-norm space)."""
+        return (q.detach() ** 2).sum(1).mean().clamp_min(1e-12)
+
     def pull_back(self, z: torch.Tensor, force: torch.Tensor) -> torch.Tensor:
-        """A force (n, D) on the quantized point, as the force on the output z (n, D).
+        """A force (n, D') on the quantized point, as the force on the output z (n, D).
 
         If ``force`` = -dU/dq for a potential U of q = z/|z|, the result is -dU/dz =
-        (I - q q^T) force / |z|; without normalisation it is ``force`` itself.
+        (I - q q^T) force / |z|; without normalisation it is ``force`` itself. Padding
+        columns carry no force back.
         """
+        force = force[:, :z.shape[1]]
         if not self.normalise:
             return force
         return tangent_part(z, force) / z.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -140,7 +156,8 @@ class CodebookHooks(Hooks):
 
     def refit(self, trainer: Trainer) -> None:
         """Refit C and h on the current training embeddings (eval mode)."""
-        self.fit_codebooks(self.to_space_np(trainer.embed_split("train")), trainer.device)
+        train = self.to_space_np(trainer.embed(trainer.ctx.x("train")))
+        self.fit_codebooks(pad_columns(train, self.subspaces), trainer.device)
 
     def _fit_pq(self, x: np.ndarray) -> ProductQuantizer:
         init = None if self.codebooks is None else self.codebooks.cpu().numpy()
@@ -176,15 +193,6 @@ class CodebookHooks(Hooks):
         m = torch.arange(m_count, device=books.device)
         return books[m[None, :, None], ids]
 
-    # -- model selection ------------------------------------------------------------
-    def validation_codes(self, val_emb: np.ndarray, train_emb: np.ndarray) -> PQCodes:
-        """ADC of validation queries against the training items quantized with codebooks
-        refit on them (as the final encoding does), so selection scores the quantized model.
-        The hook's own codebooks are left untouched."""
-        val_q, train_q = self.to_space_np(val_emb), self.to_space_np(train_emb)
-        pq = self._fit_pq(train_q)
-        return PQCodes(val_q, pq.encode(train_q), pq.codebooks)
-
 
 class JointMethod(Method):
     """Base of the joint methods: train with hooks, refit once more, encode with PQ.
@@ -213,45 +221,40 @@ class JointMethod(Method):
         epochs = training_epochs(self.params, ctx.dataset.modality)
         warmup = self.params["warmup"]
         refit_every = self.params["refit_every"]
-        return {"warmup": epochs // 6 if warmup < 0 else warmup,
+        return {"warmup": warmup_epochs(epochs) if warmup < 0 else warmup,
                 "refit_every": refit_every or max(1, epochs // 12),
                 "normalise": quantizes_normalised(self.params), "seed": ctx.seed}
 
     def run(self, ctx: RunContext) -> MethodOutput:
+        """Train with the hooks (warm-started from the shared stage-1 training's state at
+        the warm-up epoch when the cache is on and the warm-up is the default), then select
+        by ADC MAP of PQ codes fitted on each candidate, as two-stage-pq does."""
         subspaces, nbits, dim = joint_layout(ctx.bits, self.params)
         hooks = self.build_hooks(subspaces, nbits, ctx)
-        trainer = Trainer(ctx, self.params, dim, tanh=self.use_tanh(), hooks=hooks).fit()
-        return joint_output(trainer, hooks, dim)
-
-
-def joint_output(trainer: Trainer, hooks: CodebookHooks, dim: int) -> MethodOutput:
-    """PQ codes of query and database from the trained (selected) model.
-
-    The codebooks are refit once more on the selected model's training embeddings (counted
-    in train_s); encode_s covers embedding and encoding query and database. float_codes rank
-    the same quantization-space embeddings by cosine.
-    """
-    start = time.perf_counter()
-    train_q = hooks.to_space_np(trainer.embed_split("train"))
-    hooks.fit_codebooks(train_q, trainer.device)
-    books = hooks.codebooks.cpu().numpy()
-    recon = decode_subspaces(hooks.assignments.cpu().numpy(), books)
-    quant_error = float(((train_q - recon) ** 2).sum(1).mean())
-    fit_s = time.perf_counter() - start
-
-    start = time.perf_counter()
-    query = hooks.to_space_np(trainer.embed_split("query"))
-    db = hooks.to_space_np(trainer.embed_split("database"))
-    codes = PQCodes(query, assign_subspaces(db, books), books)
-    encode_s = time.perf_counter() - start
-    info = {
-        "subspaces": hooks.subspaces,
-        "codewords": 1 << hooks.nbits,
-        "bits_per_subspace": hooks.nbits,
-        "dim": dim,
-        "quantized_space": "l2-normalised" if hooks.normalise else "raw",
-        "refits": hooks.refits,
-        "quantization_error_train": quant_error,
-    }
-    return trained_output(codes, trainer, query, db, info=info, encode_s=encode_s,
-                          extra_train_s=fit_s)
+        tanh = self.use_tanh()
+        trainer = Trainer(ctx, self.params, dim, tanh=tanh, hooks=hooks)
+        warm, stage1_s, used = None, 0.0, {"key": None, "cache": "off"}
+        if ctx.cache is not None and hooks.warmup == warmup_epochs(trainer.epochs):
+            base = stage1_encoder(ctx, self.params, dim, tanh=tanh)
+            warm, stage1_s = base.snapshot, base.train_s
+            used = {"key": base.cache_key, "cache": base.cache_status}
+        trainer.fit(resume=warm)
+        encoder = TrainedEncoder(trainer, trainer.candidates, trainer.summary(),
+                                 trainer.train_s + stage1_s, progress=ctx.progress)
+        encoder.cache_key, encoder.cache_status = used["key"], used["cache"]
+        pq = PQRepresentation(lambda: ProductQuantizer(subspaces, nbits, seed=ctx.seed),
+                              subspaces, hooks.to_space_np)
+        info = {
+            "subspaces": subspaces,
+            "codewords": 1 << nbits,
+            "bits_per_subspace": nbits,
+            "dim": dim,
+            "padded_dim": -(-dim // subspaces) * subspaces,
+            "quantized_space": "l2-normalised" if hooks.normalise else "raw",
+            "penalty_normalisation": "divided by the batch's detached mean squared norm in "
+                                     "the quantization space",
+            "warm_start": None if warm is None else {"epoch": warm.epoch, **used},
+            "refits": hooks.refits,
+        }
+        return select_and_encode(ctx, encoder, pq.represent, pq.encode, info=info,
+                                 describe=pq.describe, float_space=hooks.to_space_np)

@@ -16,13 +16,16 @@ from qbench.codes import Codes, FloatCodes
 from qbench.data import Dataset
 from qbench.errors import QbenchError
 from qbench.protocols import Splits
+from qbench.selection import SelectionPool, selection_pool
 
 FAMILIES = ("pq", "binary", "float")
 
 
 @dataclass
 class RunContext:
-    """Everything a method may use: data, splits, code budget, seed, device."""
+    """Everything a method may use: data, splits, code budget, seed, device, and how
+    models are selected: ``select`` ("best" or "last"), the selection ``pool``, the
+    stage-1 encoder ``cache`` (a :class:`qbench.encoder_cache.EncoderCache`, or None)."""
 
     dataset: Dataset
     splits: Splits
@@ -30,6 +33,13 @@ class RunContext:
     seed: int = 0
     device: str = "cpu"
     progress: bool = False
+    select: str = "best"
+    pool: SelectionPool | None = None
+    cache: object | None = None
+
+    def __post_init__(self) -> None:
+        if self.pool is None:
+            self.pool = selection_pool(self.splits, self.dataset.y, seed=self.splits.seed)
 
     def x(self, split: str) -> np.ndarray:
         """Inputs of a split ("train", "val", "query", "database")."""
@@ -52,31 +62,18 @@ class MethodOutput:
     float_codes: the method's own unquantized embeddings (for retention); None when the
     method has none (e.g. unsupervised baselines on raw input use the raw input).
     info: quantizer layout and anything worth recording (subspaces, codewords, ...).
-    timings: seconds, e.g. train_s, encode_s.
+    timings: seconds: train_s, select_s, fit_s, encode_s.
+    selection: the :class:`qbench.selection.Selection` record (dict) of a method that
+    trains or fits anything, else None. encoder: ``{"key", "cache"}`` of the stage-1
+    encoder it used, else None.
     """
 
     codes: Codes
     float_codes: FloatCodes | None = None
     info: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
-
-
-def trained_output(codes: Codes, trainer, query_emb: np.ndarray, db_emb: np.ndarray, *,
-                   info: dict, encode_s: float, extra_train_s: float = 0.0) -> MethodOutput:
-    """The output of a method built on a trained encoder (``trainer``: a
-    :class:`qbench.engine.Trainer`).
-
-    float_codes rank the method's own embeddings ``query_emb`` / ``db_emb`` by cosine (for
-    retention); info gains the training summary; timings are train_s (training plus
-    ``extra_train_s``) and encode_s.
-    """
-    return MethodOutput(
-        codes=codes,
-        float_codes=FloatCodes(np.asarray(query_emb, dtype=np.float32),
-                               np.asarray(db_emb, dtype=np.float32), metric="cosine"),
-        info={**info, "training": trainer.summary()},
-        timings={"train_s": trainer.train_s + extra_train_s, "encode_s": encode_s},
-    )
+    selection: dict | None = None
+    encoder: dict | None = None
 
 
 class Method:
@@ -99,6 +96,11 @@ class Method:
 
     def run(self, ctx: RunContext) -> MethodOutput:
         raise NotImplementedError
+
+    def run_selection(self, ctx: RunContext) -> MethodOutput:
+        """Train and select (``MethodOutput.selection``); the pipeline's tuning objective.
+        The default runs the whole method; its query codes are never evaluated."""
+        return self.run(ctx)
 
 
 def pq_layout(bits: int, subspaces: int = 0) -> tuple[int, int]:
@@ -123,21 +125,17 @@ def pq_layout(bits: int, subspaces: int = 0) -> tuple[int, int]:
 
 
 DEFAULT_DIM = 64
-"""The default embedding width D of learned methods."""
+"""The default embedding width D of learned methods: one width for every PQ bit length, so
+float, two-stage-pq/opq, itq and the joint methods share one stage-1 encoder per seed. When
+M does not divide D (M = 3, 6), the quantization space is the embedding zero-padded to the
+next multiple of M (:func:`pad_columns`; zero columns change no distance)."""
 
 
-def default_pq_dim(subspaces: int) -> int:
-    """The smallest multiple of ``subspaces`` that is >= :data:`DEFAULT_DIM` (D must be
-    divisible by M: 64 for M = 2, 4; 66 for M = 3, 6)."""
-    return -(-DEFAULT_DIM // subspaces) * subspaces
-
-
-def check_divisible(dim: int, subspaces: int, what: str = "embedding dim") -> None:
-    if dim % subspaces:
-        raise QbenchError(
-            f"{what} {dim} is not divisible by {subspaces} subspaces; choose a dim that is "
-            f"a multiple of {subspaces} (e.g. -p dim={subspaces * max(1, round(dim / subspaces))})"
-        )
+def pad_columns(x: np.ndarray, multiple: int) -> np.ndarray:
+    """x (n, d) with zero columns appended up to a multiple of ``multiple`` (float32)."""
+    x = np.asarray(x, dtype=np.float32)
+    extra = -x.shape[1] % multiple
+    return np.pad(x, ((0, 0), (0, extra))) if extra else x
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:

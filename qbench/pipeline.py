@@ -7,7 +7,9 @@ written atomically, so a bad input never leaves a file behind.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -18,7 +20,14 @@ from qbench.evaluator import evaluate
 from qbench.method import RunContext
 from qbench.protocols import materialise
 from qbench.registry import DATASETS, METHODS
-from qbench.results import SCHEMA_VERSION, environment, result_filename, write_json_atomic
+from qbench.results import (
+    SCHEMA_VERSION,
+    code_version,
+    environment,
+    result_filename,
+    write_json_atomic,
+)
+from qbench.selection import DEFAULT_POOL_SIZE, RULES, selection_pool
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -40,6 +49,13 @@ class RunRequest:
     dataset_params: dict = field(default_factory=dict)
     progress: bool = False
     output_file: Path | None = None  # default: <out>/<result_filename(...)>
+    split_seed: int = 0
+    select: str = "best"
+    pool_size: int = DEFAULT_POOL_SIZE
+    cache_dir: Path | None = None  # default: $QBENCH_CACHE or <out>/cache
+    use_cache: bool = True
+    deterministic: bool = False
+    tuning: dict | None = None  # {"trials", "best_value", "study"} when params were tuned
 
 
 def resolve_device(device: str) -> str:
@@ -82,6 +98,12 @@ def prepare(req: RunRequest) -> Prepared:
     """Validate every input of ``req`` (cheap checks only) and build the plugins."""
     if req.seed < 0:
         raise QbenchError(f"--seed must be a non-negative integer, got {req.seed}")
+    if req.split_seed < 0:
+        raise QbenchError(f"--split-seed must be a non-negative integer, got {req.split_seed}")
+    if req.select not in RULES:
+        raise choice_error("--select", req.select, RULES)
+    if req.pool_size < 0:
+        raise QbenchError(f"--pool-size must be >= 0 (0: all), got {req.pool_size}")
     method_cls = METHODS.get(req.method)
     dataset_cls = DATASETS.get(req.dataset)
     mparams = dict(req.method_params)
@@ -107,23 +129,86 @@ def prepare(req: RunRequest) -> Prepared:
     return Prepared(req, method, dataset_plugin, protocol_spec, device, output_path)
 
 
+@contextlib.contextmanager
+def torch_settings(deterministic: bool, device: str):
+    """Deterministic switches (or cuDNN autotuning) for the run; torch's thread count and
+    switches are restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = device.startswith("cuda") and not deterministic
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(saved[0], warn_only=True)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[1:]
+
+
+def _context(prep: Prepared) -> tuple[RunContext, float]:
+    """Load the data, materialise the splits and the selection pool; (context, load_s)."""
+    from qbench.encoder_cache import EncoderCache, default_cache_dir
+
+    req = prep.request
+    cache_root = (req.cache_dir or default_cache_dir(Path(req.out))) if req.use_cache else None
+    t0 = time.perf_counter()
+    dataset = prep.dataset_plugin.load_cached(cache_root)
+    load_s = time.perf_counter() - t0
+    splits = materialise(dataset, prep.protocol_spec, req.split_seed, Path(req.out) / "splits")
+    pool = selection_pool(splits, dataset.y, cap=req.pool_size, seed=req.split_seed)
+    cache = EncoderCache(cache_root) if cache_root is not None else None
+    ctx = RunContext(dataset, splits, req.bits, req.seed, prep.device, req.progress,
+                     select=req.select, pool=pool, cache=cache)
+    return ctx, load_s
+
+
+@contextlib.contextmanager
+def _no_leftover_out(out: Path):
+    """A failed run leaves no --out folder that it created."""
+    existed = Path(out).exists()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def run_selection(req: RunRequest) -> dict:
+    """Train and select as :func:`run_experiment` does, without touching the query split:
+    the ``selection`` record (tuning's objective reads ``chosen_value``)."""
+    prep = prepare(req)
+    with _no_leftover_out(Path(req.out)), torch_settings(req.deterministic, prep.device):
+        ctx, _ = _context(prep)
+        output = prep.method.run_selection(ctx)
+    if output.selection is None:
+        raise QbenchError(f"method {req.method} trains and fits nothing: nothing to select")
+    return output.selection
+
+
 def run_experiment(req: RunRequest) -> tuple[Path, dict]:
     """Train, encode, search and evaluate; write and return (path, result)."""
     prep = prepare(req)
-    started = time.perf_counter()
-    t0 = time.perf_counter()
-    dataset = prep.dataset_plugin.load()
-    load_s = time.perf_counter() - t0
-    splits = materialise(dataset, prep.protocol_spec, req.seed, Path(req.out) / "splits")
-    ctx = RunContext(dataset, splits, req.bits, req.seed, prep.device, req.progress)
+    with _no_leftover_out(Path(req.out)), torch_settings(req.deterministic, prep.device):
+        return _run(prep)
 
+
+def _run(prep: Prepared) -> tuple[Path, dict]:
+    req = prep.request
+    started = time.perf_counter()
+    ctx, load_s = _context(prep)
+    splits = ctx.splits
     output = prep.method.run(ctx)
     q_labels, db_labels = ctx.y("query"), ctx.y("database")
     k = prep.protocol_spec.map_k
     ev = evaluate(output.codes, q_labels, db_labels, k=k, device=prep.device)
     metrics = dict(ev.metrics)
     if output.float_codes is not None:
-        if output.float_codes is output.codes:
+        if prep.method.family == "float":
             float_map = metrics["map_all"]
         else:
             float_map = evaluate(output.float_codes, q_labels, db_labels, k=k,
@@ -140,12 +225,20 @@ def run_experiment(req: RunRequest) -> tuple[Path, dict]:
         "description": prep.method.description,
         "dataset": req.dataset,
         "dataset_params": prep.dataset_plugin.params,
-        "dataset_source": dataset.source,
+        "dataset_source": ctx.dataset.source,
+        "dataset_checksum": ctx.dataset.checksum,
         "protocol": prep.protocol_spec.name,
         "protocol_description": prep.protocol_spec.description,
         "bits": req.bits,
         "seed": req.seed,
+        "split_seed": req.split_seed,
         "params": prep.method.params,
+        "selection": output.selection,
+        "tuning": req.tuning,
+        "encoder_key": (output.encoder or {}).get("key"),
+        "encoder_cache": (output.encoder or {}).get("cache"),
+        "deterministic": req.deterministic,
+        "code_version": code_version(),
         "method_info": output.info,
         "splits": splits.summary(),
         "metrics": metrics,

@@ -96,7 +96,7 @@ def _allocate(n: int, capacity: np.ndarray) -> np.ndarray:
     return np.minimum(counts, capacity)
 
 
-def _draw_per_class(
+def draw_per_class(
     y: np.ndarray, available: np.ndarray, n: int, rng: np.random.Generator
 ) -> np.ndarray:
     """Draw n indices from ``available`` (bool mask), spread over classes / concepts."""
@@ -132,11 +132,11 @@ def make_splits(dataset: Dataset, spec: ProtocolSpec, seed: int) -> Splits:
         )
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x51B5]))
     free = np.ones(n, dtype=bool)
-    query = _draw_per_class(dataset.y, free, spec.n_query, rng)
+    query = draw_per_class(dataset.y, free, spec.n_query, rng)
     free[query] = False
-    train = _draw_per_class(dataset.y, free, spec.n_train, rng)
+    train = draw_per_class(dataset.y, free, spec.n_train, rng)
     free[train] = False
-    val = _draw_per_class(dataset.y, free, spec.n_val, rng)
+    val = draw_per_class(dataset.y, free, spec.n_val, rng)
     db_mask = np.ones(n, dtype=bool)
     db_mask[query] = False
     if not spec.db_includes_train:

@@ -5,6 +5,8 @@ A result is a JSON object; ``compare`` and the plots read only these files.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 import os
@@ -18,7 +20,10 @@ import numpy as np
 from qbench.atomic import atomic_write
 from qbench.errors import QbenchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: top-level ``selection``, ``split_seed``, ``tuning``, ``encoder_key``/``encoder_cache``,
+``code_version``; tie-aware metrics for every distance. Results of another version are
+stale (a grid reruns them)."""
 
 FAILURE_SUFFIX = ".failed.json"
 """File-name ending of a grid's failure record (not a result; ``compare`` skips it)."""
@@ -32,6 +37,8 @@ REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
     "protocol": str,
     "bits": int,
     "seed": int,
+    "split_seed": int,
+    "code_version": str,
     "params": dict,
     "splits": dict,
     "metrics": dict,
@@ -111,6 +118,36 @@ def load_result(path: Path) -> dict:
     return validate_result(read_json(path), str(path))
 
 
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """sha256 (16 hex digits) of qbench's own installed sources, methods and datasets
+    included: a result or cached encoder made by other code is stale."""
+    import qbench
+    import qbench.datasets
+    import qbench.methods
+
+    h = hashlib.sha256()
+    for package in (qbench, qbench.methods, qbench.datasets):
+        root = Path(package.__path__[0])
+        for path in sorted(root.glob("*.py")):
+            h.update(f"{package.__name__}/{path.name}".encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def git_dirty(cwd: Path | None = None) -> bool | None:
+    """Whether the qbench checkout has uncommitted changes (None outside a git work tree)."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd or Path(__file__).resolve().parent, capture_output=True, text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
 def git_commit(cwd: Path | None = None) -> str | None:
     """The current git commit of the qbench checkout, or None outside a git work tree."""
     try:
@@ -141,6 +178,8 @@ def environment(device: str) -> dict:
         "device": device,
         "packages": packages,
         "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
+        "code_version": code_version(),
     }
     if device.startswith("cuda"):
         import torch

@@ -56,9 +56,7 @@ def fixed_hooks(cls, books: np.ndarray, normalise: bool, **kwargs):
 def test_layout_follows_the_code_budget_and_auto_dim():
     assert joint_layout(12, {}) == (2, 6, 64)
     assert joint_layout(32, {}) == (4, 8, 64)
-    assert joint_layout(48, {}) == (6, 8, 66)
-    with pytest.raises(QbenchError, match="divisible"):
-        joint_layout(32, {"dim": 66})
+    assert joint_layout(48, {}) == (6, 8, 64)  # zero-padded to 66 in the quantization space
 
 
 @pytest.mark.parametrize("name, overrides", [
@@ -79,10 +77,10 @@ def test_refit_schedule_waits_for_warmup_then_repeats():
 # ---------------------------------------------------------------------------- refit
 def test_refit_is_per_subspace_kmeans_with_nearest_assignments(digits):
     ctx = digits_ctx(digits)
-    trainer = Trainer(ctx, engine_params(epochs=2, select=False), 64).fit()
+    trainer = Trainer(ctx, engine_params(epochs=2), 64).fit()
     hooks = CodebookHooks(4, 5, normalise=True, **SCHEDULE)
     hooks.refit(trainer)
-    x = l2_normalise(trainer.embed_split("train"))
+    x = l2_normalise(trainer.embed(trainer.ctx.x("train")))
     books = hooks.codebooks.numpy()
     codes = hooks.assignments.numpy()
     assert books.shape == (4, 32, 16) and codes.shape == (len(x), 4)
@@ -100,7 +98,7 @@ def test_refit_is_per_subspace_kmeans_with_nearest_assignments(digits):
 # ---------------------------------------------------------------------------- SSM
 def test_ssm_without_momentum_and_force_is_plain_training_step_for_step(digits):
     ctx = digits_ctx(digits)
-    params = engine_params(epochs=3, select=False)
+    params = engine_params(epochs=3)
     plain = Trainer(ctx, params, 64).fit()
     hooks = ShuttleHooks(4, 8, momentum=0.0, eta=1.0, gamma=0.0, k_nearest=1,
                          force="spring", eps=1e-3, normalise=True, **SCHEDULE)
@@ -136,7 +134,7 @@ def test_ssm_velocity_persists_across_epochs(digits):
     ctx = digits_ctx(digits)
     hooks = RecordingShuttle(4, 8, momentum=0.7, eta=1.0, gamma=0.0, k_nearest=1,
                              force="spring", eps=1e-3, normalise=True, **SCHEDULE)
-    Trainer(ctx, engine_params(epochs=2, select=False), 64, hooks=hooks).fit()
+    Trainer(ctx, engine_params(epochs=2), 64, hooks=hooks).fit()
     assert hooks.velocity.shape == (len(ctx.splits.train), 64)
     assert (hooks.end_of_epoch0.norm(dim=1) > 0).all()  # every item was visited
     idx, before, g, out = hooks.first_of_epoch1
@@ -167,10 +165,12 @@ def test_ssm_force_alone_moves_output_monotonically_to_its_nearest_codeword(norm
         return (hooks.to_space(z) - target).norm(dim=1)
 
     # plain SGD on the outputs with the hook's gradient; steps inside the overdamped range
+    # (the force is divided by the batch's mean squared norm: 1 on the unit sphere)
     lr = 5.0 if normalise else 4.0
     dists = [distance(z)]
     for _ in range(25):
-        z = z - lr * hooks.output_gradient(torch.zeros_like(z), z, idx, epoch=0)
+        step = lr * float(hooks.scale(hooks.to_space(z)))
+        z = z - step * hooks.output_gradient(torch.zeros_like(z), z, idx, epoch=0)
         dists.append(distance(z))
     steps = torch.stack(dists)  # (26, n)
     assert (steps[1:] < steps[:-1]).all()
@@ -194,6 +194,7 @@ def test_ssm_force_sums_the_force_law_over_the_k_nearest_codewords(normalise, fo
             for c in np.argsort(r2)[:3]:
                 weight = 1.0 if force == "spring" else 1.0 / (r2[c] + 0.05)
                 expected[i, 3 * m:3 * m + 3] += weight * offsets[c]
+    expected /= (q ** 2).sum(1).mean()  # scale-free: divided by the mean squared norm
     if normalise:  # the negative gradient through z / |z|
         radial = (expected * q).sum(1, keepdims=True) * q
         expected = (expected - radial) / z.norm(dim=1, keepdim=True).numpy()
@@ -277,9 +278,9 @@ def test_gsl_keeps_the_gradient_where_no_codeword_is_aligned():
 # ---------------------------------------------------------------------------- DQN
 def test_dqn_penalty_lowers_the_quantization_error(digits):
     ctx = digits_ctx(digits, bits=12)
-    common = {"epochs": 10, "warmup": 2, "refit_every": 2, "select": False}
-    without = run_method("dqn", ctx, lam=0.0, **common).info["quantization_error_train"]
-    with_penalty = run_method("dqn", ctx, lam=1.0, **common).info["quantization_error_train"]
+    common = {"epochs": 10, "warmup": 2, "refit_every": 2}
+    without = run_method("dqn", ctx, lam=0.0, **common).info["train_distortion"]
+    with_penalty = run_method("dqn", ctx, lam=1.0, **common).info["train_distortion"]
     assert with_penalty < 0.8 * without
 
 
@@ -296,7 +297,23 @@ def test_dqn_penalty_gradient_pulls_towards_the_assigned_codewords():
     (grad,) = torch.autograd.grad(hooks.extra_loss(z, idx, 3), z)
     target = torch.as_tensor(np.concatenate([books[0, [1, 0]], books[1, [1, 1]]], axis=1))
     torch.testing.assert_close(hooks.assigned_codewords(idx), target)
-    torch.testing.assert_close(grad, 0.5 * 2 * (z - target).detach() / 2)
+    scale = (z.detach() ** 2).sum(1).mean()  # the penalty is divided by the mean |q|^2
+    torch.testing.assert_close(grad, 0.5 * 2 * (z - target).detach() / 2 / scale)
+
+
+def test_dqn_penalty_is_scale_free():
+    from qbench.methods.dqn import PenaltyHooks
+
+    books = np.random.default_rng(1).normal(size=(2, 4, 3)).astype(np.float32)
+    hooks = PenaltyHooks(2, 2, lam=0.5, warmup=0, refit_every=1, normalise=False)
+    hooks.assignments = torch.tensor([[0, 1], [2, 3]])
+    idx = torch.tensor([0, 1])
+    z = torch.randn(2, 6)
+    hooks.codebooks = torch.as_tensor(books)
+    small = hooks.extra_loss(z, idx, 0)
+    hooks.codebooks = torch.as_tensor(books) * 12.0
+    large = hooks.extra_loss(z * 12.0, idx, 0)  # everything 12x larger (inner-product scale)
+    torch.testing.assert_close(large, small)
 
 
 # ---------------------------------------------------------------------------- end to end
@@ -316,9 +333,11 @@ def test_joint_method_returns_pq_codes_of_the_budget(digits, name, bits, layout)
     assert isinstance(out.float_codes, FloatCodes) and out.float_codes.metric == "cosine"
     assert out.info["subspaces"] == m_count and out.info["codewords"] == k_count
     assert out.info["bits_per_subspace"] == bits // m_count
-    assert out.info["refits"] == 3  # epochs 1 and 2, then the final refit
-    assert out.info["quantization_error_train"] > 0
-    assert set(out.timings) == {"train_s", "encode_s"}
+    assert out.info["refits"] == 2  # before epochs 1 and 2
+    assert out.info["train_distortion"] > 0
+    assert set(out.timings) == {"train_s", "select_s", "fit_s", "encode_s"}
+    assert out.selection["epochs"] == [1, 2]  # candidates only after the warm-up
+    assert "ADC" in out.selection["criterion"]
 
 
 @pytest.mark.parametrize("epochs, warmup, refit_every", [(60, 10, 5), (5, 0, 1), (24, 4, 2)])

@@ -9,7 +9,7 @@ from qbench.method import RunContext
 from qbench.protocols import make_splits
 from qbench.registry import DATASETS, METHODS
 
-FAST = {"epochs": 2, "select": False}
+FAST = {"epochs": 2}
 METHOD_PARAMS = {
     "two-stage-pq": FAST,
     "two-stage-opq": {**FAST, "opq_iters": 3},
@@ -69,16 +69,16 @@ def test_method_returns_codes_of_the_budget(digits, name, bits):
     assert out.timings["encode_s"] >= 0
 
 
-@pytest.mark.parametrize("bits, dim", [(12, 64), (24, 66), (32, 64), (48, 66)])
-def test_two_stage_auto_dim_is_the_smallest_multiple_of_m_from_64(digits, bits, dim):
+@pytest.mark.parametrize("bits, padded", [(12, 64), (24, 66), (32, 64), (48, 66)])
+def test_two_stage_pads_the_shared_64_wide_embedding_to_a_multiple_of_m(digits, bits, padded):
     out = _run(digits, "two-stage-opq", bits)
-    assert out.info["dim"] == dim
-    assert out.codes.query.shape[1] == dim
+    assert (out.info["dim"], out.info["padded_dim"]) == (64, padded)
+    assert out.codes.query.shape[1] == padded
     assert out.float_codes.metric == "cosine"
     assert out.info["training"]["epochs"] == 2
     # the query is rotated by the orthogonal R: norms kept, coordinates moved
     np.testing.assert_allclose(np.linalg.norm(out.codes.query, axis=1), 1.0, atol=1e-5)
-    assert not np.allclose(out.codes.query, out.float_codes.query)
+    assert not np.allclose(out.codes.query[:, :64], out.float_codes.query)
 
 
 def test_two_stage_pq_searches_the_unrotated_normalised_query(digits):
@@ -125,9 +125,10 @@ def test_subspaces_that_do_not_divide_bits_are_user_errors(name):
         _method(name, subspaces=5).check_bits(32)
 
 
-def test_two_stage_dim_not_divisible_by_m_is_a_user_error():
-    with pytest.raises(QbenchError, match="65 is not divisible by 4"):
-        _method("two-stage-pq", dim=65).check_bits(32)
+def test_two_stage_pq_pads_a_dim_not_divisible_by_m(digits):
+    out = _run(digits, "two-stage-pq", 32, dim=65)
+    assert out.codes.query.shape[1] == 68
+    np.testing.assert_array_equal(out.codes.query[:, 65:], 0)
 
 
 def test_itq_dim_below_bits_is_a_user_error():

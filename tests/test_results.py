@@ -17,7 +17,8 @@ from qbench.results import (
 def _minimal():
     return {
         "schema_version": SCHEMA_VERSION, "method": "float", "family": "float",
-        "dataset": "digits", "protocol": "standard", "bits": 32, "seed": 0, "params": {},
+        "dataset": "digits", "protocol": "standard", "bits": 32, "seed": 0, "split_seed": 0,
+        "code_version": "0" * 16, "params": {},
         "splits": {}, "metrics": {"map_all": 0.5}, "curves": {}, "timings": {}, "cost": {},
         "metric_card": {}, "env": {},
     }
@@ -79,3 +80,20 @@ def test_written_file_gets_the_usual_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_code_version_hashes_the_installed_sources_and_env_records_a_dirty_tree():
+    from qbench.results import code_version
+
+    version = code_version()
+    assert len(version) == 16 and int(version, 16) >= 0
+    env = environment("cpu")
+    assert env["code_version"] == version
+    assert env["git_dirty"] in (True, False, None)
+
+
+def test_an_older_schema_is_refused():
+    data = _minimal()
+    data["schema_version"] = SCHEMA_VERSION - 1
+    with pytest.raises(QbenchError, match="schema_version"):
+        validate_result(data)

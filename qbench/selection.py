@@ -1,0 +1,170 @@
+"""Model selection, one rule for every method (SPEC §4).
+
+Validation queries are ranked against a *selection pool*: database items outside the
+training split and outside the validation queries themselves (all of them, or a seeded
+per-class sample capped for speed). The pool never holds training items, which the network
+has memorised, nor query items. Each candidate (a saved model at some epoch) is scored by
+the validation MAP of the exact representation the method is evaluated with: PQ codes by
+ADC, binary codes by tie-aware Hamming MAP, float embeddings by cosine. ``best`` keeps the
+candidate with the highest value (the latest among exact ties), ``last`` the last one.
+
+The pieces are plain values: :class:`SelectionPool` (index arrays), a ``represent``
+function per method (embeddings of train / val / pool -> codes for val against pool, and
+whatever it fitted), and :class:`Selection`, the record every result carries.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from qbench.codes import BinaryCodes, Codes, PQCodes
+from qbench.errors import QbenchError, choice_error
+from qbench.evaluator import mean_average_precision
+from qbench.protocols import Splits, draw_per_class
+
+RULES = ("best", "last")
+DEFAULT_POOL_SIZE = 10_000
+"""Default cap on the selection pool (a seeded per-class sample above it; 0: no cap)."""
+
+
+@dataclass
+class SelectionPool:
+    """Index arrays (into the dataset) of the validation queries and the pool they search."""
+
+    val: np.ndarray
+    pool: np.ndarray
+    overlaps_train: bool
+
+    def summary(self) -> dict:
+        return {"n_val_queries": int(len(self.val)), "n_pool": int(len(self.pool)),
+                "pool_overlaps_train": self.overlaps_train}
+
+
+def _has_positive(val_labels: np.ndarray, pool_labels: np.ndarray) -> np.ndarray:
+    """(n_val,) bool: whether each validation query has a relevant item in the pool."""
+    if val_labels.ndim == 1:
+        return np.isin(val_labels, np.unique(pool_labels))
+    present = (pool_labels > 0).any(axis=0)
+    return ((val_labels > 0) & present[None, :]).any(axis=1)
+
+
+def selection_pool(splits: Splits, labels: np.ndarray, *, cap: int = DEFAULT_POOL_SIZE,
+                   seed: int = 0) -> SelectionPool:
+    """The pool of ``splits``: database minus train minus val, per-class sampled to ``cap``.
+
+    ``labels``: the dataset's labels (all items). Raises :class:`QbenchError` when a
+    validation query has no relevant item in the pool (its AP would be undefined).
+    """
+    if cap < 0:
+        raise QbenchError(f"--pool-size must be >= 0 (0: no cap), got {cap}")
+    pool = np.setdiff1d(np.setdiff1d(splits.database, splits.train), splits.val)
+    if cap and len(pool) > cap:
+        available = np.zeros(len(labels), dtype=bool)
+        available[pool] = True
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5E1EC7]))
+        pool = draw_per_class(labels, available, cap, rng)
+    missing = ~_has_positive(labels[splits.val], labels[pool])
+    if missing.any():
+        raise QbenchError(
+            f"selection pool of {len(pool)} items holds no relevant item for "
+            f"{int(missing.sum())} of {len(splits.val)} validation queries (e.g. item "
+            f"{int(splits.val[missing][0])}); raise --pool-size (0: all) or use a larger "
+            "database")
+    overlaps = bool(np.intersect1d(pool, splits.train).size
+                    or np.intersect1d(pool, splits.query).size
+                    or np.intersect1d(pool, splits.val).size)
+    return SelectionPool(splits.val, pool, overlaps)
+
+
+def criterion(codes: Codes) -> str:
+    """The selection criterion of a representation, as recorded in results."""
+    if isinstance(codes, BinaryCodes):
+        return "tie-aware Hamming MAP@all of the binary codes"
+    if isinstance(codes, PQCodes):
+        return "MAP@all of the PQ codes by ADC"
+    return f"MAP@all of the float embeddings by {codes.metric}"
+
+
+def score(codes: Codes, val_labels: np.ndarray, pool_labels: np.ndarray) -> float:
+    """Validation MAP of ``codes`` (validation queries against the pool) by :func:`criterion`."""
+    if isinstance(codes, BinaryCodes):
+        return mean_average_precision(codes, val_labels, pool_labels, tie_aware=True)
+    return mean_average_precision(codes, val_labels, pool_labels)
+
+
+@dataclass
+class Selection:
+    """The record of one model selection (the result's top-level ``selection``)."""
+
+    rule: str
+    criterion: str
+    pool: dict
+    epochs: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    chosen_epoch: int = -1
+    chosen_value: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"rule": self.rule, "criterion": self.criterion, **self.pool,
+                "epochs": list(self.epochs), "values": list(self.values),
+                "chosen_epoch": self.chosen_epoch, "chosen_value": self.chosen_value}
+
+
+@dataclass
+class Choice:
+    """What :func:`select` returns: the record, the chosen epoch, what the method fitted
+    for it (a quantizer, or None) and the seconds that fit took (``fit_s``); ``select_s``
+    is the rest of the selection (embedding candidates, fitting the others, scoring)."""
+
+    selection: Selection
+    epoch: int
+    fitted: object
+    fit_s: float
+    select_s: float
+
+
+Represent = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[Codes, object]]
+"""(train, val, pool embeddings) -> (codes of the val queries against the pool, what was
+fitted, e.g. a quantizer fitted on the training embeddings)."""
+
+
+def select(encoder, train: np.ndarray, pool: SelectionPool, labels: np.ndarray,
+           represent: Represent, rule: str, *,
+           on_value: Callable[[int, float], None] | None = None) -> Choice:
+    """Score the candidates of ``encoder`` (all for ``best``, the last for ``last``); choose.
+
+    ``encoder``: a :class:`qbench.engine.TrainedEncoder` (``candidates`` and
+    ``embeddings(epoch, idx)``); ``train``: the training split's indices; ``labels``: the
+    dataset's labels. ``on_value(epoch, value)`` is called after each score.
+    """
+    epochs = encoder.candidates
+    if rule not in RULES:
+        raise choice_error("--select", rule, RULES)
+    if not epochs:
+        raise QbenchError("model selection has no candidate epoch (no epoch trained)")
+    started = time.perf_counter()
+    val_labels, pool_labels = labels[pool.val], labels[pool.pool]
+    scored = epochs if rule == "best" else epochs[-1:]
+    record = Selection(rule, "", pool.summary())
+    best: tuple[float, int, object, float] | None = None
+    for epoch in scored:
+        emb = [encoder.embeddings(epoch, idx) for idx in (train, pool.val, pool.pool)]
+        t0 = time.perf_counter()
+        codes, fitted = represent(*emb)
+        fit_s = time.perf_counter() - t0
+        value = score(codes, val_labels, pool_labels)
+        record.criterion = criterion(codes)
+        record.epochs.append(int(epoch))
+        record.values.append(float(value))
+        if on_value is not None:
+            on_value(epoch, value)
+        if best is None or value >= best[0]:
+            best = (value, epoch, fitted, fit_s)
+    value, epoch, fitted, fit_s = best
+    record.chosen_epoch, record.chosen_value = int(epoch), float(value)
+    return Choice(record, int(epoch), fitted, fit_s,
+                  time.perf_counter() - started - fit_s)
