@@ -7,14 +7,21 @@ tie-aware expectations must agree with the mean over random tie orders within sa
 
 from __future__ import annotations
 
+import itertools
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
 import qbench.evaluator as E
+import qbench.search as S
 from qbench.codes import BinaryCodes, FloatCodes, PQCodes
 from qbench.errors import QbenchError
 from qbench.evaluator import Evaluation, distances, evaluate, mean_average_precision, relevance
+from qbench.metrics import pr_cutoffs
 
 TOL = 1e-9
 
@@ -199,7 +206,13 @@ def test_float_codes_match_brute_force(metric):
     np.testing.assert_allclose(ev.per_query_ap, [brute_ap(s) for _, _, s in rows], atol=TOL)
     assert ev.metrics["map_at_k"] == pytest.approx(
         np.mean([brute_ap(s, 20) for _, _, s in rows]), abs=TOL)
-    assert "tie_aware_map_all" not in ev.metrics and "pr_hamming" not in ev.curves
+    assert ev.metrics["tie_aware_map_all"] == pytest.approx(
+        np.mean([brute_tie_ap(d, r) for d, r, _ in rows]), abs=TOL)
+    assert ev.metrics["tie_aware_map_all_optimistic"] == pytest.approx(
+        np.mean([bound_ap(d, r, True) for d, r, _ in rows]), abs=TOL)
+    assert ev.metrics["tie_aware_map_all_pessimistic"] == pytest.approx(
+        np.mean([bound_ap(d, r, False) for d, r, _ in rows]), abs=TOL)
+    assert "pr_hamming" not in ev.curves
     assert ev.metric_card["distance"] == metric
 
 
@@ -215,7 +228,7 @@ def test_float_curves_match_brute_force():
     for r, p in zip(ev.curves["top_r"]["r"], ev.curves["top_r"]["precision"]):
         assert p == pytest.approx(np.mean([np.sum(s[:r]) / r for _, _, s in rows]), abs=TOL)
     pr = ev.curves["pr"]
-    assert pr["rank"][-1] == 1234 and len(pr["rank"]) == 50
+    assert pr["rank"] == pr_cutoffs(1234).tolist()
     for c, p, rc in zip(pr["rank"], pr["precision"], pr["recall"]):
         assert p == pytest.approx(np.mean([np.sum(s[:c]) / c for _, _, s in rows]), abs=TOL)
         assert rc == pytest.approx(np.mean([np.sum(s[:c]) / np.sum(s) for _, _, s in rows]),
@@ -358,12 +371,15 @@ def test_adc_ranking_equals_float_ranking_of_reconstructions():
 def test_float_sort_codes_preserve_order_including_negatives_and_signed_zeros():
     values = np.array([[0.5, -0.0, 0.0, -1e-7, np.inf, -2.5, 1e-38, 3.0, -np.inf, 0.5]],
                       dtype=np.float32)
-    code = E._monotone_bits(values)[0]
+    code = S.monotone_bits(values)[0]
     assert code[1] == code[2]  # -0.0 ties with +0.0
     np.testing.assert_array_equal(np.argsort(code, kind="stable"),
                                   np.argsort(values[0], kind="stable"))
-    ranking = E._rank_float(values, np.ones_like(values, dtype=bool), tied=True)
-    assert ranking.group_size.tolist() == [1, 1, 1, 2, 1, 2, 1, 1]
+    search = S.make_distances(FloatCodes(np.zeros((1, 1), np.float32),
+                                         np.zeros((10, 1), np.float32)), False)
+    ranking = S.rank_numpy(search, values, np.ones_like(values, dtype=bool))
+    assert ranking.rel_pos.tolist() == list(range(10))
+    assert ranking.group_start.tolist() == [3, 6] and ranking.group_size.tolist() == [2, 2]
 
 
 def test_hamming_distances_are_exact_for_long_codes():
@@ -418,21 +434,18 @@ def test_torch_path_equals_numpy_path(kind):
             np.testing.assert_allclose(got[1][name][key], ref[1][name][key], atol=1e-12)
 
 
-def test_numpy_and_pandas_counting_sorts_agree(monkeypatch):
+def test_hamming_ranking_gives_index_order_positions_and_level_counts():
     rng = np.random.default_rng(17)
     codes, ql, dl = random_binary(rng, 9, 500, bits=7, multi=True)
     dist = distances(codes)
-    for row in dist:
-        order, counts = E._counting_sort_numpy(row, 8)
-        np.testing.assert_array_equal(order, brute_order(row))
-        np.testing.assert_array_equal(counts, [np.sum(row == v) for v in range(8)])
-        if hasattr(E, "_pandas_groupsort"):
-            got = E._counting_sort_pandas(row, 8)
-            np.testing.assert_array_equal(got[0], order)
-            np.testing.assert_array_equal(got[1], counts)
-    ref = evaluate(codes, ql, dl, k=50)
-    monkeypatch.setattr(E, "_counting_sort", E._counting_sort_numpy)
-    _assert_same(ref, evaluate(codes, ql, dl, k=50))
+    rel = relevance(ql, dl)
+    ranking = S.rank_numpy(S.make_distances(codes, False), dist, rel)
+    for i, row in enumerate(dist):
+        expected = np.flatnonzero(rel[i][brute_order(row)])
+        got = ranking.rel_pos[ranking.row_ptr[i]:ranking.row_ptr[i + 1]]
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(ranking.level_hist[i],
+                                      [np.sum(row == v) for v in range(8)])
 
 
 def test_mean_average_precision_matches_evaluate(binary_case, binary_eval):
@@ -452,15 +465,13 @@ def test_relevance_single_and_multi_label():
 
 
 def test_report_is_json_ready_and_carries_a_metric_card(binary_eval):
-    import json
-
     json.dumps([binary_eval.metrics, binary_eval.curves, binary_eval.metric_card,
                 binary_eval.timings])
     card = binary_eval.metric_card
     assert card["distance"] == "hamming" and card["k"] == 40 and card["normaliser"] == "rk"
     assert card["relevance"] == "share at least one label"
     assert "tie-aware" in card["tie_policy"] and card["n_query"] == 25 and card["n_db"] == 300
-    assert {"search_s", "eval_s", "queries_per_s"} <= set(binary_eval.timings)
+    assert {"search_s", "metrics_s", "eval_s", "queries_per_s"} <= set(binary_eval.timings)
     assert binary_eval.metrics["bytes_per_code"] == pytest.approx(6 / 8)
     assert binary_eval.per_query_ap.shape == (25,) and binary_eval.per_query_ap.dtype == np.float64
 
@@ -469,10 +480,10 @@ def test_automatic_block_fits_the_memory_target_at_a_million_items():
     rng = np.random.default_rng(13)
     codes = BinaryCodes(rng.integers(0, 2, (1000, 32)).astype(np.uint8),
                         rng.integers(0, 2, (2, 32)).astype(np.uint8))
-    search = E._make_search(codes, False)
-    assert E._block_size(search, 1000, 10**6, None, False) * 10**6 * 4 <= 256 * 2**20
-    pq = E._make_search(random_pq(rng, 1000, 2), False)
-    assert E._block_size(pq, 1000, 10**6, None, False) * 10**6 * 8 <= 256 * 2**20
+    search = S.make_distances(codes, False)
+    assert E._block_size(search, 1000, 10**6, None, False) * 10**6 * 14 <= 256 * 2**20
+    pq = S.make_distances(random_pq(rng, 1000, 2), False)
+    assert E._block_size(pq, 1000, 10**6, None, False) * 10**6 * 32 <= 256 * 2**20
 
 
 @pytest.mark.parametrize("change, match", [
@@ -507,3 +518,181 @@ def test_pq_codes_out_of_range_raise():
     codes.db_codes[0, 0] = 4
     with pytest.raises(QbenchError, match="db_codes"):
         evaluate(codes, np.zeros(3, int), np.zeros(10, int))
+
+
+# ----------------------------------------------------------------------------- ties @K, pr11
+
+
+def random_tie_orders(dist, rel, n_perm, rng):
+    """(n_perm, n) relevance in ascending distance with a random order within ties."""
+    noise = rng.random((n_perm, len(dist)))
+    order = np.lexsort((noise, np.broadcast_to(dist, noise.shape)), axis=-1)
+    return rel[order]
+
+
+def ap_at_k_of_orders(rel_sorted, k, normaliser):
+    """AP@K of each row of (n_orders, n) relevance in rank order."""
+    top = rel_sorted[:, :k]
+    hits = np.cumsum(top, axis=1)
+    total = (hits / np.arange(1, k + 1) * top).sum(1)
+    n_rel = rel_sorted.sum(1)
+    norm = {"rk": hits[:, -1], "min_k_r": np.minimum(k, n_rel), "r": n_rel}[normaliser]
+    return np.where(norm > 0, total / np.maximum(norm, 1), 0.0)
+
+
+def float_codes_from_distances(dist_rows):
+    """FloatCodes whose squared-L2 distances order items like ``dist_rows`` (queries at 0)."""
+    db = np.sqrt(np.asarray(dist_rows[0], dtype=np.float64)).astype(np.float32)[:, None]
+    return FloatCodes(np.zeros((len(dist_rows), 1), np.float32), db)
+
+
+@pytest.mark.parametrize("normaliser", ["rk", "min_k_r", "r"])
+def test_tie_aware_map_at_k_equals_the_average_over_every_tie_order(normaliser):
+    dist = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2])
+    groups = [np.flatnonzero(dist == v) for v in range(3)]
+    orders = [np.concatenate(p) for p in itertools.product(
+        *[list(itertools.permutations(g)) for g in groups])]
+    rng = np.random.default_rng(20)
+    dl = rng.integers(0, 2, (len(dist), 3)).astype(np.uint8)
+    ql = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 0, 0]], np.uint8)
+    codes = float_codes_from_distances([dist])
+    codes.query = np.zeros((len(ql), 1), np.float32)
+    rel = np.stack([brute_relevance(q, dl) for q in ql])
+    for k in (1, 2, 3, 4, 5, 8, 9):
+        m = evaluate(codes, ql, dl, k=k, normaliser=normaliser).metrics
+        for variant, key in (("mean", ""), ("first", "_optimistic"), ("last", "_pessimistic")):
+            per_query = []
+            for r in rel:
+                if variant == "mean":
+                    per_query.append(ap_at_k_of_orders(np.stack([r[o] for o in orders]), k,
+                                                       normaliser).mean())
+                else:  # relevant items first (last) within every group
+                    bound = np.concatenate([np.sort(r[g])[::-1] if variant == "first"
+                                            else np.sort(r[g]) for g in groups])
+                    per_query.append(ap_at_k_of_orders(bound[None], k, normaliser)[0])
+            assert m["tie_aware_map_at_k" + key] == pytest.approx(np.mean(per_query), abs=TOL)
+
+
+@pytest.mark.parametrize("kind", ["pq", "float", "binary"])
+def test_tie_aware_map_at_k_equals_mean_over_random_tie_orders(kind):
+    rng = np.random.default_rng(21)
+    n_db = 160
+    if kind == "pq":  # 16 distinct codes for 160 items: many equal ADC distances
+        codes = random_pq(rng, 4, n_db, m=2, k=4, dsub=1)
+    elif kind == "float":
+        codes = FloatCodes(rng.integers(-1, 2, (4, 2)).astype(np.float32),
+                           rng.integers(-1, 2, (n_db, 2)).astype(np.float32))
+    else:
+        codes = BinaryCodes(rng.integers(0, 2, (4, 5)).astype(np.uint8),
+                            rng.integers(0, 2, (n_db, 5)).astype(np.uint8))
+    ql, dl = np.array([0, 1, 2, 0]), rng.integers(0, 3, n_db)
+    dist = distances(codes)
+    n_perm = 2000
+    orders = [random_tie_orders(dist[i], dl == ql[i], n_perm, rng) for i in range(4)]
+    for k in (7, 40, n_db):
+        for normaliser in ("rk", "min_k_r"):
+            m = evaluate(codes, ql, dl, k=k, normaliser=normaliser).metrics
+            aps = [ap_at_k_of_orders(o, k, normaliser) for o in orders]
+            se = np.sqrt(np.sum([a.var(ddof=1) / n_perm for a in aps])) / 4
+            assert abs(m["tie_aware_map_at_k"] - np.mean([a.mean() for a in aps])) <= 4 * se + 1e-12
+            if k == n_db:
+                assert m["tie_aware_map_at_k"] == pytest.approx(m["tie_aware_map_all"], abs=TOL)
+
+
+def test_tie_aware_hits_bounds_match_relevant_first_and_last_orders(binary_case, binary_eval):
+    codes, ql, dl = binary_case
+    rows = hamming_rows(codes, ql, dl)
+    m, k = binary_eval.metrics, 40
+
+    def hits(d, r, relevant_first):
+        order = sorted(range(len(d)), key=lambda j: (d[j], (not r[j]) if relevant_first
+                                                     else r[j], j))
+        return np.sum(r[order][:k])
+
+    for first, key in ((True, "optimistic"), (False, "pessimistic")):
+        assert m[f"tie_aware_p_at_k_{key}"] == pytest.approx(
+            np.mean([hits(d, r, first) / k for d, r, _ in rows]), abs=TOL)
+    pr = binary_eval.curves["pr"]
+    assert pr["precision_optimistic"][0] >= pr["precision"][0] >= pr["precision_pessimistic"][0]
+
+
+def test_pr_cutoffs_start_at_rank_one_and_are_dense_near_the_start():
+    cut = pr_cutoffs(59_000)
+    assert cut[0] == 1 and cut[-1] == 59_000 and np.all(np.diff(cut) > 0)
+    assert cut[:4].tolist() == [1, 2, 3, 4] and np.sum(cut <= 100) >= 20
+    assert pr_cutoffs(1).tolist() == [1] and pr_cutoffs(3).tolist() == [1, 2, 3]
+
+
+def brute_pr11(rel_sorted):
+    n_rel = int(np.sum(rel_sorted))
+    if n_rel == 0:
+        return np.zeros(11)
+    hits = np.cumsum(rel_sorted)
+    precision = hits / np.arange(1, len(rel_sorted) + 1)
+    recall = hits / n_rel
+    return np.array([max(p for p, r in zip(precision, recall) if r >= level - 1e-12)
+                     for level in np.linspace(0, 1, 11)])
+
+
+@pytest.mark.parametrize("kind", ["binary", "float"])
+def test_pr11_matches_brute_force_interpolated_precision(kind, binary_case):
+    rng = np.random.default_rng(22)
+    if kind == "binary":
+        codes, ql, dl = binary_case
+    else:
+        codes = FloatCodes(rng.normal(size=(20, 3)).astype(np.float32),
+                           rng.normal(size=(257, 3)).astype(np.float32))
+        ql, dl = rng.integers(0, 4, 20), rng.integers(0, 3, 257)
+    ev = evaluate(codes, ql, dl)
+    dist = distances(codes)
+    rows = brute_per_query(codes, ql, dl, lambda i: dist[i])
+    assert ev.curves["pr11"]["recall"] == pytest.approx(np.linspace(0, 1, 11).tolist())
+    np.testing.assert_allclose(ev.curves["pr11"]["precision"],
+                               np.mean([brute_pr11(s) for _, _, s in rows], axis=0), atol=TOL)
+
+
+@pytest.mark.parametrize("kind", ["binary", "pq"])
+def test_mean_average_precision_tie_aware_matches_evaluate(kind, binary_case):
+    rng = np.random.default_rng(23)
+    codes, ql, dl = binary_case
+    if kind == "pq":
+        codes = random_pq(rng, len(ql), len(dl), m=2, k=4, dsub=1)
+    ev = evaluate(codes, ql, dl, k=30)
+    assert mean_average_precision(codes, ql, dl, tie_aware=True) == pytest.approx(
+        ev.metrics["tie_aware_map_all"], abs=1e-12)
+    assert mean_average_precision(codes, ql, dl, k=30, tie_aware=True) == pytest.approx(
+        ev.metrics["tie_aware_map_at_k"], abs=1e-12)
+
+
+def test_timings_split_search_from_metrics(binary_eval):
+    t = binary_eval.timings
+    assert t["search_s"] > 0 and t["metrics_s"] > 0
+    assert t["search_s"] + t["metrics_s"] <= t["eval_s"]
+    assert t["queries_per_s"] == pytest.approx(25 / t["search_s"])
+
+
+@pytest.mark.parametrize("codes, match", [
+    (FloatCodes(np.zeros((2, 2), np.float32), np.array([[0, 1], [np.nan, 0]], np.float32)),
+     "codes.db: contains NaN"),
+    (PQCodes(np.zeros((2, 2), np.float32), np.zeros((2, 1), int),
+             np.full((1, 2, 2), np.nan, np.float32)), "codes.codebooks: contains NaN"),
+    (BinaryCodes(np.zeros((0, 4), np.uint8), np.zeros((2, 4), np.uint8)), "non-empty"),
+    (BinaryCodes(np.zeros((2, 4), np.uint8), np.zeros((2, 5), np.uint8)), "bits"),
+])
+def test_bad_codes_raise_one_line_errors(codes, match):
+    with pytest.raises(QbenchError, match=match) as err:
+        evaluate(codes, np.zeros(len(codes_query(codes)), int), np.zeros(2, int))
+    assert "\n" not in str(err.value)
+
+
+def codes_query(codes):
+    return codes.query_bits if isinstance(codes, BinaryCodes) else codes.query
+
+
+def test_evaluator_does_not_import_torch():
+    code = ("import sys, numpy as np; from qbench.evaluator import evaluate; "
+            "from qbench.codes import BinaryCodes; "
+            "c = BinaryCodes(np.eye(3, dtype=np.uint8), np.eye(3, dtype=np.uint8)); "
+            "evaluate(c, np.arange(3), np.arange(3)); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
