@@ -120,7 +120,8 @@ def run_command(method, dataset, bits, seed, protocol, epochs, device, out, data
 @click.option("--metric", "float_metric", default="l2", show_default=True,
               help="Distance for float embeddings: l2 or cosine.")
 @click.option("--sdc", is_flag=True, help="PQ codes: symmetric distance (query quantized too).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu, cuda, or auto (cuda when available); only cuda and auto load torch.")
 def evaluate_command(codes_file: Path, out: Path | None, k: int | None, normaliser: str,
                      float_metric: str, sdc: bool, device: str) -> None:
     """Score codes or embeddings produced elsewhere (.npz) with the qbench evaluator."""
@@ -136,7 +137,8 @@ def evaluate_command(codes_file: Path, out: Path | None, k: int | None, normalis
         if out.is_dir():
             raise QbenchError(f"--out {out} is a directory; give a file, e.g. {out / 'eval.json'}")
         check_writable(out.parent)
-    device = resolve_device(device)
+    if device != "cpu":
+        device = resolve_device(device)
     codes, q_labels, db_labels = load_codes_npz(codes_file)
     if isinstance(codes, FloatCodes):
         codes.metric = float_metric

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -158,3 +162,16 @@ def test_pickled_object_array_is_refused(tmp_path):
     path = save(tmp_path, arrays)
     with pytest.raises(QbenchError, match="db_labels"):
         load_codes_npz(path)
+
+
+def test_qbench_evaluate_on_the_cpu_does_not_import_torch(tmp_path):
+    path = save(tmp_path, pq_arrays())
+    out = tmp_path / "eval.json"
+    code = ("import sys; from qbench.cli import cli; "
+            f"cli.main(['evaluate', {str(path)!r}, '--out', {str(out)!r}], "
+            "standalone_mode=False); print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "False"  # torch was never imported
+    report = json.loads(out.read_text())
+    assert {"tie_aware_map_all", "tie_aware_map_at_k"} <= set(report["metrics"])
+    assert {"search_s", "metrics_s", "eval_s", "queries_per_s"} <= set(report["timings"])
