@@ -168,12 +168,19 @@ def evaluate_command(codes_file: Path, out: Path | None, k: int | None, normalis
               help="Table format: table, md, csv or latex.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Folder for tables (all formats) and plots (PNG and PDF).")
-@click.option("--metric", default="map_all", show_default=True, help="Metric to tabulate.")
-def compare_command(files, fmt: str, out: Path | None, metric: str) -> None:
-    """Aggregate result files: mean ± std over seeds, significance, tables and plots."""
+@click.option("--metric", default="headline_map", show_default=True,
+              help="Metric to tabulate (headline_map: tie-aware MAP@all where reported, "
+                   "else MAP@all).")
+@click.option("--baseline", default=None, metavar="LABEL",
+              help="Test every row against this row label (e.g. two-stage-pq) instead of "
+                   "each column's best row; needs >= 2 seeds per row.")
+def compare_command(files, fmt: str, out: Path | None, metric: str,
+                    baseline: str | None) -> None:
+    """Aggregate result files: mean, std and 95% CI over seeds, paired t-tests, claims,
+    tables and plots."""
     from qbench.compare import run_compare
 
-    click.echo(run_compare(list(files), fmt=fmt, out=out, metric=metric))
+    click.echo(run_compare(list(files), fmt=fmt, out=out, metric=metric, baseline=baseline))
 
 
 @cli.command("grid")

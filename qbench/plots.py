@@ -1,15 +1,21 @@
-"""Figures made from aggregated results (:class:`qbench.compare.Aggregate`), never from runs.
+"""Figures made from aggregated results (:class:`qbench.stats.Aggregate`), never from runs.
 
-For each (dataset, protocol, metric convention) six figures, each as PNG and PDF, named
+For each (dataset, protocol, convention) up to seven figures, each as PNG and PDF, named
 ``<dataset>-<protocol>[-c<i>]-<figure>.{png,pdf}`` (``-c<i>`` only when one dataset and
-protocol hold results of several metric conventions):
+protocol hold results of several conventions). MAP is the headline MAP (tie-aware MAP@all
+where reported, else index-order MAP@all); error bars are 95% t confidence intervals over
+seeds (none for a single seed).
 
-- ``map_vs_bits``: MAP@all against bits, error bars = std over seeds;
+- ``map_vs_bits``: MAP against bits;
 - ``pr``: precision–recall curves, one panel per bits value, mean curve over seeds;
+- ``pr11``: 11-point interpolated precision, one panel per bits value, mean over seeds;
 - ``top_r``: precision@top-R curves, one panel per bits value, mean over seeds;
 - ``retention_vs_bits``: MAP / MAP of the method's own float embedding, against bits;
-- ``map_vs_bytes``: MAP@all against bytes per code (log scale);
-- ``map_vs_qps``: MAP@all against queries per second (log scale).
+- ``map_vs_bytes``: MAP against bytes per code (log scale);
+- ``map_vs_qps``: MAP against queries per second (log scale).
+
+A figure whose data no run recorded (e.g. ``pr11`` from older results) is not drawn; curves
+of different lengths are averaged on a common grid (:mod:`qbench.stats`).
 
 Every method keeps one colour and marker in all figures (:func:`method_style`); a variant
 (``dqn[loss=ip]``) takes its method's colour and marker with its own dashed line style.
@@ -28,7 +34,8 @@ matplotlib.use("Agg")
 
 from matplotlib.figure import Figure  # noqa: E402 -- the backend is chosen first
 
-from qbench.compare import Aggregate, label_order  # noqa: E402
+from qbench.rows import HEADLINE, base_method, label_order  # noqa: E402
+from qbench.stats import Aggregate  # noqa: E402
 
 # method -> (colour, marker), fixed across every figure
 METHOD_STYLES: dict[str, tuple[str, str]] = {
@@ -50,6 +57,7 @@ FALLBACK_COLOURS = ("#e377c2", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4
 FALLBACK_MARKERS = ("o", "s", "^", "v", "D", "p", "h", "X", "P", "<", ">", "*")
 VARIANT_LINESTYLES = ("--", "-.", ":", (0, (5, 1, 1, 1)))
 FORMATS = ("png", "pdf")
+MAP_AXIS = "MAP@all (tie-aware where reported)"
 
 
 def method_style(label: str) -> dict:
@@ -58,7 +66,7 @@ def method_style(label: str) -> dict:
     Known methods have fixed entries in :data:`METHOD_STYLES`; others get a colour and
     marker from a CRC-32 of the name (stable across runs and machines).
     """
-    base = label.split("[", 1)[0]
+    base = base_method(label)
     if base in METHOD_STYLES:
         colour, marker = METHOD_STYLES[base]
     else:
@@ -114,8 +122,10 @@ def _metric_vs(part, y_metric: str, x_metric: str | None, title: str, ylabel: st
             x = xs.loc[rows.index].to_numpy(dtype=float)
             order = x.argsort(kind="stable")
             rows, x = rows.iloc[order], x[order]
-        err = rows["std"].fillna(0.0).to_numpy(dtype=float)
-        ax.errorbar(x, rows["mean"].to_numpy(dtype=float), yerr=err, label=label, capsize=3,
+        mean = rows["mean"].to_numpy(dtype=float)
+        err = [(mean - rows["ci_low"]).fillna(0.0).to_numpy(dtype=float),
+               (rows["ci_high"] - mean).fillna(0.0).to_numpy(dtype=float)]
+        ax.errorbar(x, mean, yerr=err, label=label, capsize=3,
                     markersize=6, linewidth=1.4, **method_style(label))
         drawn = True
     if not drawn:
@@ -181,20 +191,23 @@ def write_plots(agg: Aggregate, folder: Path) -> list[Path]:
             bits = sorted(int(b) for b in part["bits"].unique())
             key = (dataset, protocol, conv)
             figures = {
-                "map_vs_bits": _metric_vs(part, "map_all", None, f"MAP@all — {where}",
-                                          "MAP@all", "bits"),
+                "map_vs_bits": _metric_vs(part, HEADLINE, None, f"MAP — {where}", MAP_AXIS,
+                                          "bits"),
                 "pr": _curve_panels(agg, key, labels, bits, "pr",
                                     f"precision–recall — {where}", "recall"),
+                "pr11": _curve_panels(agg, key, labels, bits, "pr11",
+                                      f"11-point interpolated precision — {where}",
+                                      "recall"),
                 "top_r": _curve_panels(agg, key, labels, bits, "top_r",
                                        f"precision@top-R — {where}", "R (items retrieved)"),
                 "retention_vs_bits": _metric_vs(part, "retention", None,
                                                 f"retention — {where}",
                                                 "MAP / float MAP", "bits"),
-                "map_vs_bytes": _metric_vs(part, "map_all", "bytes_per_code",
-                                           f"MAP@all vs code size — {where}", "MAP@all",
+                "map_vs_bytes": _metric_vs(part, HEADLINE, "bytes_per_code",
+                                           f"MAP vs code size — {where}", MAP_AXIS,
                                            "bytes per code", logx=True),
-                "map_vs_qps": _metric_vs(part, "map_all", "queries_per_s",
-                                         f"MAP@all vs speed — {where}", "MAP@all",
+                "map_vs_qps": _metric_vs(part, HEADLINE, "queries_per_s",
+                                         f"MAP vs speed — {where}", MAP_AXIS,
                                          "queries per second", logx=True),
             }
             for name, fig in figures.items():

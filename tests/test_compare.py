@@ -10,22 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qbench.compare import (
-    Run,
-    assign_labels,
-    convention_key,
-    paper_markdown,
-    prepare,
-    run_compare,
-    significance,
-    wilcoxon_p,
-)
+from qbench.compare import prepare, run_compare
 from qbench.errors import QbenchError
 from qbench.results import SCHEMA_VERSION, result_filename, write_json_atomic
+from qbench.rows import Run, assign_labels, convention_key
+from qbench.tables import paper_markdown
 
 N_QUERY = 40
 FAMILIES = {"float": "float", "sign": "binary", "itq": "binary", "lsh": "binary",
             "householder": "binary"}
+CRITERIA = {"float": "cosine MAP of the float embedding", "pq": "MAP by ADC of the PQ codes",
+            "binary": "tie-aware Hamming MAP of the binary codes"}
 
 
 def metric_card(**changes) -> dict:
@@ -44,25 +39,37 @@ def make_result(method: str = "pq", bits: int = 12, seed: int = 0, *, map_all: f
                 per_query_ap: list[float] | None = None, dataset: str = "digits",
                 protocol: str = "standard", params: dict | None = None,
                 card: dict | None = None, family: str | None = None,
-                checksum: str | None = None) -> dict:
-    """A valid result dict with the given headline numbers (everything else plausible)."""
+                checksum: str | None = None, tie_aware: float | None = None,
+                rule: str | None = "best", criterion: str | None = None,
+                tuning: dict | None = None, retention: float | None = None,
+                split_seed: int = 0) -> dict:
+    """A valid result dict with the given headline numbers (everything else plausible).
+
+    rule None: no ``selection`` object (a result older than the field).
+    """
     family = family or FAMILIES.get(method, "pq")
     rng = np.random.default_rng(seed * 1000 + bits)
     if per_query_ap is None:
         per_query_ap = list(np.full(N_QUERY, map_all))
     recall = np.linspace(0.02, 1.0, 50) + rng.uniform(0, 0.005, 50)
     bytes_per_code = 256.0 if family == "float" else bits / 8
-    return {
+    metrics = {"map_all": map_all, "map_at_k": map_all, "float_map_all": 0.8,
+               "retention": map_all / 0.8 if retention is None else retention,
+               "bytes_per_code": bytes_per_code}
+    if tie_aware is not None:
+        metrics.update(tie_aware_map_all=tie_aware, tie_aware_map_all_optimistic=tie_aware,
+                       tie_aware_map_all_pessimistic=tie_aware)
+    result = {
         "schema_version": SCHEMA_VERSION, "method": method, "family": family,
         "description": f"{method} (fabricated)", "dataset": dataset, "dataset_params": {},
-        "protocol": protocol, "bits": bits, "seed": seed,
+        "protocol": protocol, "bits": bits, "seed": seed, "split_seed": split_seed,
+        "code_version": "0123456789abcdef",
         "params": dict(params if params is not None else {}),
         "method_info": {"training": {"encoder": "mlp", "epochs": 60}},
-        "splits": {"protocol": protocol, "seed": seed,
-                   "checksum": checksum or f"splits-{dataset}-{protocol}-{seed}",
+        "splits": {"protocol": protocol, "seed": split_seed,
+                   "checksum": checksum or f"splits-{dataset}-{protocol}-{split_seed}",
                    "n_query": N_QUERY, "n_train": 500, "n_val": 100, "n_database": 1697},
-        "metrics": {"map_all": map_all, "map_at_k": map_all, "float_map_all": 0.8,
-                    "retention": map_all / 0.8, "bytes_per_code": bytes_per_code},
+        "metrics": metrics,
         "curves": {
             "pr": {"rank": list(range(34, 1700, 34)), "recall": recall.tolist(),
                    "precision": (map_all * (1.2 - recall)).tolist()},
@@ -74,8 +81,15 @@ def make_result(method: str = "pq", bits: int = 12, seed: int = 0, *, map_all: f
         "cost": {"bytes_per_code": bytes_per_code, "database_bytes": bytes_per_code * 1697,
                  "queries_per_s": 1000.0 * bits},
         "metric_card": card if card is not None else metric_card(),
+        "tuning": tuning,
         "env": {"python": "3"}, "created": "2024-01-01T00:00:00+00:00",
     }
+    if rule is not None:
+        result["selection"] = {
+            "rule": rule, "criterion": criterion or CRITERIA.get(family, CRITERIA["pq"]),
+            "n_val_queries": 100, "n_pool": 1000, "pool_overlaps_train": False,
+            "epochs": [1, 2, 3], "values": [0.3, 0.4, 0.35], "chosen_epoch": 2}
+    return result
 
 
 def write(folder: Path, result: dict, name: str | None = None) -> Path:
@@ -117,16 +131,24 @@ def markdown_rows(text: str) -> list[list[str]]:
     return rows
 
 
-def test_groups_by_method_and_bits_with_mean_std_and_n(grid_results):
+T_975_2 = 4.302652729749464  # scipy.stats.t.ppf(0.975, 2): the 95% t quantile, 2 dof
+
+
+def test_groups_by_method_and_bits_with_mean_std_ci_and_n(grid_results):
     df = read_csv_output(run_compare(grid_results, fmt="csv"))
     assert len(df) == 4
     for method, by_bits in MAPS.items():
         for bits, maps in by_bits.items():
             row = df[(df["method"] == method) & (df["bits"] == bits)].iloc[0]
-            assert row["mean"] == pytest.approx(np.mean(maps), abs=1e-12)
-            assert row["std"] == pytest.approx(np.std(maps, ddof=1), abs=1e-12)
+            mean, std = np.mean(maps), np.std(maps, ddof=1)
+            assert row["mean"] == pytest.approx(mean, abs=1e-12)
+            assert row["std"] == pytest.approx(std, abs=1e-12)
+            half = T_975_2 * std / np.sqrt(3)
+            assert row["ci_low"] == pytest.approx(mean - half, abs=1e-12)
+            assert row["ci_high"] == pytest.approx(mean + half, abs=1e-12)
             assert row["n"] == 3
             assert row["seeds"] == "0,1,2"
+            assert row["metric"] == "headline_map"
 
 
 def test_markdown_table_has_methods_as_rows_and_bits_as_columns(grid_results):
@@ -135,20 +157,22 @@ def test_markdown_table_has_methods_as_rows_and_bits_as_columns(grid_results):
     body = {r[0]: r[1:] for r in rows[1:]}
     assert list(body) == ["pq", "dqn"]
     mean, std = np.mean(MAPS["pq"][12]), np.std(MAPS["pq"][12], ddof=1)
-    assert body["pq"][0] == f"{mean:.3f} ± {std:.3f}"
+    half = T_975_2 * std / np.sqrt(3)
+    assert body["pq"][0] == f"{mean:.3f} ± {std:.3f} [{mean - half:.3f}, {mean + half:.3f}]"
     assert body["dqn"][0].startswith("**") and body["dqn"][0].endswith("**")
 
 
 def test_latex_and_text_formats(grid_results):
     latex = run_compare(grid_results, fmt="latex")
     assert r"\begin{tabular}{lrr}" in latex and r"\end{tabular}" in latex
-    assert r"$\mathbf{0.620 \pm 0.026}$" in latex
+    assert r"$\mathbf{0.620 \pm 0.026\ [0.554,\,0.686]}$" in latex
     text = run_compare(grid_results, fmt="table")
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("method"))
     assert header.split() == ["method", "12", "bits", "24", "bits"]
     pq_line = next(line for line in lines if line.startswith("pq "))
-    assert "0.420 ± 0.020" in pq_line
+    assert "0.420 ± 0.020 [0.370, 0.470]" in pq_line
+    assert "paired t-test" in text and "Holm" in text
 
 
 def test_bad_format_and_unknown_metric_are_errors(grid_results):
@@ -158,11 +182,24 @@ def test_bad_format_and_unknown_metric_are_errors(grid_results):
         run_compare(grid_results, metric="mapp")
 
 
-def test_other_metric_tabulated(grid_results):
+def test_other_metric_tabulated_without_significance(grid_results):
     df = read_csv_output(run_compare(grid_results, fmt="csv", metric="retention"))
     row = df[(df["method"] == "pq") & (df["bits"] == 12)].iloc[0]
     assert row["mean"] == pytest.approx(np.mean(MAPS["pq"][12]) / 0.8)
-    assert df["tied_with_best"].isna().all()
+    assert df["tied"].isna().all() and df["p_holm"].isna().all()
+
+
+def test_headline_is_tie_aware_map_where_reported(tmp_path):
+    paths = [write(tmp_path, make_result("sign", 12, s, map_all=0.40 + 0.01 * s,
+                                         tie_aware=0.30 + 0.01 * s)) for s in range(3)]
+    paths += [write(tmp_path, make_result("pq", 12, s, map_all=0.5 + 0.01 * s))
+              for s in range(3)]
+    headline = read_csv_output(run_compare(paths, fmt="csv")).set_index("method")["mean"]
+    assert headline["sign"] == pytest.approx(0.31) and headline["pq"] == pytest.approx(0.51)
+    index_order = read_csv_output(run_compare(paths, fmt="csv", metric="map_all"))
+    assert index_order.set_index("method").loc["sign", "mean"] == pytest.approx(0.41)
+    md = run_compare(paths, fmt="md")
+    assert "No tie-aware MAP recorded, index-order MAP@all shown: pq." in md
 
 
 def test_out_writes_every_table_and_plot(grid_results, tmp_path):
@@ -170,8 +207,9 @@ def test_out_writes_every_table_and_plot(grid_results, tmp_path):
     text = run_compare(grid_results, fmt="md", out=out)
     assert f"tables to {out / 'tables'}" in text
     tables = out / "tables"
-    for name in ("summary.md", "summary.csv", "summary.tex", "summary.txt", "significance.md",
-                 "significance.csv", "all_metrics.csv", "paper_vs_qbench.md"):
+    for name in ("summary.md", "summary.csv", "summary.tex", "summary.txt", "summary-map_all.md",
+                 "summary-map_all.csv", "significance.md", "significance.csv", "claims.md",
+                 "claims.csv", "all_metrics.csv", "paper_vs_qbench.md"):
         assert (tables / name).stat().st_size > 0, name
     assert read_csv_output((tables / "summary.csv").read_text())["n"].tolist() == [3] * 4
     assert r"\begin{tabular}" in (tables / "summary.tex").read_text()
@@ -182,6 +220,29 @@ def test_out_writes_every_table_and_plot(grid_results, tmp_path):
             assert path.is_file() and path.stat().st_size > 0, path
     assert (out / "plots" / "digits-standard-map_vs_bits.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "plots" / "digits-standard-pr.pdf").read_bytes()[:4] == b"%PDF"
+
+
+def test_plots_survive_new_absent_and_uneven_curves(tmp_path):
+    from qbench.plots import write_plots
+
+    paths = []
+    for seed in range(2):
+        res = make_result("pq", 12, seed, map_all=0.5)
+        n = 30 + 20 * seed  # a PR curve from rank 1 with a different number of points per seed
+        res["curves"]["pr"] = {"rank": list(range(1, n + 1)),
+                               "recall": np.linspace(0.001, 1, n).tolist(),
+                               "precision": np.linspace(1, 0.3, n).tolist()}
+        res["curves"]["pr11"] = {"recall": np.linspace(0, 1, 11).tolist(),
+                                 "precision": np.linspace(1, 0.2, 11).tolist()}
+        paths.append(write(tmp_path, res))
+        bare = make_result("sign", 12, seed, map_all=0.4)
+        bare["curves"] = {}
+        paths.append(write(tmp_path, bare))
+    _, agg, _, _ = prepare(paths)
+    written = {p.name for p in write_plots(agg, tmp_path / "plots")}
+    assert {"digits-standard-pr.png", "digits-standard-pr11.png",
+            "digits-standard-map_vs_bits.png"} <= written
+    assert "digits-standard-top_r.png" in written  # pq still has top_r
 
 
 def test_paper_table_places_published_numbers_beside_ours_with_a_warning(grid_results):
@@ -216,6 +277,12 @@ def test_other_schema_version_names_the_file(grid_results, tmp_path):
         run_compare([path])
 
 
+def test_malformed_tuning_names_the_file(tmp_path):
+    path = write(tmp_path, make_result("pq", 12, 0, tuning="yes"), "odd.json")  # type: ignore
+    with pytest.raises(QbenchError, match=r"odd\.json: tuning is neither an object nor null"):
+        run_compare([path])
+
+
 def test_failure_records_are_skipped_with_a_note(grid_results, tmp_path):
     record = tmp_path / "digits-standard-ssm-12b-seed0.failed.json"
     record.write_text(json.dumps({"kind": "qbench-grid-failure", "message": "boom"}))
@@ -240,13 +307,51 @@ def test_different_metric_conventions_are_never_averaged(tmp_path):
     assert "normaliser min_k_r" in md and "normaliser rk" in md
 
 
+def test_selection_rules_are_never_averaged_or_tested_together(tmp_path):
+    paths = []
+    for rule, value, folder in (("best", 0.6, "b"), ("last", 0.4, "l"), (None, 0.2, "o")):
+        paths += [write(tmp_path / folder, make_result("dqn", 12, s, map_all=value + 0.01 * s,
+                                                       rule=rule)) for s in range(2)]
+    df = read_csv_output(run_compare(paths, fmt="csv"))
+    assert sorted(df["mean"].round(6)) == [0.205, 0.405, 0.605]
+    assert df["convention"].nunique() == 3
+    assert df["tied"].all()  # each table holds one row: its own reference
+    md = run_compare(paths, fmt="md")
+    assert md.count("| method | 12 bits |") == 3
+    for rule in ("selection rule best", "selection rule last", "selection rule not recorded"):
+        assert rule in md
+
+
+def test_selection_criteria_of_one_method_get_separate_rows(tmp_path):
+    paths = [write(tmp_path / c, make_result("dqn", 12, s, criterion=f"{c} MAP"))
+             for c in ("cosine", "ADC") for s in range(2)]
+    rows = {r[0] for r in markdown_rows(run_compare(paths, fmt="md"))[1:]}
+    assert rows == {"dqn (selected by cosine)", "dqn (selected by ADC)"}
+
+
+def test_tuned_and_untuned_rows_are_never_mixed(tmp_path):
+    tuning = {"trials": 12, "best_value": 0.7, "study": "digits-standard-dqn-12b-seed0",
+              "best_params": {"lam": 0.03}}
+    paths = [write(tmp_path / "d", make_result("dqn", 12, s, map_all=0.5)) for s in range(2)]
+    paths += [write(tmp_path / "t", make_result("dqn", 12, s, map_all=0.7,
+                                                params={"lam": 0.03}, tuning=tuning))
+              for s in range(2)]
+    df = read_csv_output(run_compare(paths, fmt="csv")).set_index("method")
+    assert list(df.index) == ["dqn", "dqn (tuned)"]
+    assert df.loc["dqn", "mean"] == pytest.approx(0.5)
+    assert df.loc["dqn (tuned)", "mean"] == pytest.approx(0.7)
+    assert bool(df.loc["dqn (tuned)", "tuned"]) and not bool(df.loc["dqn", "tuned"])
+
+
 def test_distance_and_tie_aware_notes_do_not_split_conventions():
-    pq_card = metric_card()
-    binary = metric_card(distance="hamming", curves="tie-aware expected precision",
-                         hamming_radius_curves="set metrics within radius",
-                         tie_policy="database index; tie-aware expectation reported")
-    assert convention_key(pq_card) == convention_key(binary)
-    assert convention_key(pq_card) != convention_key(metric_card(tie_policy="random"))
+    pq = make_result("pq")
+    binary = make_result("sign", card=metric_card(
+        distance="hamming", curves="tie-aware expected precision",
+        hamming_radius_curves="set metrics within radius",
+        tie_policy="database index; tie-aware expectation reported"))
+    assert convention_key(pq) == convention_key(binary)
+    assert convention_key(pq) != convention_key(make_result("pq", card=metric_card(
+        tie_policy="random")))
 
 
 def test_two_files_of_the_same_run_are_rejected(tmp_path):
@@ -270,6 +375,13 @@ def test_variant_rows_are_labelled_by_non_default_params(tmp_path):
     runs[0].result["params"]["epochs"] = 30
     assign_labels(runs, defaults)
     assert runs[0].label == "dqn[epochs=30]" and runs[1].label == "dqn[epochs=15]"
+    # a tuned run: the study's parameters stay out of the label, the variant's stay in
+    runs[0].result["params"]["epochs"] = 15
+    runs[2].result["params"]["lam"] = 0.05
+    runs[2].result["tuning"] = {"trials": 12, "best_value": 0.6, "study": "s",
+                                "best_params": {"lam": 0.05}}
+    assign_labels(runs, defaults)
+    assert runs[2].label == "dqn[loss=ip] (tuned)" and runs[2].variant == "dqn[loss=ip]"
     # methods unknown to the registry: the most common value is the reference
     toy = [Run(Path(f"t{i}.json"), make_result("toy", 12, i, params={"alpha": a}))
            for i, a in enumerate((0.5, 0.5, 0.1))]
@@ -284,58 +396,19 @@ def test_registered_method_defaults_label_the_ip_variant(tmp_path):
     assert rows == {"dqn", "dqn[loss=ip]"}
 
 
-def test_wilcoxon_p_matches_scipy_and_handles_identical_runs():
-    from scipy.stats import wilcoxon
-
-    rng = np.random.default_rng(0)
-    d = rng.normal(0.02, 0.05, 200)
-    assert wilcoxon_p(d) == pytest.approx(wilcoxon(d).pvalue)
-    assert wilcoxon_p(np.zeros(50)) == 1.0
-
-
-def test_significance_pairs_queries_and_marks_ties_with_the_best(tmp_path):
-    rng = np.random.default_rng(1)
-    base = rng.uniform(0.2, 0.9, N_QUERY)
-    paths = []
-    for seed in range(3):
-        best = base + 0.0 * seed
-        jitter = rng.uniform(0.005, 0.03, N_QUERY // 2)
-        near = best + np.concatenate([jitter, -jitter]) - 1e-4     # symmetric noise
-        far = best - 0.15 - rng.uniform(0, 0.02, N_QUERY)          # clearly worse
-        full = best + 0.2                                            # float: never "best"
-        for method, ap in (("dqn", best), ("ssm", near), ("pq", far), ("float", full)):
-            paths.append(write(tmp_path, make_result(method, 12, seed, map_all=float(ap.mean()),
-                                                     per_query_ap=ap.tolist())))
-    runs, _, sig, _ = prepare(paths)
-    by = sig.set_index("label")
-    assert set(by["best"]) == {"dqn"}
-    assert by.loc["dqn", "tied"] and by.loc["dqn", "p_value"] == 1.0
-    assert by.loc["pq", "n_pairs"] == 3 * N_QUERY and by.loc["pq", "seeds_paired"] == "0,1,2"
-    assert by.loc["pq", "p_value"] < 1e-6 and not by.loc["pq", "tied"]
-    assert by.loc["pq", "diff"] < -0.15
-    assert by.loc["ssm", "tied"]
-    assert by.loc["float", "p_value"] < 0.05 and not by.loc["float", "tied"]
-    rows = {r[0]: r[1] for r in markdown_rows(run_compare(paths, fmt="md"))[1:]}
-    assert rows["dqn"].startswith("**") and rows["ssm"].startswith("**")
-    assert not rows["pq"].startswith("**") and not rows["float"].startswith("**")
-    text = run_compare(paths, fmt="table")
-    assert next(x for x in text.splitlines() if x.startswith("ssm")).endswith(" *")
-    assert significance(runs).equals(sig)
-
-
-def test_runs_on_different_splits_are_not_paired(tmp_path):
-    a = write(tmp_path, make_result("dqn", 12, 0, map_all=0.6), "a.json")
-    b = write(tmp_path, make_result("pq", 12, 0, map_all=0.4, checksum="other"), "b.json")
-    _, _, sig, _ = prepare([a, b])
-    row = sig.set_index("label").loc["pq"]
-    assert row["n_pairs"] == 0 and pd.isna(row["p_value"]) and not row["tied"]
-
-
-def test_cells_with_fewer_seeds_show_n(tmp_path):
+def test_cells_with_fewer_seeds_show_n_and_say_no_test(tmp_path):
     paths = [write(tmp_path, make_result("pq", 12, s, map_all=0.4 + 0.01 * s)) for s in range(3)]
+    paths += [write(tmp_path, make_result("dqn", 12, s, map_all=0.5 + 0.01 * s))
+              for s in range(3)]
     paths.append(write(tmp_path, make_result("pq", 24, 0, map_all=0.5)))
-    rows = {r[0]: r[1:] for r in markdown_rows(run_compare(paths, fmt="md"))}
-    assert rows["pq"] == ["**0.410 ± 0.010**", "**0.500 (n=1)**"]
+    paths.append(write(tmp_path, make_result("dqn", 24, 0, map_all=0.6)))
+    md = run_compare(paths, fmt="md")
+    rows = {r[0]: r[1:] for r in markdown_rows(md)}
+    assert rows["pq"][1] == "0.500 (n=1)" and rows["dqn"][1] == "**0.600 (n=1)**"
+    assert "needs >= 2 seeds paired with the reference): pq at 24 bits" in md
+    _, _, sig, _ = prepare(paths)
+    pq24 = sig.table.set_index(["label", "bits"]).loc[("pq", 24)]
+    assert pd.isna(pq24["p_value"]) and pq24["tied"] is None and pq24["n_seeds"] == 1
 
 
 def test_fixed_colour_per_method():
@@ -343,6 +416,22 @@ def test_fixed_colour_per_method():
 
     assert method_style("dqn")["color"] == METHOD_STYLES["dqn"][0]
     assert method_style("dqn[loss=ip]")["color"] == METHOD_STYLES["dqn"][0]
+    assert method_style("dqn (tuned)")["color"] == METHOD_STYLES["dqn"][0]
     assert method_style("dqn[loss=ip]")["linestyle"] != "-"
     assert method_style("mystery") == method_style("mystery")
     assert len({c for c, _ in METHOD_STYLES.values()}) == len(METHOD_STYLES)
+
+
+def test_a_run_that_selected_nothing_joins_every_rules_table(tmp_path):
+    paths = []
+    for rule in ("best", "last"):
+        paths += [write(tmp_path / rule, make_result("dqn", 12, s, map_all=0.6, rule=rule))
+                  for s in range(2)]
+    for s in range(2):
+        raw = make_result("pq", 12, s, map_all=0.4)
+        raw["selection"] = None  # nothing trained, nothing selected
+        paths.append(write(tmp_path / "raw", raw))
+    df = read_csv_output(run_compare(paths, fmt="csv"))
+    assert df["convention"].nunique() == 2
+    assert sorted(df["method"]) == ["dqn", "dqn", "pq", "pq"]
+    assert set(df.loc[df["method"] == "pq", "n"]) == {2}
