@@ -8,11 +8,13 @@ Row label
     (``dqn[loss=ip]``: the *variant*). Training-budget parameters (``epochs``, ``encoder``,
     ``weights``) appear only when they differ between runs of the same method on the same
     dataset and protocol, since a grid sets them per dataset for every method. A tuned run
-    (top-level ``tuning`` not null) gets the suffix ``(tuned)``, and the parameters its
-    study chose (``tuning.best_params``, when recorded) stay out of the variant; tuned and
-    untuned runs of one method are therefore never averaged. When runs of one method were
-    selected by different criteria (``selection.criterion``: cosine, ADC, tie-aware Hamming),
-    the label names it too: ``dqn (selected by cosine)``.
+    (top-level ``tuning`` not null) gets the suffix ``(tuned)``: tuned and untuned runs of
+    one method are never averaged. Its tuned parameters (those with a declared search
+    space, ``Param.tune``, and ``tuning.best_params`` when recorded) stay out of its
+    variant: ``dqn[loss=ip] (tuned)`` is the tuned ``dqn[loss=ip]`` whatever values its study
+    chose. When runs of one method were selected by different criteria
+    (``selection.criterion``: cosine, ADC, tie-aware Hamming), the label names it too:
+    ``dqn (selected by cosine)``.
 
 Convention
     The metric card without its distance entries (relevance rule, K, AP normaliser,
@@ -189,6 +191,18 @@ def method_defaults(methods: Iterable[str]) -> dict[str, dict]:
     return {m: METHODS.resolve_params(m) for m in methods if m in known}
 
 
+def tunable_params(methods: Iterable[str]) -> dict[str, set[str]]:
+    """Names of the parameters of registered methods that declare a search space."""
+    try:
+        from qbench.registry import METHODS
+
+        known = set(METHODS.names())
+    except Exception:  # noqa: BLE001 -- as in method_defaults
+        return {}
+    return {m: {p.name for p in METHODS.get(m).params if getattr(p, "tune", None) is not None}
+            for m in methods if m in known}
+
+
 def _modal_params(results: list[dict]) -> dict:
     counts: dict[str, Counter] = {}
     for r in results:
@@ -206,19 +220,26 @@ def format_param(value) -> str:
     return str(value)
 
 
-def _tuned_params(result: dict) -> set[str]:
-    best = (result.get("tuning") or {}).get("best_params")
-    return set(best) if isinstance(best, dict) else set()
+def _tuned_params(result: dict, tunable: set[str]) -> set[str]:
+    if not is_tuned(result):
+        return set()
+    best = result["tuning"].get("best_params")
+    return tunable | (set(best) if isinstance(best, dict) else set())
 
 
-def assign_labels(runs: list[Run], defaults: dict[str, dict] | None = None) -> None:
+def assign_labels(runs: list[Run], defaults: dict[str, dict] | None = None,
+                  tunable: dict[str, set[str]] | None = None) -> None:
     """Set each run's variant and row label (module docstring).
 
     ``defaults``: method -> declared defaults; methods missing there use the most common
     value of each parameter among their untuned runs (all runs when none is untuned).
+    ``tunable``: method -> parameters with a search space (default: from the registry).
     """
+    methods = sorted({r.result["method"] for r in runs})
     if defaults is None:
-        defaults = method_defaults(sorted({r.result["method"] for r in runs}))
+        defaults = method_defaults(methods)
+    if tunable is None:
+        tunable = tunable_params(methods)
     by_method: dict[str, list[dict]] = {}
     for run in runs:
         by_method.setdefault(run.result["method"], []).append(run.result)
@@ -241,7 +262,7 @@ def assign_labels(runs: list[Run], defaults: dict[str, dict] | None = None) -> N
         method = res["method"]
         key = (res["dataset"], res["protocol"], method)
         reference = defaults.get(method) or fallback.get(method, {})
-        tuned = _tuned_params(res)
+        tuned = _tuned_params(res, tunable.get(method, set()))
         parts = []
         for p in sorted(res["params"]):
             if p not in reference or res["params"][p] == reference[p] or p in tuned:

@@ -48,7 +48,11 @@ PAPER_CIFAR10 = {
 
 @dataclass
 class Section:
-    """One table: rows are labels, columns are bits; cells are (text, marked)."""
+    """One table: rows are labels, columns are bits; cells are (text, marked).
+
+    title: the heading, then lines above the table (convention, what marks mean); footer:
+    notes below it.
+    """
 
     title: list[str]
     columns: list[str]
@@ -85,7 +89,7 @@ def convention_text(card: dict) -> str:
                      for k, v in sorted(card.items())) or "(empty)"
 
 
-def _marks_footer(sig: Significance) -> str:
+def _marks_text(sig: Significance) -> str:
     if sig.baseline is None:
         what = ("the best quantized row of each column (highest mean; float is never the "
                 "best)")
@@ -141,7 +145,7 @@ def build_sections(agg: Aggregate, sig: Significance, metric: str) -> list[Secti
                  + f": {convention_text(agg.conventions[conv])}"]
         footer = []
         if marks:
-            footer.append(_marks_footer(sig))
+            title.append(_marks_text(sig))
             untested = _untested(tests)
             if untested:
                 footer.append("no significance test (needs >= 2 seeds paired with the "
@@ -188,7 +192,9 @@ def render_markdown(sections: list[Section]) -> str:
     """GitHub Markdown tables; marked cells in bold."""
     blocks = []
     for s in sections:
-        lines = [f"**{s.title[0]}**", "", s.title[1], ""]
+        lines = [f"**{s.title[0]}**", ""]
+        for line in s.title[1:]:
+            lines += [line[0].upper() + line[1:], ""]
         lines.append("| " + " | ".join(s.columns) + " |")
         lines.append("|" + "|".join([":---"] + ["---:"] * (len(s.columns) - 1)) + "|")
         for label, cells in s.rows:

@@ -369,23 +369,28 @@ def test_variant_rows_are_labelled_by_non_default_params(tmp_path):
         for seed in range(2):
             res = make_result("dqn", 12, seed, params={"loss": loss, "epochs": 15, "lam": 1.0})
             runs.append(Run(Path(f"{loss}{seed}.json"), res))
-    assign_labels(runs, defaults)
+    assign_labels(runs, defaults, {})
     assert [r.label for r in runs] == ["dqn", "dqn", "dqn[loss=ip]", "dqn[loss=ip]"]
     # a budget parameter that varies between runs is part of the label
     runs[0].result["params"]["epochs"] = 30
-    assign_labels(runs, defaults)
+    assign_labels(runs, defaults, {})
     assert runs[0].label == "dqn[epochs=30]" and runs[1].label == "dqn[epochs=15]"
-    # a tuned run: the study's parameters stay out of the label, the variant's stay in
+    # a tuned run: the tuned parameters stay out of the label, the variant's stay in
     runs[0].result["params"]["epochs"] = 15
-    runs[2].result["params"]["lam"] = 0.05
-    runs[2].result["tuning"] = {"trials": 12, "best_value": 0.6, "study": "s",
-                                "best_params": {"lam": 0.05}}
-    assign_labels(runs, defaults)
-    assert runs[2].label == "dqn[loss=ip] (tuned)" and runs[2].variant == "dqn[loss=ip]"
+    for run in runs[2:]:
+        run.result["params"]["lam"] = 0.05
+        run.result["tuning"] = {"trials": 12, "best_value": 0.6, "study": "s"}
+    runs[3].result["tuning"]["best_params"] = {"lam": 0.05}
+    assign_labels(runs, defaults, tunable={"dqn": {"lam"}})
+    assert [r.label for r in runs[2:]] == ["dqn[loss=ip] (tuned)"] * 2
+    assert runs[2].variant == "dqn[loss=ip]"
+    assign_labels(runs, defaults, tunable={})  # best_params recorded: left out as well
+    assert [r.label for r in runs[2:]] == ["dqn[lam=0.05,loss=ip] (tuned)",
+                                           "dqn[loss=ip] (tuned)"]
     # methods unknown to the registry: the most common value is the reference
     toy = [Run(Path(f"t{i}.json"), make_result("toy", 12, i, params={"alpha": a}))
            for i, a in enumerate((0.5, 0.5, 0.1))]
-    assign_labels(toy, {})
+    assign_labels(toy, {}, {})
     assert [r.label for r in toy] == ["toy", "toy", "toy[alpha=0.1]"]
 
 
