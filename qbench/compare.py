@@ -74,9 +74,9 @@ def write_outputs(out: Path, runs: list[Run], agg: Aggregate, sig: Significance,
         files.update({f"summary-{PAPER_METRIC}.{FORMAT_SUFFIX[f]}":
                       render(agg, sig, PAPER_METRIC, f) for f in FORMATS})
     claims = evaluate_claims(agg)
-    files["significance.md"] = significance_markdown(sig)
+    files["significance.md"] = significance_markdown(sig, agg.conventions)
     files["significance.csv"] = significance_csv(sig)
-    files["claims.md"] = claims_markdown(claims, CLAIMS)
+    files["claims.md"] = claims_markdown(claims, CLAIMS, agg.conventions)
     files["claims.csv"] = claims.to_csv(index=False)
     files["all_metrics.csv"] = agg.summary.to_csv(index=False)
     files["paper_vs_qbench.md"] = paper_markdown(runs, agg)

@@ -276,8 +276,11 @@ def significance_csv(sig: Significance) -> str:
     return sig.table.rename(columns={"reference": sig.reference_name}).to_csv(index=False)
 
 
-def significance_markdown(sig: Significance) -> str:
-    """The significance table in Markdown, one block per (dataset, protocol, convention)."""
+def significance_markdown(sig: Significance, conventions: dict[str, dict]) -> str:
+    """The significance table in Markdown, one block per (dataset, protocol, convention).
+
+    conventions: :attr:`qbench.stats.Aggregate.conventions`, for each block's header.
+    """
     if sig.baseline is None:
         against = ("the best row of each column: the quantized row with the highest mean "
                    "headline MAP (`float` is tested but never the best)")
@@ -294,7 +297,8 @@ def significance_markdown(sig: Significance) -> str:
     if table.empty:
         return "\n".join(lines + ["No rows to compare."]) + "\n"
     for (dataset, protocol, conv), part in table.groupby(SECTION_KEYS, sort=True):
-        lines += [f"## {dataset} / {protocol}", "", f"convention: {conv}", "",
+        lines += [f"## {dataset} / {protocol}", "",
+                  f"convention: {convention_text(conventions[conv])}", "",
                   f"| bits | method | mean | n | {sig.reference_name} | diff | 95% CI | p | "
                   "p (Holm) | paired seeds | tied |",
                   "|---:|:---|---:|---:|:---|---:|:---|---:|---:|:---|:---|"]
@@ -309,8 +313,12 @@ def significance_markdown(sig: Significance) -> str:
     return "\n".join(lines)
 
 
-def claims_markdown(frame: pd.DataFrame, claims: tuple[Claim, ...]) -> str:
-    """The claims table (:func:`qbench.claims.evaluate_claims`) in Markdown."""
+def claims_markdown(frame: pd.DataFrame, claims: tuple[Claim, ...],
+                    conventions: dict[str, dict]) -> str:
+    """The claims table (:func:`qbench.claims.evaluate_claims`) in Markdown.
+
+    conventions: :attr:`qbench.stats.Aggregate.conventions`, for each block's header.
+    """
     lines = ["# Claims of the seed papers, checked", "",
              "diff = a − b of the headline MAP (tie-aware MAP@all where reported), mean over "
              "seeds paired by training seed; 95% t confidence interval from the paired "
@@ -326,7 +334,8 @@ def claims_markdown(frame: pd.DataFrame, claims: tuple[Claim, ...]) -> str:
     if frame.empty:
         return "\n".join(lines + ["No claim has runs of both its sides."]) + "\n"
     for (dataset, protocol, conv), part in frame.groupby(SECTION_KEYS, sort=True):
-        lines += [f"## {dataset} / {protocol}", "", f"convention: {conv}", "",
+        lines += [f"## {dataset} / {protocol}", "",
+                  f"convention: {convention_text(conventions[conv])}", "",
                   "| claim | bits | compared | n | mean a | mean b | diff | 95% CI | verdict | "
                   "two-stage-pq retention |",
                   "|:---|---:|:---|---:|---:|---:|---:|:---|:---|---:|"]
