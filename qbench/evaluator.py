@@ -252,7 +252,8 @@ def _run(codes, query_labels, db_labels, *, k: int | None, normaliser: str, devi
         else:
             ranking = rank_numpy(search, search.numpy(start, stop), labels.block(start, stop))
         t1 = time.perf_counter()
-        return t1 - t0, time.perf_counter() - t1, _score_block(ranking, plan)
+        scored = _score_block(ranking, plan)
+        return t1 - t0, time.perf_counter() - t1, scored
 
     starts = range(0, n_query, bs)
     workers = 1 if use_torch else min(_workers(device), len(starts))

@@ -81,12 +81,13 @@ class Ranks:
         self.n_db = int(n_db)
         self.n_queries = len(self.row_ptr) - 1
         self.n_rel = np.diff(self.row_ptr)
-        self.rows_of = np.repeat(np.arange(self.n_queries, dtype=np.int64), self.n_rel)
-        rel_rank = np.arange(1, len(self.rel_pos) + 1, dtype=np.int64) - self.row_ptr[:-1][
-            self.rows_of]
+        rows_of = np.repeat(np.arange(self.n_queries, dtype=np.int64), self.n_rel)
+        # row i's positions shifted by i * n_db: ascending over the whole block, so that
+        # one searchsorted answers "how many in the top c" for any (row, c <= n_db)
+        self._keys = rows_of * self.n_db + self.rel_pos
+        rel_rank = np.arange(1, len(self.rel_pos) + 1, dtype=np.int64) - self.row_ptr[rows_of]
         self.terms = rel_rank / (self.rel_pos + 1.0)
-        self._prefix = None
-        self._keys = self.rows_of * (self.n_db + 1) + self.rel_pos
+        self._prefix = np.concatenate([[0.0], np.cumsum(self.terms)])
 
     def count_below(self, rows: np.ndarray, cut: np.ndarray) -> np.ndarray:
         """Relevant items in the top ``cut[j]`` of query ``rows[j]``.
@@ -94,13 +95,11 @@ class Ranks:
         rows, cut: int arrays of one shape, cut in [0, n_db]. Returns int64 of that shape.
         """
         rows = np.asarray(rows, dtype=np.int64)
-        target = rows * (self.n_db + 1) + cut
+        target = rows * self.n_db + cut
         return np.searchsorted(self._keys, target, side="left") - self.row_ptr[rows]
 
     def terms_below(self, rows: np.ndarray, cut: np.ndarray) -> np.ndarray:
         """Sum of ``terms`` of query ``rows[j]``'s relevant items in its top ``cut[j]``."""
-        if self._prefix is None:
-            self._prefix = np.concatenate([[0.0], np.cumsum(self.terms)])
         rows = np.asarray(rows, dtype=np.int64)
         first = self.row_ptr[rows]
         return self._prefix[first + self.count_below(rows, cut)] - self._prefix[first]
@@ -125,10 +124,13 @@ class Ranks:
         means K = n_db, where all three normalisers give the textbook AP.
         """
         kk = self.n_db if k is None else min(int(k), self.n_db)
-        inside = self.rel_pos < kk
-        rows = self.rows_of[inside]
-        total = np.bincount(rows, weights=self.terms[inside], minlength=self.n_queries)
-        hits = np.bincount(rows, minlength=self.n_queries)
+        rows = np.arange(self.n_queries, dtype=np.int64)
+        if kk >= self.n_db:
+            hits = self.n_rel
+            total = self._prefix[self.row_ptr[1:]] - self._prefix[self.row_ptr[:-1]]
+        else:
+            hits = self.count_below(rows, np.full(self.n_queries, kk))
+            total = self.terms_below(rows, np.full(self.n_queries, kk))
         return safe_ratio(total, self.normaliser(kk, normaliser, hits))
 
     def interpolated_precision(self) -> np.ndarray:
@@ -171,19 +173,19 @@ def _group_terms(a, n, r, rb, m, harmonic) -> dict[str, np.ndarray]:
     pessimistic (relevant last; x = max(0, m - (n - r)) of them in the slots)
                 x - (a + n - r - rb) dH(a + n - r, a + n - r + x)
     """
-    a_l, n_l, r_l, rb_l, m_l = (np.asarray(v).astype(np.longdouble) for v in (a, n, r, rb, m))
-    c = np.zeros(np.shape(n_l), dtype=np.longdouble)
+    def d_harmonic(lo, count):  # H(lo + count) - H(lo), differenced in extended precision
+        return (harmonic[lo + count] - harmonic[lo]).astype(np.float64)
+
+    c = np.zeros(np.shape(n), dtype=np.float64)
     many = np.asarray(n) > 1
-    c[many] = (r_l[many] - 1) / (n_l[many] - 1)
-    expected = (r_l / n_l) * ((rb_l + 1 - c * (a_l + 1)) * (harmonic[a + m] - harmonic[a])
-                              + c * m_l)
+    c[many] = (r[many] - 1) / (n[many] - 1)
+    expected = (r / n) * ((rb + 1 - c * (a + 1)) * d_harmonic(a, m) + c * m)
     x = np.minimum(m, r)
-    optimistic = x - (a_l - rb_l) * (harmonic[a + x] - harmonic[a])
+    optimistic = x - (a - rb) * d_harmonic(a, x)
     x = np.maximum(0, m - (n - r))
     low = a + n - r
-    pessimistic = x - (low - rb_l) * (harmonic[low + x] - harmonic[low])
-    return {"expected": expected.astype(np.float64), "optimistic": optimistic.astype(np.float64),
-            "pessimistic": pessimistic.astype(np.float64)}
+    pessimistic = x - (low - rb) * d_harmonic(low, x)
+    return {"expected": expected, "optimistic": optimistic, "pessimistic": pessimistic}
 
 
 def _log_comb(n: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -195,7 +197,8 @@ class TieGroups:
 
     group_row, group_start, group_size: (G,) int64, see the module doc; ranks: the block's
     relevant positions. Derived per group: ``rel_before`` (R_<d), ``rel`` (r_d) and
-    ``exact`` (the sum of ``ranks.terms`` over its relevant items, in index order).
+    ``exact`` (the sum of ``ranks.terms`` over its relevant items, in index order). Only
+    groups mixing relevant and other items are kept: the others have one order.
     """
 
     def __init__(self, group_row: np.ndarray, group_start: np.ndarray, group_size: np.ndarray,
@@ -203,12 +206,16 @@ class TieGroups:
         self.ranks = ranks
         self.n_db = ranks.n_db
         self.n_queries = ranks.n_queries
-        self.row = np.asarray(group_row, dtype=np.int64)
-        self.start = np.asarray(group_start, dtype=np.int64)
-        self.size = np.asarray(group_size, dtype=np.int64)
+        row = np.asarray(group_row, dtype=np.int64)
+        start = np.asarray(group_start, dtype=np.int64)
+        size = np.asarray(group_size, dtype=np.int64)
+        rel_before = ranks.count_below(row, start)
+        rel = ranks.count_below(row, start + size) - rel_before
+        # a group holding only relevant or only other items has one order: exact values hold
+        mixed = (rel > 0) & (rel < size)
+        self.row, self.start, self.size = row[mixed], start[mixed], size[mixed]
+        self.rel_before, self.rel = rel_before[mixed], rel[mixed]
         self.end = self.start + self.size
-        self.rel_before = ranks.count_below(self.row, self.start)
-        self.rel = ranks.count_below(self.row, self.end) - self.rel_before
         self.exact = (ranks.terms_below(self.row, self.end)
                       - ranks.terms_below(self.row, self.start))
 

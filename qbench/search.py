@@ -183,11 +183,13 @@ class LookupTableDistances:
     def numpy(self, start: int, stop: int) -> np.ndarray:
         """(b, n_db) float32 distances."""
         lut = self.tables(start, stop)
-        out = np.take(lut[:, 0, :], self.codes_t[0], axis=1)
-        part = np.empty_like(out)
-        for m in range(1, self.m):
-            np.take(lut[:, m, :], self.codes_t[m], axis=1, out=part)
-            out += part
+        out = np.empty((len(lut), self.codes_t.shape[1]), dtype=np.float32)
+        part = np.empty(self.codes_t.shape[1], dtype=np.float32)
+        for i, table in enumerate(lut):  # one small table per row: 1-D gathers stay in cache
+            np.take(table[0], self.codes_t[0], out=out[i])
+            for m in range(1, self.m):
+                np.take(table[m], self.codes_t[m], out=part)
+                out[i] += part
         return out
 
     def torch(self, start: int, stop: int, device):
@@ -364,8 +366,11 @@ def _groups_from_ties(rows: np.ndarray, pos: np.ndarray):
 
 def monotone_bits(dist: np.ndarray) -> np.ndarray:
     """uint32 codes of float32 distances with the same order (-0.0 counts as +0.0)."""
-    d = np.add(dist, np.float32(0), dtype=np.float32)
-    if np.isnan(d).any():
+    d = np.add(dist, np.float32(0), dtype=np.float32)  # -0.0 + 0.0 = +0.0
+    low = d.min(initial=np.inf)
+    if low >= 0:  # the usual case: non-negative floats order like their bit patterns
+        return d.view(np.uint32)
+    if np.isnan(low):
         raise QbenchError("distances contain NaN (check the embeddings or codebooks)")
     u = d.view(np.uint32)
     return u ^ (((u >> np.uint32(31)) * np.uint32(0x7FFFFFFF)) | np.uint32(0x80000000))
@@ -388,13 +393,17 @@ def rank_numpy(search: Distances, dist: np.ndarray, rel: np.ndarray) -> BlockRan
         if shift > 32:
             raise QbenchError(f"database too large to rank ({n} items, at most 2^31)")
         key_type, shift, code = np.uint64, 32, monotone_bits(dist)
-    keys = code.astype(key_type)
-    keys <<= key_type(shift)
+    keys = np.left_shift(code, shift, dtype=key_type)
     keys |= np.arange(n, dtype=key_type) << key_type(1)
     keys |= rel
     keys.sort(axis=1)
-    rows, pos = np.nonzero(keys & key_type(1))
-    ptr = _row_ptr(rows, b)
+    if np.little_endian:  # the relevance bits: the lowest byte of every key, read in place
+        flags = np.bitwise_and(keys.view(np.uint8)[:, ::keys.itemsize], 1).view(bool)
+    else:
+        flags = (keys & key_type(1)).astype(bool)
+    flat = np.flatnonzero(flags)  # 1-D: far faster than a 2-D nonzero
+    ptr = np.searchsorted(flat, np.arange(b + 1, dtype=np.int64) * n)
+    pos = flat - np.repeat(np.arange(b, dtype=np.int64) * n, np.diff(ptr))
     level_hist = None
     if levels is not None:
         bounds = np.arange(levels + 1, dtype=key_type) << key_type(shift)
@@ -403,8 +412,9 @@ def rank_numpy(search: Distances, dist: np.ndarray, rel: np.ndarray) -> BlockRan
         groups = _groups_from_levels(cum)
     else:
         high = keys.view(np.uint32)[:, 1::2] if np.little_endian else keys >> np.uint64(32)
-        groups = _groups_from_ties(*np.nonzero(high[:, 1:] == high[:, :-1]))
-    return BlockRanking(pos.astype(np.int64), ptr, *groups, level_hist)
+        groups = _groups_from_ties(*np.divmod(np.flatnonzero(high[:, 1:] == high[:, :-1]),
+                                              n - 1))
+    return BlockRanking(pos, ptr, *groups, level_hist)
 
 
 def rank_torch(search: Distances, dist, rel) -> BlockRanking:
