@@ -104,7 +104,8 @@ def test_one_seed_is_undecided(tmp_path):
     assert row["diff"] == pytest.approx(0.1) and math.isnan(row["ci_low"])
 
 
-def test_compare_writes_the_claims_tables(tmp_path):
+def test_compare_writes_the_claims_tables(tmp_path, monkeypatch):
+    monkeypatch.setattr("qbench.plots.write_plots", lambda agg, folder: [])  # tables only
     paths = results(tmp_path, "gsl", [0.60, 0.62, 0.61]) + results(tmp_path, "dqn",
                                                                    [0.50, 0.53, 0.52])
     out = tmp_path / "report"
