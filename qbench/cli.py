@@ -14,6 +14,7 @@ import click
 from qbench import __version__
 from qbench.errors import QbenchError
 from qbench.registry import DATASETS, METHODS, parse_key_values
+from qbench.selection import DEFAULT_POOL_SIZE
 
 
 class QbenchGroup(click.Group):
@@ -57,7 +58,9 @@ def list_command(show_params: bool) -> None:
                 click.echo(f"  {'':<15}{'':<9} protocols: {', '.join(cls.protocols)}")
             if show_params:
                 for p in cls.params:
-                    click.echo(f"      {p.name}={p.default!r} ({p.type.__name__}): {p.help}")
+                    space = f" [tune: {p.tune.describe()}]" if p.tune is not None else ""
+                    click.echo(f"      {p.name}={p.default!r} ({p.type.__name__}): {p.help}"
+                               f"{space}")
 
     show("methods", METHODS)
     click.echo()
@@ -84,16 +87,41 @@ def list_command(show_params: bool) -> None:
 @click.option("-D", "--data-param", "data_params", multiple=True, metavar="KEY=VALUE",
               help="Dataset parameter, repeatable (e.g. -D path=feats.npz).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--split-seed", type=int, default=0, show_default=True,
+              help="Seed of the query/train/validation split (separate from --seed, which "
+                   "seeds training).")
+@click.option("--select", default="best", show_default=True,
+              help="Model selection: best (highest validation MAP of the evaluated "
+                   "representation) or last (the last epoch).")
+@click.option("--pool-size", type=int, default=DEFAULT_POOL_SIZE, show_default=True,
+              help="Cap on the selection pool the validation queries search (0: all).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Encoder and dataset cache (default: $QBENCH_CACHE, else <out>/cache).")
+@click.option("--no-cache", is_flag=True, help="Train the stage-1 encoder anew; cache nothing.")
+@click.option("--deterministic", is_flag=True,
+              help="torch and cuDNN deterministic algorithms (slower on a GPU); recorded.")
+@click.option("--params-from", type=click.Path(path_type=Path), default=None,
+              help="Use the best parameters of a tuning study (<out>/tune/<study>.json).")
 def run_command(method, dataset, bits, seed, protocol, epochs, device, out, data_dir, params,
-                data_params, quiet) -> None:
+                data_params, quiet, split_seed, select, pool_size, cache_dir, no_cache,
+                deterministic, params_from) -> None:
     """Train, encode, search and evaluate one method; write results/<run>.json."""
     from qbench.pipeline import RunRequest, run_experiment
 
+    method_params = parse_key_values(params)
+    tuning = None
+    if params_from is not None:
+        from qbench.tune import load_tuned_params
+
+        tuned, tuning = load_tuned_params(params_from, method, dataset, bits)
+        method_params = {**tuned, **method_params}
     req = RunRequest(
         method=method, dataset=dataset, bits=bits, seed=seed, protocol=protocol,
         epochs=epochs, device=device, out=out, data_dir=data_dir,
-        method_params=parse_key_values(params), dataset_params=parse_key_values(data_params),
-        progress=not quiet,
+        method_params=method_params, dataset_params=parse_key_values(data_params),
+        progress=not quiet, split_seed=split_seed, select=select, pool_size=pool_size,
+        cache_dir=cache_dir, use_cache=not no_cache, deterministic=deterministic,
+        tuning=tuning,
     )
     path, result = run_experiment(req)
     m = result["metrics"]
@@ -104,9 +132,12 @@ def run_command(method, dataset, bits, seed, protocol, epochs, device, out, data
     extra = f", retention {m['retention']:.3f}" if m.get("retention") is not None else ""
     tie = (f", tie-aware {m['tie_aware_map_all']:.4f}"
            if m.get("tie_aware_map_all") is not None else "")
+    sel = result.get("selection")
+    chosen = (f"; selected epoch {sel['chosen_epoch']} by {sel['criterion']}"
+              if sel else "")
     click.echo(
         f"{method} on {dataset} ({result['protocol']}, {bits} bits, seed {seed}): "
-        f"{headline}{tie}{extra}; {result['timings']['total_s']:.1f} s -> {path}"
+        f"{headline}{tie}{extra}{chosen}; {result['timings']['total_s']:.1f} s -> {path}"
     )
 
 
@@ -193,9 +224,16 @@ def compare_command(files, fmt: str, out: Path | None, metric: str,
               help="Folder holding the dataset's files.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--seeds", default=None, help="Comma-separated seeds (default: the grid file's).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Encoder and dataset cache (default: $QBENCH_CACHE, else <out>/cache).")
+@click.option("--no-cache", is_flag=True, help="Train every encoder anew; cache nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="List every cell as done, to-run or stale (with the reason); run nothing.")
 def grid_command(grid_file: Path, dataset: str, jobs: int, out: Path, data_dir: Path | None,
-                 device: str, seeds: str | None) -> None:
-    """Run a grid of methods x bits x seeds; finished runs are skipped, failures recorded."""
+                 device: str, seeds: str | None, cache_dir: Path | None, no_cache: bool,
+                 dry_run: bool) -> None:
+    """Run a grid of methods x bits x seeds; finished runs are skipped, stale ones rerun,
+    failures recorded."""
     from qbench.grid import run_grid
 
     seed_list = None
@@ -205,10 +243,99 @@ def grid_command(grid_file: Path, dataset: str, jobs: int, out: Path, data_dir: 
         except ValueError:
             raise QbenchError(f"--seeds expects comma-separated integers, got {seeds!r}") from None
     summary = run_grid(grid_file, dataset=dataset, jobs=jobs, out=out, data_dir=data_dir,
-                       device=device, seeds=seed_list)
+                       device=device, seeds=seed_list, cache_dir=cache_dir,
+                       use_cache=not no_cache, dry_run=dry_run)
+    if dry_run:
+        click.echo(summary)
+        return
     click.echo(summary.describe())
     if summary.failed:
         sys.exit(1)
+
+
+@cli.group("cache")
+def cache_group() -> None:
+    """Show or remove cached stage-1 encoders and decoded datasets."""
+
+
+@cache_group.command("list")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Cache folder (default: $QBENCH_CACHE, else results/cache).")
+def cache_list_command(cache_dir: Path | None) -> None:
+    """One line per cached encoder: key, dataset, seed, D, epochs, size."""
+    from qbench.encoder_cache import default_cache_dir, list_entries
+
+    root = cache_dir or default_cache_dir(Path("results"))
+    rows = list_entries(root)
+    for row in rows:
+        click.echo(row)
+    click.echo(f"{len(rows)} encoder entries in {root}")
+
+
+@cache_group.command("clear")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Cache folder (default: $QBENCH_CACHE, else results/cache).")
+def cache_clear_command(cache_dir: Path | None) -> None:
+    """Remove every cached encoder and decoded dataset (downloads are kept)."""
+    from qbench.encoder_cache import clear_cache, default_cache_dir
+
+    root = cache_dir or default_cache_dir(Path("results"))
+    click.echo(f"removed {clear_cache(root)} entries from {root}")
+
+
+_TUNE_SHARES_RUN_OPTIONS = ("method", "dataset", "bits", "seed", "protocol", "epochs", "device",
+                            "out", "data_dir", "params", "data_params", "quiet", "split_seed",
+                            "select", "pool_size", "cache_dir", "no_cache", "deterministic",
+                            "params_from")
+
+
+@cli.command("tune", params=[p for p in run_command.params
+                             if p.name in _TUNE_SHARES_RUN_OPTIONS])
+@click.option("--trials", "-n", type=int, required=True,
+              help="The study's total of finished trials (a rerun adds only the missing ones).")
+@click.option("--timeout", type=float, default=None, help="Seconds after which no trial starts.")
+@click.option("--storage", default=None,
+              help="Optuna RDB URL (default: sqlite:///<out>/tune/<study>.db; SQLite is for one "
+                   "machine, share a study across machines with e.g. postgresql://...).")
+@click.option("--study", "study_name", default=None,
+              help="Study name (default: <dataset>-<protocol>-<method>-<bits>b-seed<S>).")
+@click.option("--pruner", default="none", show_default=True, type=click.Choice(["none", "median"]),
+              help="Stop hopeless trials from the validation curve (median rule).")
+@click.option("--shared", is_flag=True,
+              help="Tune the shared stage-1 knobs (lr, weight decay): once per dataset, on "
+                   "--method float; pass the result to every method with -p or --params-from.")
+def tune_command(method, dataset, bits, seed, protocol, epochs, device, out, data_dir, params,
+                 data_params, quiet, split_seed, select, pool_size, cache_dir, no_cache,
+                 deterministic, params_from, trials, timeout, storage, study_name, pruner,
+                 shared) -> None:
+    """Tune a method's search space on validation data (Optuna TPE); write <out>/tune/.
+
+    -p and --params-from values are fixed (e.g. the stage-1 knobs of a --shared study).
+    """
+    from qbench.pipeline import RunRequest
+    from qbench.tune import load_tuned_params, tune
+
+    method_params = parse_key_values(params)
+    if params_from is not None:
+        method_params = {**load_tuned_params(params_from, method, dataset, bits)[0],
+                         **method_params}
+    req = RunRequest(
+        method=method, dataset=dataset, bits=bits, seed=seed, protocol=protocol,
+        epochs=epochs, device=device, out=out, data_dir=data_dir,
+        method_params=method_params, dataset_params=parse_key_values(data_params),
+        split_seed=split_seed, select=select, pool_size=pool_size, cache_dir=cache_dir,
+        use_cache=not no_cache, deterministic=deterministic,
+    )
+    path, record = tune(req, trials=trials, shared=shared, storage=storage,
+                        study_name=study_name, timeout=timeout, pruner=pruner,
+                        echo=None if quiet else click.echo)
+    best = ", ".join(f"{k}={v!r}" for k, v in record["best_params"].items())
+    t = record["trials"]
+    click.echo(f"{record['study']}: best {record['best_value']:.4f} with {best} "
+               f"({t['complete']} complete, {t['pruned']} pruned, {t['failed']} failed; "
+               f"{record['compute']['trial_wall_s']:.1f} s of trials) -> {path}")
+    for note in record["notes"]:
+        click.echo(f"note: {note}")
 
 
 def main() -> None:

@@ -230,3 +230,32 @@ def stage1_encoder(ctx: RunContext, params: dict, dim: int, *,
             encoder_fields(ctx, params, dim, tanh)), "off"
         return encoder
     return ctx.cache.get_or_train(ctx, params, dim, tanh, train)
+
+
+def list_entries(root: Path) -> list[str]:
+    """One line per encoder entry under ``root``: key, dataset, seed, D, epochs, MB."""
+    rows = []
+    for meta_path in sorted((Path(root) / "encoders").glob("*/entry.json")):
+        try:
+            meta = json.loads(meta_path.read_text())
+            fields = meta["fields"]
+            size = sum(f.stat().st_size for f in meta_path.parent.iterdir()) / 2**20
+            rows.append(f"{meta['key']}  {fields['dataset']} seed {fields['seed']} "
+                        f"D={fields['dim']} {fields['engine']['encoder']} "
+                        f"{meta['summary']['epochs']} epochs  {size:.1f} MB  {meta['created']}")
+        except (OSError, ValueError, KeyError) as exc:
+            rows.append(f"{meta_path.parent.name}  unreadable entry ({exc})")
+    return rows
+
+
+def clear_cache(root: Path) -> int:
+    """Remove every encoder entry and decoded dataset under ``root``; the count removed."""
+    count = 0
+    for sub in ("encoders", "datasets"):
+        folder = Path(root) / sub
+        if folder.is_dir():
+            count += sum(1 for _ in folder.iterdir()) if sub == "encoders" else \
+                sum(1 for p in folder.glob("*/*") if p.is_dir())
+            shutil.rmtree(folder)
+    shutil.rmtree(Path(root) / "locks", ignore_errors=True)
+    return count

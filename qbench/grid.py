@@ -70,18 +70,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qbench.errors import QbenchError
+from qbench.errors import QbenchError, choice_error
 from qbench.results import (
     FAILURE_SUFFIX,
+    code_version,
     load_result,
     read_json,
     result_filename,
     write_json_atomic,
 )
+from qbench.selection import DEFAULT_POOL_SIZE, RULES
 
-TOP_KEYS = ("description", "datasets", "methods", "bits", "seeds", "params", "variants")
+RUN_KEYS = ("select", "split_seed", "pool_size")
+TOP_KEYS = ("description", "datasets", "methods", "bits", "seeds", "params",
+            "variants") + RUN_KEYS
 BLOCK_KEYS = ("description", "protocol", "epochs", "dataset_params", "params", "methods",
-              "bits", "seeds")
+              "bits", "seeds") + RUN_KEYS
 VARIANT_KEYS = ("method", "params", "description")
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 FAILED_DIR = "failed"
@@ -102,6 +106,9 @@ class Cell:
     params: dict = field(default_factory=dict)
     epochs: int | None = None
     dataset_params: dict = field(default_factory=dict)
+    select: str = "best"
+    split_seed: int = 0
+    pool_size: int = DEFAULT_POOL_SIZE
 
     @property
     def filename(self) -> str:
@@ -114,7 +121,8 @@ class Cell:
     def describe(self) -> str:
         return f"{self.name} {self.bits} bits seed {self.seed} ({self.dataset}/{self.protocol})"
 
-    def request(self, out: Path, data_dir: Path | None, device: str):
+    def request(self, out: Path, data_dir: Path | None, device: str, *,
+                cache_dir: Path | None = None, use_cache: bool = True):
         """The :class:`qbench.pipeline.RunRequest` of this cell."""
         from qbench.pipeline import RunRequest
 
@@ -123,7 +131,9 @@ class Cell:
             protocol=self.protocol, epochs=self.epochs, device=device, out=Path(out),
             data_dir=data_dir, method_params=dict(self.params),
             dataset_params=dict(self.dataset_params), progress=False,
-            output_file=Path(out) / self.filename,
+            output_file=Path(out) / self.filename, split_seed=self.split_seed,
+            select=self.select, pool_size=self.pool_size, cache_dir=cache_dir,
+            use_cache=use_cache,
         )
 
 
@@ -153,6 +163,7 @@ class GridSummary:
     failed: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     run_s: float = 0.0
+    stale: int = 0  # cells rerun because their result was stale
 
     def describe(self) -> str:
         """One paragraph: counts, time, where results and failures are."""
@@ -162,7 +173,8 @@ class GridSummary:
                     f"finished in {self.out}; nothing to run.")
         minutes, seconds = divmod(self.wall_s, 60)
         text = (f"Grid {self.grid_file} on {self.dataset}: {total} runs — {len(self.done)} "
-                f"done now, {len(self.skipped)} skipped (already finished), "
+                f"done now ({self.stale} of them were stale), {len(self.skipped)} skipped "
+                f"(already finished), "
                 f"{len(self.failed)} failed; {int(minutes)} min {seconds:.1f} s wall time with "
                 f"{self.jobs} job{'s' if self.jobs != 1 else ''} (the runs took "
                 f"{self.run_s:.1f} s together). Results are in {self.out}.")
@@ -236,6 +248,11 @@ def _check_common(obj: dict, where: str) -> None:
     params = obj.get("params", {})
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
         raise QbenchError(f"{where}: 'params' must map method names (or '*') to objects")
+    if "select" in obj and obj["select"] not in RULES:
+        raise choice_error(f"{where}: 'select'", obj["select"], RULES)
+    for key in ("split_seed", "pool_size"):
+        if key in obj and (not _is_int(obj[key]) or obj[key] < 0):
+            raise QbenchError(f"{where}: '{key}' must be an integer >= 0")
 
 
 def expand_grid(grid: dict, dataset: str, *, seeds: list[int] | None = None,
@@ -304,34 +321,80 @@ def expand_grid(grid: dict, dataset: str, *, seeds: list[int] | None = None,
             raise QbenchError(f"{where}: {name}: {exc}") from None
         cell_params[name] = (method, {k: resolved[k] for k in requested})
 
+    run = {key: block.get(key, grid.get(key, default)) for key, default in
+           (("select", "best"), ("split_seed", 0), ("pool_size", DEFAULT_POOL_SIZE))}
     return [
         Cell(dataset, protocol, cell_params[name][0], name, int(bits), int(seed),
-             dict(cell_params[name][1]), block.get("epochs"), dict(requested_dp))
+             dict(cell_params[name][1]), block.get("epochs"), dict(requested_dp), **run)
         for seed in seed_list for name in names for bits in bits_list
     ]
 
 
 # -- one cell ------------------------------------------------------------------------------
 
-def is_finished(cell: Cell, out: Path) -> bool:
-    """True when the cell's result file exists, validates and matches the cell."""
+def cell_status(cell: Cell, out: Path, split_checksum: str | None = None) -> tuple[str, str]:
+    """("done", "") when the cell's result exists and is current; else ("to-run", why) or
+    ("stale", why).
+
+    Current means: it validates (same schema version), records the cell's dataset,
+    protocol, method, bits, seed, split seed, selection rule and pool size, the same
+    *resolved* parameters (defaults included), the same split checksum (when given) and the
+    same code version (:func:`qbench.results.code_version`).
+    """
+    from qbench.pipeline import prepare
+
     path = Path(out) / cell.filename
     if not path.is_file():
-        return False
+        return "to-run", "no result yet"
     try:
         res = load_result(path)
-    except QbenchError:
-        return False
-    if (res["dataset"], res["protocol"], res["method"], res["bits"], res["seed"]) != (
-            cell.dataset, cell.protocol, cell.method, cell.bits, cell.seed):
-        return False
-    params = res["params"]
-    if any(k not in params or params[k] != v for k, v in cell.params.items()):
-        return False
-    if cell.epochs is not None and "epochs" in params and params["epochs"] != cell.epochs:
-        return False
-    recorded = res.get("dataset_params") or {}
-    return all(recorded.get(k) == v for k, v in cell.dataset_params.items())
+    except QbenchError as exc:
+        return "stale", str(exc).removeprefix(f"{path}: ")
+    recorded = (res["dataset"], res["protocol"], res["method"], res["bits"], res["seed"],
+                res["split_seed"])
+    wanted = (cell.dataset, cell.protocol, cell.method, cell.bits, cell.seed, cell.split_seed)
+    if recorded != wanted:
+        return "stale", f"records {recorded}, the cell is {wanted}"
+    selection = res.get("selection") or {}
+    if selection.get("rule", cell.select) != cell.select:
+        return "stale", f"selected by {selection.get('rule')!r}, the grid asks {cell.select!r}"
+    if selection.get("pool_size", cell.pool_size) != cell.pool_size:
+        return "stale", f"pool size {selection.get('pool_size')}, the grid asks {cell.pool_size}"
+    try:
+        params = prepare(cell.request(out, None, "cpu")).method.params
+    except QbenchError as exc:
+        return "stale", str(exc)
+    changed = sorted(k for k in set(params) | set(res["params"])
+                     if params.get(k) != res["params"].get(k))
+    if changed:
+        k = changed[0]
+        return "stale", f"parameter {k}: recorded {res['params'].get(k)!r}, now {params.get(k)!r}"
+    if (res.get("dataset_params") or {}) != prepare_dataset_params(cell):
+        return "stale", "dataset parameters changed"
+    if split_checksum is not None and res["splits"].get("checksum") != split_checksum:
+        return "stale", "the split changed (checksum differs)"
+    if res["code_version"] != code_version():
+        return "stale", f"made by other code (version {res['code_version']}, now {code_version()})"
+    return "done", ""
+
+
+def prepare_dataset_params(cell: Cell) -> dict:
+    """The cell's resolved dataset parameters."""
+    from qbench.registry import DATASETS
+
+    return DATASETS.resolve_params(cell.dataset, cell.dataset_params)
+
+
+def split_checksum(cell: Cell, out: Path, data_dir: Path | None,
+                   cache_dir: Path | None) -> str:
+    """The checksum of the split the grid's cells use (loads the data once)."""
+    from qbench.pipeline import prepare
+    from qbench.protocols import materialise
+
+    prep = prepare(cell.request(out, data_dir, "cpu", cache_dir=cache_dir))
+    dataset = prep.dataset_plugin.load_cached(cache_dir)
+    return materialise(dataset, prep.protocol_spec, cell.split_seed,
+                       Path(out) / "splits").checksum
 
 
 # intra-op threads of this worker process (None: the main process, no limit)
@@ -383,14 +446,16 @@ def _init_worker(threads: int) -> None:
 
 
 def execute_cell(cell: Cell, out: Path, data_dir: Path | None, device: str,
-                 runner: Callable = run_pipeline) -> Outcome:
+                 runner: Callable = run_pipeline, cache_dir: Path | None = None,
+                 use_cache: bool = True) -> Outcome:
     """Run one cell in this process; an :class:`Exception` becomes a failed outcome.
 
     KeyboardInterrupt and SystemExit propagate: they stop the grid, not one cell.
     """
     started = time.perf_counter()
     try:
-        path, _ = runner(cell.request(out, data_dir, device))
+        path, _ = runner(cell.request(out, data_dir, device, cache_dir=cache_dir,
+                                      use_cache=use_cache))
         load_result(path)
     except Exception as exc:  # noqa: BLE001 -- isolate every failure of one run
         return Outcome(cell.stem, False, time.perf_counter() - started,
@@ -435,33 +500,70 @@ def _check_options(jobs: int, out: Path, data_dir: Path | None, device: str) -> 
         raise QbenchError(f"--out {out} cannot be created: {exc.strerror or exc}") from None
 
 
+def plan_grid(cells: list[Cell], out: Path, data_dir: Path | None, cache_dir: Path | None,
+              ) -> list[tuple[Cell, str, str]]:
+    """(cell, status, reason) for every cell: "done", "to-run" or "stale" (see
+    :func:`cell_status`); the split checksum is computed once per split seed."""
+    checksums: dict[int, str] = {}
+    plan = []
+    for cell in cells:
+        path = Path(out) / cell.filename
+        if path.is_file() and cell.split_seed not in checksums:
+            checksums[cell.split_seed] = split_checksum(cell, out, data_dir, cache_dir)
+        plan.append((cell, *cell_status(cell, out, checksums.get(cell.split_seed))))
+    return plan
+
+
+def describe_plan(plan: list[tuple[Cell, str, str]]) -> str:
+    """One line per cell (status, cell, reason), then the counts: ``qbench grid --dry-run``."""
+    lines = [f"{status:7} {cell.describe()}" + (f": {reason}" if reason else "")
+             for cell, status, reason in plan]
+    counts = {s: sum(1 for _, st, _ in plan if st == s) for s in ("done", "to-run", "stale")}
+    lines.append(f"{len(plan)} cells: {counts['done']} done, {counts['to-run']} to run, "
+                 f"{counts['stale']} stale (rerun)")
+    return "\n".join(lines)
+
+
 def run_grid(grid_file: Path, *, dataset: str = "digits", jobs: int = 1,
              out: Path = Path("results"), data_dir: Path | None = None, device: str = "auto",
              seeds: list[int] | None = None, runner: Callable | None = None,
-             progress: bool | None = None) -> GridSummary:
-    """Run every unfinished cell of ``grid_file`` for ``dataset``; see the module docstring.
+             progress: bool | None = None, cache_dir: Path | None = None,
+             use_cache: bool = True, dry_run: bool = False) -> GridSummary | str:
+    """Run every unfinished or stale cell of ``grid_file`` for ``dataset``; see the module
+    docstring. With ``dry_run`` nothing runs: the plan (:func:`describe_plan`) is returned.
 
     runner: called with a RunRequest, returns (path, result); default
         :func:`run_pipeline`. With jobs > 1 it must be picklable (a module-level function).
     progress: show the tqdm bar (None: only on a terminal).
+    cache_dir / use_cache: the encoder and dataset cache (default: $QBENCH_CACHE or
+        <out>/cache), or none.
     """
     from tqdm.auto import tqdm
+
+    from qbench.encoder_cache import EncoderCache, default_cache_dir
 
     grid_file, out = Path(grid_file), Path(out)
     grid = load_grid(grid_file)
     _check_options(jobs, out, data_dir, device)
     cells = expand_grid(grid, dataset, seeds=seeds, data_dir=data_dir, source=str(grid_file))
+    cache_root = (Path(cache_dir) if cache_dir else default_cache_dir(out)) if use_cache else None
+    if cache_root is not None:
+        EncoderCache(cache_root)  # an unwritable cache is an error before anything runs
+    plan = plan_grid(cells, out, data_dir, cache_root)
+    if dry_run:
+        return describe_plan(plan)
     runner = runner or run_pipeline
     summary = GridSummary(grid_file, dataset, out, jobs)
     started = time.perf_counter()
 
     pending = []
-    for cell in cells:
-        if is_finished(cell, out):
+    for cell, status, _ in plan:
+        if status == "done":
             summary.skipped.append(cell.stem)
             failure_path(out, cell).unlink(missing_ok=True)
         else:
             pending.append(cell)
+    summary.stale = sum(1 for _, status, _ in plan if status == "stale")
     by_stem = {c.stem: c for c in pending}
     bar = tqdm(total=len(cells), initial=len(summary.skipped), unit="run", desc=f"grid {dataset}",
                disable=(None if progress is None else not progress), dynamic_ncols=True)
@@ -486,9 +588,11 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", jobs: int = 1,
     try:
         if jobs == 1 or len(pending) <= 1:
             for cell in pending:
-                report(execute_cell(cell, out, data_dir, device, runner))
+                report(execute_cell(cell, out, data_dir, device, runner, cache_root,
+                                    use_cache))
         else:
-            _run_parallel(pending, jobs, out, data_dir, device, runner, report)
+            _run_parallel(pending, jobs, out, data_dir, device, runner, report, cache_root,
+                          use_cache)
     finally:
         bar.close()
         summary.wall_s = time.perf_counter() - started
@@ -496,14 +600,15 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", jobs: int = 1,
 
 
 def _run_parallel(cells: list[Cell], jobs: int, out: Path, data_dir: Path | None, device: str,
-                  runner: Callable, report: Callable[[Outcome], None]) -> None:
+                  runner: Callable, report: Callable[[Outcome], None],
+                  cache_dir: Path | None, use_cache: bool) -> None:
     """Run ``cells`` in ``jobs`` spawned worker processes (see :func:`worker_threads`)."""
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context,
                                initializer=_init_worker, initargs=(worker_threads(jobs),))
     try:
-        futures = {pool.submit(execute_cell, c, out, data_dir, device, runner): c
-                   for c in cells}
+        futures = {pool.submit(execute_cell, c, out, data_dir, device, runner, cache_dir,
+                               use_cache): c for c in cells}
         remaining = set(futures)
         while remaining:
             finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)

@@ -181,10 +181,11 @@ def _no_leftover_out(out: Path):
 def run_selection(req: RunRequest) -> dict:
     """Train and select as :func:`run_experiment` does, without touching the query split:
     the ``selection`` record (tuning's objective reads ``chosen_value``)."""
-    prep = prepare(req)
-    with _no_leftover_out(Path(req.out)), torch_settings(req.deterministic, prep.device):
-        ctx, _ = _context(prep)
-        output = prep.method.run_selection(ctx)
+    with _no_leftover_out(Path(req.out)):
+        prep = prepare(req)
+        with torch_settings(req.deterministic, prep.device):
+            ctx, _ = _context(prep)
+            output = prep.method.run_selection(ctx)
     if output.selection is None:
         raise QbenchError(f"method {req.method} trains and fits nothing: nothing to select")
     return output.selection
@@ -192,9 +193,10 @@ def run_selection(req: RunRequest) -> dict:
 
 def run_experiment(req: RunRequest) -> tuple[Path, dict]:
     """Train, encode, search and evaluate; write and return (path, result)."""
-    prep = prepare(req)
-    with _no_leftover_out(Path(req.out)), torch_settings(req.deterministic, prep.device):
-        return _run(prep)
+    with _no_leftover_out(Path(req.out)):
+        prep = prepare(req)
+        with torch_settings(req.deterministic, prep.device):
+            return _run(prep)
 
 
 def _run(prep: Prepared) -> tuple[Path, dict]:

@@ -38,10 +38,11 @@ class SelectionPool:
     val: np.ndarray
     pool: np.ndarray
     overlaps_train: bool
+    cap: int = DEFAULT_POOL_SIZE
 
     def summary(self) -> dict:
         return {"n_val_queries": int(len(self.val)), "n_pool": int(len(self.pool)),
-                "pool_overlaps_train": self.overlaps_train}
+                "pool_size": self.cap, "pool_overlaps_train": self.overlaps_train}
 
 
 def _has_positive(val_labels: np.ndarray, pool_labels: np.ndarray) -> np.ndarray:
@@ -74,10 +75,8 @@ def selection_pool(splits: Splits, labels: np.ndarray, *, cap: int = DEFAULT_POO
             f"{int(missing.sum())} of {len(splits.val)} validation queries (e.g. item "
             f"{int(splits.val[missing][0])}); raise --pool-size (0: all) or use a larger "
             "database")
-    overlaps = bool(np.intersect1d(pool, splits.train).size
-                    or np.intersect1d(pool, splits.query).size
-                    or np.intersect1d(pool, splits.val).size)
-    return SelectionPool(splits.val, pool, overlaps)
+    overlaps = bool(np.intersect1d(pool, splits.train).size)
+    return SelectionPool(splits.val, pool, overlaps, cap)
 
 
 def criterion(codes: Codes) -> str:

@@ -21,7 +21,8 @@ def run_args(out, *extra, method="float"):
 
 
 def test_help_on_every_command():
-    for cmd in ([], ["list"], ["run"], ["evaluate"], ["compare"], ["grid"]):
+    for cmd in ([], ["list"], ["run"], ["evaluate"], ["compare"], ["grid"], ["cache"],
+                ["cache", "list"], ["cache", "clear"]):
         result = invoke(*cmd, "--help")
         assert result.exit_code == 0, result.output
         assert "Usage:" in result.output
@@ -81,6 +82,10 @@ def _assert_clean_error(result, tmp_path, *fragments):
         (["-p", "dim"], ["key=value", "'dim'"]),
         (["--device", "tpu"], ["'tpu'", "allowed: auto, cpu, cuda"]),
         (["--epochs", "0"], ["--epochs", "0"]),
+        (["--select", "median"], ["--select 'median'", "allowed: best, last"]),
+        (["--split-seed", "-1"], ["--split-seed", "-1"]),
+        (["--pool-size", "5"], ["selection pool of 5 items holds no relevant item",
+                                "--pool-size"]),
     ],
 )
 def test_bad_run_input_is_one_line_exit_2_and_no_file(tmp_path, extra, fragments):
@@ -203,3 +208,29 @@ def test_evaluate_float_embeddings_by_cosine_and_refuses_sdc_for_them(tmp_path):
 
 def test_negative_seed_is_a_clean_error(tmp_path):
     _assert_clean_error(invoke(*run_args(tmp_path, "--seed", "-1")), tmp_path, "--seed", "-1")
+
+
+def test_a_failed_run_leaves_no_out_folder_it_created(tmp_path):
+    out = tmp_path / "fresh"
+    result = invoke(*run_args(out, "--pool-size", "5"))
+    assert result.exit_code == 2
+    assert not out.exists()
+
+
+def test_cache_list_and_clear_commands(tmp_path):
+    assert invoke(*run_args(tmp_path / "o", "--cache-dir", tmp_path / "c")).exit_code == 0
+    listed = invoke("cache", "list", "--cache-dir", tmp_path / "c")
+    assert listed.exit_code == 0 and "1 encoder entries" in listed.output
+    cleared = invoke("cache", "clear", "--cache-dir", tmp_path / "c")
+    assert cleared.exit_code == 0 and "removed" in cleared.output
+    assert "0 encoder entries" in invoke("cache", "list", "--cache-dir", tmp_path / "c").output
+
+
+def test_run_records_the_deterministic_switch_and_restores_torch_threads(tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()
+    assert invoke(*run_args(tmp_path, "--deterministic")).exit_code == 0
+    assert torch.get_num_threads() == threads
+    (path,) = tmp_path.glob("*.json")
+    assert json.loads(path.read_text())["deterministic"] is True

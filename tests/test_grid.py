@@ -12,18 +12,25 @@ from test_compare import make_result
 from qbench import grid as grid_module
 from qbench.errors import QbenchError
 from qbench.grid import expand_grid, load_grid, run_grid
-from qbench.results import load_result, write_json_atomic
+from qbench.pipeline import prepare
+from qbench.protocols import materialise
+from qbench.results import code_version, load_result, write_json_atomic
 
 CALLS: list[tuple[str, int, int]] = []
 
 
 def fake_run(req):
-    """Stands in for run_experiment: writes a valid result for the request, counts calls."""
+    """Stands in for run_experiment: writes a valid, current result for the request (resolved
+    parameters, split checksum, code version as the pipeline records them), counts calls."""
     CALLS.append((req.output_file.name, req.bits, req.seed))
+    prep = prepare(req)
     result = make_result(req.method, req.bits, req.seed, dataset=req.dataset,
-                         protocol=req.protocol, params=dict(req.method_params))
-    if req.epochs is not None and req.method not in ("pq", "opq", "lsh"):
-        result["params"]["epochs"] = req.epochs  # as the pipeline does for declared epochs
+                         protocol=req.protocol, params=dict(prep.method.params))
+    splits = materialise(prep.dataset_plugin.load(), prep.protocol_spec, req.split_seed,
+                         Path(req.out) / "splits")
+    result.update(split_seed=req.split_seed, code_version=code_version(),
+                  selection={"rule": req.select, "pool_size": req.pool_size})
+    result["splits"] = {**result.get("splits", {}), "checksum": splits.checksum}
     with open(Path(req.out) / "calls.log", "a") as log:
         log.write(f"{os.getpid()} {req.output_file.name}\n")
     return write_json_atomic(req.output_file, result), result
@@ -48,7 +55,8 @@ def test_default_grid_file_expands_to_every_method_bits_and_seed():
     path = Path(__file__).resolve().parents[1] / "grids" / "default.json"
     grid = load_grid(path)
     cells = expand_grid(grid, "digits", source=str(path))
-    assert len(cells) == 13 * 4 * 3
+    assert len(cells) == 13 * 4 * 5
+    assert {c.split_seed for c in cells} == {0} and {c.select for c in cells} == {'best'}
     names = {c.name for c in cells}
     assert {"float", "two-stage-opq", "householder", "dqn-ip"} <= names
     ip = next(c for c in cells if c.name == "dqn-ip")
@@ -66,7 +74,8 @@ def test_runs_every_cell_then_skips_finished_runs(tmp_path):
     assert len(first.done) == 12 and not first.skipped and not first.failed
     assert len(CALLS) == 12
     result = load_result(out / "digits-standard-dqn-ip-24b-seed1.json")
-    assert result["method"] == "dqn" and result["params"] == {"loss": "ip", "epochs": 3}
+    assert result["method"] == "dqn"
+    assert (result["params"]["loss"], result["params"]["epochs"]) == ("ip", 3)
     CALLS.clear()
     second = run_grid(grid, out=out, runner=fake_run)
     assert CALLS == [] and len(second.skipped) == 12 and not second.done
@@ -222,3 +231,47 @@ def test_real_tiny_grid_end_to_end_then_compare(tmp_path):
     table = run_compare(sorted(out.glob("*.json")), fmt="md", out=tmp_path / "report")
     assert "| float |" in table and "| pq |" in table
     assert (tmp_path / "report" / "plots" / "synthetic-standard-pr.png").stat().st_size > 0
+
+
+def test_dry_run_lists_cells_as_done_to_run_or_stale_with_the_reason(tmp_path, monkeypatch):
+    grid, out = write_grid(tmp_path, methods=["float"], bits=[12]), tmp_path / "out"
+    run_grid(grid, out=out, runner=fake_run, seeds=[0])
+    text = run_grid(grid, out=out, dry_run=True)
+    assert "done    float 12 bits seed 0" in text
+    assert "to-run  float 12 bits seed 1 (digits/standard): no result yet" in text
+    assert "2 cells: 1 done, 1 to run, 0 stale" in text
+
+    monkeypatch.setattr(grid_module, "code_version", lambda: "0123456789abcdef")
+    text = run_grid(grid, out=out, dry_run=True)
+    assert "stale   float 12 bits seed 0 (digits/standard): made by other code" in text
+
+
+def test_a_changed_default_or_split_makes_a_result_stale(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from qbench.methods.float import FloatEmbedding
+
+    grid, out = write_grid(tmp_path, methods=["float"], bits=[12], seeds=[0]), tmp_path / "out"
+    run_grid(grid, out=out, runner=fake_run)
+    params = tuple(replace(p, default=32) if p.name == "dim" else p
+                   for p in FloatEmbedding.params)
+    monkeypatch.setattr(FloatEmbedding, "params", params)
+    assert "parameter dim: recorded 64, now 32" in run_grid(grid, out=out, dry_run=True)
+    monkeypatch.undo()
+    moved = write_grid(tmp_path, methods=["float"], bits=[12], seeds=[0], split_seed=1)
+    assert "records" in run_grid(moved, out=out, dry_run=True)  # split seed 0 vs 1
+    grid = write_grid(tmp_path, methods=["float"], bits=[12], seeds=[0])
+    result = load_result(out / "digits-standard-float-12b-seed0.json")
+    result["splits"]["checksum"] = "0" * 64
+    write_json_atomic(out / "digits-standard-float-12b-seed0.json", result)
+    assert "the split changed" in run_grid(grid, out=out, dry_run=True)
+    CALLS.clear()
+    summary = run_grid(grid, out=out, runner=fake_run)
+    assert len(CALLS) == 1 and summary.stale == 1
+
+
+def test_grid_checks_select_and_split_seed_keys(tmp_path):
+    with pytest.raises(QbenchError, match="'select' 'median' is not allowed|unknown .*'select'"):
+        load_grid(write_grid(tmp_path, select="median"))
+    with pytest.raises(QbenchError, match="'split_seed' must be an integer >= 0"):
+        load_grid(write_grid(tmp_path, split_seed=-1))
