@@ -28,6 +28,9 @@ class FloatEmbedding(Method):
     family = "float"
     params = ENGINE_PARAMS + (Param("dim", int, DEFAULT_DIM, "embedding width D", minimum=1),)
 
+    def stage1_spec(self, bits: int) -> tuple[int, bool]:
+        return self.params["dim"], False
+
     def run(self, ctx: RunContext) -> MethodOutput:
         encoder = stage1_encoder(ctx, self.params, self.params["dim"])
         return select_and_encode(

@@ -46,6 +46,9 @@ class Householder(Method):
               choices=("l2", "l1")),
     )
 
+    def stage1_spec(self, bits: int) -> tuple[int, bool]:
+        return bits, False
+
     def run(self, ctx: RunContext) -> MethodOutput:
         self.check_bits(ctx.bits)
         p = self.params

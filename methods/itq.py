@@ -46,6 +46,9 @@ class IterativeQuantization(Method):
         super().check_bits(bits)
         self.embedding_dim(bits)
 
+    def stage1_spec(self, bits: int) -> tuple[int, bool]:
+        return self.embedding_dim(bits), False
+
     def run(self, ctx: RunContext) -> MethodOutput:
         self.check_bits(ctx.bits)
         dim = self.embedding_dim(ctx.bits)

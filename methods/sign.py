@@ -27,6 +27,9 @@ class Sign(Method):
     family = "binary"
     params = ENGINE_PARAMS
 
+    def stage1_spec(self, bits: int) -> tuple[int, bool]:
+        return bits, False
+
     def run(self, ctx: RunContext) -> MethodOutput:
         self.check_bits(ctx.bits)
         encoder = stage1_encoder(ctx, self.params, ctx.bits)

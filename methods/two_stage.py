@@ -32,6 +32,9 @@ class _TwoStage(Method):
         super().check_bits(bits)
         pq_layout(bits, self.params["subspaces"])
 
+    def stage1_spec(self, bits: int) -> tuple[int, bool]:
+        return self.params["dim"], False
+
     def make_quantizer(self, m: int, b: int, seed: int) -> ProductQuantizer | OPQ:
         return ProductQuantizer(m, b, seed=seed)
 

@@ -208,6 +208,12 @@ class JointMethod(Method):
         super().check_bits(bits)
         joint_layout(bits, self.params)
 
+    def stage1_spec(self, bits: int) -> tuple[int, bool] | None:
+        """The stage-1 encoder it warm-starts from (None with a non-default warm-up)."""
+        if self.params["warmup"] >= 0:
+            return None
+        return joint_layout(bits, self.params)[2], self.use_tanh()
+
     def build_hooks(self, subspaces: int, nbits: int, ctx: RunContext) -> CodebookHooks:
         """The method's hooks for M = ``subspaces`` codebooks of 2^``nbits`` codewords."""
         raise NotImplementedError

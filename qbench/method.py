@@ -97,6 +97,11 @@ class Method:
     def run(self, ctx: RunContext) -> MethodOutput:
         raise NotImplementedError
 
+    def stage1_spec(self, bits: int) -> tuple[int, bool] | None:
+        """(D, tanh) of the shared stage-1 encoder this method trains or warm-starts from at
+        ``bits``, or None when it trains none (what a grid groups runs by)."""
+        return None
+
     def run_selection(self, ctx: RunContext) -> MethodOutput:
         """Train and select (``MethodOutput.selection``); the pipeline's tuning objective.
         The default runs the whole method; its query codes are never evaluated."""

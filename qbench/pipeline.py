@@ -178,6 +178,22 @@ def _no_leftover_out(out: Path):
         raise
 
 
+def train_stage1(req: RunRequest) -> dict | None:
+    """Train (or find) the shared stage-1 encoder that ``req``'s method uses, in the cache;
+    ``{"key", "cache"}``, or None when the method uses none. Grid backends run this once
+    per distinct encoder before the runs that depend on it."""
+    from qbench.encoder_cache import stage1_encoder
+
+    prep = prepare(req)
+    spec = prep.method.stage1_spec(req.bits)
+    if spec is None or not req.use_cache:
+        return None
+    with torch_settings(req.deterministic, prep.device):
+        ctx, _ = _context(prep)
+        encoder = stage1_encoder(ctx, prep.method.params, spec[0], tanh=spec[1])
+    return {"key": encoder.cache_key, "cache": encoder.cache_status}
+
+
 def run_selection(req: RunRequest) -> dict:
     """Train and select as :func:`run_experiment` does, without touching the query split:
     the ``selection`` record (tuning's objective reads ``chosen_value``)."""

@@ -119,3 +119,14 @@ def test_cached_embeddings_are_reused_across_runs(tmp_path):
         assert z["have"].sum() > 0
     meta = json.loads((tmp_path / "cache" / "encoders" / key / "entry.json").read_text())
     assert meta["fields"]["seed"] == 0 and meta["fields"]["dim"] == 64
+
+
+def test_train_stage1_fills_the_cache_that_runs_then_hit(tmp_path):
+    from qbench.pipeline import train_stage1
+
+    req = RunRequest(method="two-stage-pq", bits=24, epochs=3, out=tmp_path / "out",
+                     cache_dir=tmp_path / "cache")
+    assert train_stage1(req)["cache"] == "miss"
+    assert train_stage1(req)["cache"] == "hit"
+    assert _run(tmp_path, "itq", 12, epochs=3)["encoder_cache"] == "hit"
+    assert train_stage1(RunRequest(method="pq", out=tmp_path / "out")) is None
