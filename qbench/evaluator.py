@@ -78,12 +78,12 @@ class _Plan:
 def _score_block(r: BlockRanking, plan: _Plan) -> dict[str, np.ndarray]:
     """Per-query numbers of one block (every array has the block's queries on axis 0)."""
     ranks = M.Ranks(r.rel_pos, r.row_ptr, plan.n_db)
+    if plan.quick and not plan.tie_aware:
+        return {"ap_k": ranks.average_precision(plan.k, plan.normaliser)}
     groups = M.TieGroups(r.group_row, r.group_start, r.group_size, ranks)
     if plan.quick:
-        if plan.tie_aware:
-            return {"ap_k": groups.average_precision(plan.harmonic, plan.k,
-                                                     plan.normaliser)["expected"]}
-        return {"ap_k": ranks.average_precision(plan.k, plan.normaliser)}
+        return {"ap_k": groups.average_precision(plan.harmonic, plan.k,
+                                                 plan.normaliser)["expected"]}
     out = {"n_rel": ranks.n_rel, "ap_k": ranks.average_precision(plan.k, plan.normaliser)}
     out["ap_all"] = out["ap_k"] if plan.k == plan.n_db else ranks.average_precision()
     tie_all = groups.average_precision(plan.harmonic)
