@@ -179,6 +179,12 @@ class _EmbeddingStore:
         return self.folder / f"emb-e{epoch}.npz"
 
     def load_embeddings(self, epoch: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(values, have) stored for ``epoch``, or None; read under the entry's lock, so a
+        file and its checksum are never seen half replaced."""
+        with self.cache.lock(f"{self.key}-emb"):
+            return self._load(epoch)
+
+    def _load(self, epoch: int) -> tuple[np.ndarray, np.ndarray] | None:
         path, sidecar = self._path(epoch), self._path(epoch).with_suffix(".sha256")
         if not (path.is_file() and sidecar.is_file()):
             return None
@@ -194,7 +200,7 @@ class _EmbeddingStore:
         """Merge with what another run stored meanwhile, then replace atomically."""
         path = self._path(epoch)
         with self.cache.lock(f"{self.key}-emb"):
-            other = self.load_embeddings(epoch)
+            other = self._load(epoch)
             if other is not None:
                 extra = other[1] & ~have
                 values[extra], have[extra] = other[0][extra], True
