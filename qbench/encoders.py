@@ -2,6 +2,8 @@
 
 - ``mlp``: vectors (digits, feature files).
 - ``cnn``: a 6-layer convolutional network for small images, trained from scratch.
+- ``lightcnn``: three conv layers (16-32-64 channels), the CPU default for images: an
+  epoch of Fashion-MNIST's 5,000 training images takes seconds on two cores.
 - ``resnet18``: a ResNet-18-style network for 32x32 images, trained from scratch.
 - ``alexnet`` / ``vgg16``: torchvision backbones with ImageNet weights (needs torchvision and
   the weights on disk or downloadable), followed by a bottleneck of width D.
@@ -15,7 +17,7 @@ from torch.nn import functional as F
 
 from qbench.errors import QbenchError
 
-ENCODERS = ("auto", "mlp", "cnn", "resnet18", "alexnet", "vgg16")
+ENCODERS = ("auto", "mlp", "lightcnn", "cnn", "resnet18", "alexnet", "vgg16")
 
 
 class MLP(nn.Module):
@@ -46,6 +48,22 @@ class SmallCNN(nn.Module):
             *_conv(64, 128), *_conv(128, 128), nn.AdaptiveAvgPool2d(1),
         )
         self.head = nn.Linear(128, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+class LightCNN(nn.Module):
+    """Three 3x3 conv layers (16-32-64) with pooling, global average, bottleneck."""
+
+    def __init__(self, channels: int, dim: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            *_conv(channels, 16), nn.MaxPool2d(2),
+            *_conv(16, 32), nn.MaxPool2d(2),
+            *_conv(32, 64), nn.AdaptiveAvgPool2d(1),
+        )
+        self.head = nn.Linear(64, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).flatten(1))
@@ -124,18 +142,18 @@ class TorchvisionBackbone(nn.Module):
 
 
 def resolve_encoder(name: str, modality: str, device: str) -> str:
-    """'auto' -> mlp for vectors, resnet18 for images on a GPU, cnn for images on a CPU."""
+    """'auto' -> mlp for vectors, resnet18 for images on a GPU, lightcnn for images on a CPU."""
     if name not in ENCODERS:
         raise QbenchError(f"unknown encoder {name!r}; allowed: {', '.join(ENCODERS)}")
     if name == "auto":
         if modality == "vector":
             return "mlp"
-        return "resnet18" if device.startswith("cuda") else "cnn"
+        return "resnet18" if device.startswith("cuda") else "lightcnn"
     if modality == "vector" and name != "mlp":
         raise QbenchError(f"encoder {name!r} needs images; vector datasets use encoder=mlp")
     if modality == "image" and name == "mlp":
-        raise QbenchError("encoder 'mlp' needs vectors; image datasets use cnn, resnet18, "
-                          "alexnet or vgg16")
+        raise QbenchError("encoder 'mlp' needs vectors; image datasets use lightcnn, cnn, "
+                          "resnet18, alexnet or vgg16")
     return name
 
 
@@ -151,6 +169,8 @@ def build_encoder(name: str, input_shape: tuple[int, ...], dim: int, hidden: int
         raise QbenchError(f"weights=imagenet needs encoder=alexnet or vgg16, not {name!r}")
     if name == "mlp":
         body: nn.Module = MLP(input_shape[0], dim, hidden)
+    elif name == "lightcnn":
+        body = LightCNN(input_shape[0], dim)
     elif name == "cnn":
         body = SmallCNN(input_shape[0], dim)
     elif name == "resnet18":

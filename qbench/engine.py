@@ -47,6 +47,9 @@ ENGINE_PARAMS = (
           choices=tuple(SIMILARITY_LOSSES)),
     Param("hidden", int, 256, "MLP hidden width", minimum=1),
     Param("augment", bool, True, "random flip + crop for images"),
+    Param("precision", str, "fp32", "fp32, or bf16 autocast for the network on a GPU",
+          choices=("fp32", "bf16")),
+    Param("channels_last", bool, False, "channels-last memory format for image networks"),
 )
 
 STAGE1_KEYS = tuple(p.name for p in ENGINE_PARAMS)
@@ -143,6 +146,11 @@ class Trainer:
             self.encoder_name, tuple(x_train.shape[1:]), dim, params["hidden"], tanh,
             params["weights"],
         ).to(self.device)
+        self.channels_last = params["channels_last"] and modality == "image"
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                       enabled=params["precision"] == "bf16")
         self.loss_fn = SIMILARITY_LOSSES[params["loss"]]
         self.loss_curve: list[float] = []
         self.candidates: dict[int, dict] = {}
@@ -167,7 +175,8 @@ class Trainer:
         """Raw inputs -> standardised float tensor on the device."""
         t = torch.as_tensor(x).to(self.device, non_blocking=True)
         t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
-        return (t - self.mean) / self.std
+        t = (t - self.mean) / self.std
+        return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
 
     # -- training -------------------------------------------------------------------
     def fit(self, *, resume: Snapshot | None = None, stop_after: int | None = None,
@@ -237,7 +246,8 @@ class Trainer:
 
     def _step(self, opt, x: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
         """One optimiser step; returns the batch loss as a detached device scalar."""
-        z = self.model(x)
+        with self.autocast:
+            z = self.model(x).float()
         z_out = z.detach().requires_grad_(True)
         loss = self.loss_fn(z_out, self.y_train[idx])
         (g,) = torch.autograd.grad(loss, z_out)
@@ -263,7 +273,7 @@ class Trainer:
         if out is None:
             out = np.empty((len(x), self.dim), dtype=np.float32)
         start = 0
-        with torch.inference_mode():
+        with torch.inference_mode(), self.autocast:
             while start < len(x):
                 stop = min(start + batch_size, len(x))
                 try:

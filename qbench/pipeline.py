@@ -59,15 +59,22 @@ class RunRequest:
 
 
 def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when available else 'cpu'; 'cuda' without CUDA is an error."""
+    """'auto' -> 'cuda' when available else 'cpu'; 'cuda' or 'cuda:N' must exist."""
     import torch
 
-    if device not in DEVICES:
-        raise choice_error("device", device, DEVICES)
+    base, _, index = device.partition(":")
+    if base not in DEVICES or (index and (base != "cuda" or not index.isdigit())):
+        raise choice_error("device", device, DEVICES + ("cuda:N",))
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise QbenchError("--device cuda: no CUDA device is available; allowed here: auto, cpu")
+    if base == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise QbenchError(f"--device {device}: no CUDA device is available; allowed here: "
+                              "auto, cpu")
+        if index and int(index) >= count:
+            raise QbenchError(f"--device {device}: only {count} CUDA device(s); allowed: "
+                              + ", ".join(f"cuda:{i}" for i in range(count)))
     return device
 
 

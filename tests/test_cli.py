@@ -80,7 +80,8 @@ def _assert_clean_error(result, tmp_path, *fragments):
         (["-p", "dim=abc"], ["dim", "'abc'", "int"]),
         (["-p", "loss=hinge"], ["'hinge'", "allowed: cosine, ip"]),
         (["-p", "dim"], ["key=value", "'dim'"]),
-        (["--device", "tpu"], ["'tpu'", "allowed: auto, cpu, cuda"]),
+        (["--device", "tpu"], ["'tpu'", "allowed: auto, cpu, cuda, cuda:N"]),
+        (["--device", "cuda:x"], ["'cuda:x'", "cuda:N"]),
         (["--epochs", "0"], ["--epochs", "0"]),
         (["--select", "median"], ["--select 'median'", "allowed: best, last"]),
         (["--split-seed", "-1"], ["--split-seed", "-1"]),
@@ -101,6 +102,8 @@ def test_cuda_without_cuda_is_a_clean_error(tmp_path):
         pytest.skip("this machine has CUDA")
     _assert_clean_error(invoke(*run_args(tmp_path, "--device", "cuda")), tmp_path,
                         "--device cuda", "allowed here: auto, cpu")
+    _assert_clean_error(invoke(*run_args(tmp_path, "--device", "cuda:1")), tmp_path,
+                        "--device cuda:1", "allowed here: auto, cpu")
 
 
 def test_unwritable_out_is_a_clean_error(tmp_path):

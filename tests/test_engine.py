@@ -58,6 +58,7 @@ def test_pair_targets_and_inner_product_loss():
 
 
 @pytest.mark.parametrize("name, shape", [("mlp", (64,)), ("cnn", (1, 28, 28)),
+                                         ("lightcnn", (1, 28, 28)),
                                          ("resnet18", (3, 32, 32))])
 def test_encoders_produce_embeddings_of_width_d(name, shape):
     net = build_encoder(name, shape, dim=24, tanh=True).eval()
@@ -68,7 +69,7 @@ def test_encoders_produce_embeddings_of_width_d(name, shape):
 
 def test_encoder_resolution_and_mismatch_errors():
     assert resolve_encoder("auto", "vector", "cpu") == "mlp"
-    assert resolve_encoder("auto", "image", "cpu") == "cnn"
+    assert resolve_encoder("auto", "image", "cpu") == "lightcnn"
     assert resolve_encoder("auto", "image", "cuda") == "resnet18"
     with pytest.raises(QbenchError, match="needs images"):
         resolve_encoder("cnn", "vector", "cpu")
@@ -200,3 +201,11 @@ def test_only_selectable_epochs_become_candidates():
     ctx = _digits_ctx()
     trainer = Trainer(ctx, _params(epochs=8), dim=8, hooks=LateOnly()).fit()
     assert sorted(trainer.candidates) == [6, 7]
+
+
+def test_bf16_autocast_trains_and_embeds_in_float32():
+    ctx = _digits_ctx()
+    trainer = Trainer(ctx, _params(epochs=2, precision="bf16"), dim=8).fit()
+    emb = trainer.embed(ctx.x("val"))
+    assert emb.dtype == np.float32 and np.isfinite(emb).all()
+    assert np.isfinite(trainer.loss_curve).all()
