@@ -2,6 +2,9 @@
 
 A plugin is a class with class attributes ``name``, ``description`` and ``params`` (a tuple
 of :class:`Param`), registered with ``@METHODS.register`` or ``@DATASETS.register``.
+A parameter may declare a search space (:class:`Space`, ``Param(..., tune=Space(...))``):
+the method's search space for ``qbench tune`` is its parameters that have one
+(:func:`space_of`).
 Plugins are found in three places, loaded on first use:
 
 1. every module of the package ``qbench.methods`` / ``qbench.datasets`` (the repository's
@@ -12,6 +15,7 @@ Plugins are found in three places, loaded on first use:
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -24,9 +28,59 @@ _FALSE = {"0", "false", "no", "off"}
 
 
 @dataclass(frozen=True)
+class Space:
+    """The search space of one parameter for ``qbench tune``: a range or a set of choices.
+
+    - ``Space(low, high)``: uniform on ``low``..``high`` (both included); ``log=True``:
+      log-uniform (``low`` > 0). An int parameter draws integers.
+    - ``Space(choices=(...))``: one of the choices.
+    - ``shared=True``: a stage-1 training knob (learning rate, weight decay) that every
+      method shares through one cached stage-1 encoder. It is tuned once per dataset on the
+      ``float`` method (``qbench tune --shared``), never in a method's own space.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple | None = None
+    shared: bool = False
+
+    def __post_init__(self) -> None:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or self.log:
+                raise ValueError("a Space has either choices or low..high, not both")
+            if len(self.choices) < 2:
+                raise ValueError(f"a Space needs at least two choices, got {self.choices!r}")
+            return
+        if self.low is None or self.high is None:
+            raise ValueError("a Space needs low and high, or choices")
+        if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
+            raise ValueError(f"a Space needs finite low < high, got {self.low!r}..{self.high!r}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log Space needs low > 0, got {self.low!r}")
+
+    def describe(self) -> str:
+        """One line for ``qbench list --params``: ``log 0.001..3``, ``0..1`` or ``{l2, l1}``."""
+        if self.choices is not None:
+            text = "{" + ", ".join(str(c) for c in self.choices) + "}"
+        else:
+            text = ("log " if self.log else "") + f"{self.low:g}..{self.high:g}"
+        return text + (" (shared stage-1 knob)" if self.shared else "")
+
+    def as_dict(self) -> dict:
+        """The space as JSON data (recorded in a study and its summary file)."""
+        if self.choices is not None:
+            return {"choices": list(self.choices), "shared": self.shared}
+        return {"low": self.low, "high": self.high, "log": self.log, "shared": self.shared}
+
+
+@dataclass(frozen=True)
 class Param:
     """A declared hyper-parameter: name, type (int, float, str or bool), default, help,
-    optionally the allowed ``choices`` or the allowed range ``minimum``..``maximum``."""
+    optionally the allowed ``choices`` or the allowed range ``minimum``..``maximum``, and
+    optionally its search space ``tune`` (checked against the type, range and choices when
+    the parameter is declared: a space outside what the parameter allows is a ValueError).
+    """
 
     name: str
     type: type
@@ -35,6 +89,31 @@ class Param:
     choices: tuple | None = None
     minimum: float | None = None
     maximum: float | None = None
+    tune: Space | None = None
+
+    def __post_init__(self) -> None:
+        if self.tune is not None:
+            self._check_space(self.tune)
+
+    def _check_space(self, space: Space) -> None:
+        where = f"parameter {self.name}: search space {space.describe()}"
+        if space.choices is not None:
+            for choice in space.choices:
+                try:
+                    self.parse(choice)
+                except QbenchError as exc:
+                    raise ValueError(f"{where}: choice {choice!r} is not allowed ({exc})") from None
+            return
+        if self.type not in (int, float) or self.choices is not None:
+            raise ValueError(f"{where}: a range needs an int or float parameter without "
+                             f"choices; give Space(choices=...)")
+        if self.type is int and not (float(space.low).is_integer()
+                                     and float(space.high).is_integer()):
+            raise ValueError(f"{where}: an int parameter needs integer bounds")
+        lo = -math.inf if self.minimum is None else self.minimum
+        hi = math.inf if self.maximum is None else self.maximum
+        if space.low < lo or space.high > hi:
+            raise ValueError(f"{where} lies outside the allowed range {lo:g}..{hi:g}")
 
     def parse(self, value: Any, owner: str = "") -> Any:
         """Convert a value (often the text after ``-p key=``) to this parameter's type."""
@@ -142,6 +221,16 @@ class Registry:
                 )
             out[key] = declared[key].parse(value, owner=f"{self.kind} {name}")
         return out
+
+
+def space_of(cls: type, *, shared: bool = False) -> dict[str, Param]:
+    """The search space of plugin class ``cls``: its parameters with a ``tune`` space.
+
+    ``shared=False``: the method's own knobs (the space ``qbench tune`` searches per method);
+    ``shared=True``: the stage-1 training knobs every method shares, tuned once per dataset
+    on the ``float`` method. Name -> :class:`Param`, in declaration order.
+    """
+    return {p.name: p for p in cls.params if p.tune is not None and p.tune.shared == shared}
 
 
 METHODS = Registry("method", "qbench.methods", "qbench.methods")

@@ -2,7 +2,7 @@ import pytest
 
 from qbench.errors import QbenchError
 from qbench.method import pq_layout
-from qbench.registry import DATASETS, METHODS, Param, Registry, parse_key_values
+from qbench.registry import DATASETS, METHODS, Param, Registry, Space, parse_key_values, space_of
 
 
 def test_builtin_plugins_are_discovered():
@@ -16,8 +16,8 @@ def test_unknown_name_lists_allowed():
 
 
 def test_resolve_params_fills_defaults_and_parses_types():
-    params = METHODS.resolve_params("float", {"lr": "0.01", "select": "false"})
-    assert params["lr"] == 0.01 and params["select"] is False
+    params = METHODS.resolve_params("float", {"lr": "0.01", "augment": "false"})
+    assert params["lr"] == 0.01 and params["augment"] is False
     assert params["dim"] == 64
 
 
@@ -28,7 +28,7 @@ def test_resolve_params_fills_defaults_and_parses_types():
         ({"dim": "abc"}, "parameter dim of method float: 'abc' is not a valid int"),
         ({"dim": "1.5"}, "not a valid int"),
         ({"loss": "hinge"}, "'hinge' is not allowed; allowed: cosine, ip"),
-        ({"select": "maybe"}, "not a valid bool"),
+        ({"augment": "maybe"}, "not a valid bool"),
     ],
 )
 def test_bad_params_raise_one_line_errors(overrides, message):
@@ -104,3 +104,50 @@ def test_values_below_the_minimum_are_refused(key, value):
     with pytest.raises(QbenchError, match=f"parameter {key} of method float: .* is below the "
                                           "minimum"):
         METHODS.resolve_params("float", {key: value})
+
+
+def test_a_space_inside_the_parameter_range_is_accepted_and_described():
+    p = Param("lam", float, 0.3, "weight", minimum=0.0, tune=Space(1e-3, 3.0, log=True))
+    assert p.tune.describe() == "log 0.001..3"
+    assert Space(choices=("l2", "l1")).describe() == "{l2, l1}"
+    assert Space(1e-4, 1e-2, log=True, shared=True).as_dict() == {
+        "low": 1e-4, "high": 1e-2, "log": True, "shared": True}
+
+
+@pytest.mark.parametrize("param, message", [
+    (dict(type=float, default=0.5, minimum=0.0, maximum=1.0, tune=Space(0.1, 2.0)),
+     r"parameter x: search space 0.1..2 lies outside the allowed range 0..1"),
+    (dict(type=int, default=1, minimum=1, tune=Space(0, 4)),
+     r"search space 0..4 lies outside the allowed range 1..inf"),
+    (dict(type=int, default=1, tune=Space(1, 2.5)), "an int parameter needs integer bounds"),
+    (dict(type=str, default="a", choices=("a", "b"), tune=Space(0, 1)),
+     r"a range needs an int or float parameter without choices"),
+    (dict(type=str, default="a", choices=("a", "b"), tune=Space(choices=("a", "c"))),
+     r"choice 'c' is not allowed"),
+])
+def test_a_space_outside_what_the_parameter_allows_is_refused_naming_both(param, message):
+    with pytest.raises(ValueError, match=message):
+        Param("x", help="x", **param)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"low": 0.0, "high": 1.0, "log": True}, "a log Space needs low > 0"),
+    ({"low": 2.0, "high": 1.0}, "finite low < high"),
+    ({"low": 1.0}, "needs low and high, or choices"),
+    ({"choices": ("a",)}, "at least two choices"),
+    ({"low": 0.0, "high": 1.0, "choices": ("a", "b")}, "either choices or low..high"),
+])
+def test_a_malformed_space_is_refused(kw, message):
+    with pytest.raises(ValueError, match=message):
+        Space(**kw)
+
+
+def test_space_of_separates_a_methods_own_knobs_from_the_shared_stage1_knobs():
+    class Plugin:
+        params = (Param("lr", float, 1e-3, "lr", minimum=1e-12,
+                        tune=Space(1e-4, 1e-2, log=True, shared=True)),
+                  Param("lam", float, 0.3, "lam", minimum=0.0, tune=Space(1e-3, 3.0, log=True)),
+                  Param("dim", int, 64, "dim"))
+
+    assert list(space_of(Plugin)) == ["lam"]
+    assert list(space_of(Plugin, shared=True)) == ["lr"]

@@ -1,0 +1,461 @@
+"""Equal-budget hyper-parameter tuning (SPEC §7): Optuna, a seeded TPE sampler, resumable storage.
+
+``qbench tune`` gives one method a budget of trials on the validation data only. Each
+trial samples the method's search space (the parameters that declare ``tune=Space(...)``,
+:func:`qbench.registry.space_of`), runs the same pipeline as ``qbench run`` up to model
+selection (:func:`qbench.pipeline.run_selection`) and scores the validation MAP of the
+method's evaluated representation on the selection pool -- never the query split.
+
+- **Budget**: ``trials`` is the study's total of finished (complete + pruned) trials. A
+  rerun runs only the missing ones; the same number again adds nothing; a larger one adds
+  the difference. Failed trials do not count: a rerun replaces them.
+- **Storage**: any Optuna RDB URL (``sqlite:///...``, ``postgresql://...``), passed through.
+  The default is a SQLite file ``<out>/tune/<study>.db`` (write-ahead logging, so several
+  workers on one machine can share it): SQLite is for one machine only;
+  several machines share a study through a server database (PostgreSQL, MySQL).
+  A trial whose process is killed stops sending heartbeats: after the grace period it is
+  marked failed and retried with the same parameters by the next trial of any worker.
+- **Failures**: a trial whose objective raises or returns NaN is failed, its reason kept
+  as the trial's user attribute ``fail_reason``, and the study goes on.
+- **Seed**: the same seed gives the same suggestions in a new study (a resumed session
+  reseeds from the seed and the trial count, so it never repeats the startup trials).
+- **Identity**: a study records what it tunes (method, dataset, protocol, bits, seed, fixed
+  parameters, space); reopening it for anything else is refused.
+- **Output**: ``<out>/tune/<study>.json`` (best parameters and value, trial counts, space,
+  sampler, pruner, compute) and PNG plots of the optimisation history and the parameter
+  importances beside it.
+
+The objective is a plain function ``(params, report) -> validation score``; ``params``
+holds the sampled values (name -> value) and ``report(epoch, value)`` records a point of
+the validation curve and returns True when the pruner would stop the trial.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qbench import __version__
+from qbench.errors import QbenchError, choice_error
+from qbench.registry import METHODS, Param, space_of
+
+STARTUP_TRIALS = 10
+"""TPE's first trials sample the space at random before the model of good values is used."""
+
+HEARTBEAT_S = 30
+"""Seconds between a running trial's heartbeats in the storage."""
+
+GRACE_S = 120
+"""Seconds without a heartbeat after which a RUNNING trial counts as killed (failed)."""
+
+MAX_RETRY = 2
+"""How often a killed trial's parameters are retried."""
+
+PRUNERS = ("none", "median")
+
+Report = Callable[[int, float], bool]
+Objective = Callable[[dict, Report], float]
+
+_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+def _optuna():
+    """The optuna module, or a one-line error saying how to install it."""
+    try:
+        import optuna
+    except ImportError:
+        raise QbenchError("qbench tune needs optuna; install it: pip install 'optuna>=4.9'") \
+            from None
+    return optuna
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def default_study_name(dataset: str, protocol: str, method: str, bits: int, seed: int, *,
+                       shared: bool = False) -> str:
+    """``<dataset>-<protocol>-<method>-<bits>b-seed<S>``; a shared (stage-1) study has no
+    bit length: ``<dataset>-<protocol>-<method>-stage1-seed<S>``."""
+    middle = "stage1" if shared else f"{bits}b"
+    return f"{dataset}-{protocol}-{method}-{middle}-seed{seed}"
+
+
+def pipeline_objective(template) -> Objective:
+    """The objective of ``qbench tune``: validation score of one run of the pipeline.
+
+    ``template`` is the :class:`qbench.pipeline.RunRequest` of every trial; a trial's
+    sampled values update its ``method_params``. The score is the selection's
+    ``chosen_value`` (validation MAP of the method's representation on the selection pool).
+    The selection curve is reported point by point after the run, so a pruner takes the
+    same decisions as it would during training, but saves no training time.
+    """
+
+    def objective(params: dict, report: Report) -> float:
+        from qbench.pipeline import run_selection
+
+        req = replace(template, method_params={**template.method_params, **params},
+                      progress=False)
+        selection = run_selection(req)
+        for epoch, value in zip(selection["epochs"], selection["values"]):
+            if value is not None and math.isfinite(value) and report(epoch, value):
+                break
+        return selection["chosen_value"]
+
+    return objective
+
+
+def sampler_seed(seed: int, trials_so_far: int) -> int:
+    """The TPE sampler's seed for a session that finds ``trials_so_far`` trials in its study.
+
+    The same ``seed`` gives the same suggestions in a new study; a session resuming a study
+    draws other random startup trials than the sessions before it instead of repeating them.
+    """
+    return int(np.random.SeedSequence([seed, trials_so_far]).generate_state(1)[0])
+
+
+def _suggest(trial, name: str, param: Param) -> Any:
+    space = param.tune
+    if space.choices is not None:
+        return trial.suggest_categorical(name, list(space.choices))
+    if param.type is int:
+        return trial.suggest_int(name, int(space.low), int(space.high), log=space.log)
+    return trial.suggest_float(name, space.low, space.high, log=space.log)
+
+
+def _open_storage(url: str):
+    """An Optuna RDB storage with heartbeats and retries of killed trials, or a one-line error."""
+    optuna = _optuna()
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise QbenchError(f"--storage {url!r} is not a database URL; expected e.g. "
+                          "sqlite:///path/study.db or postgresql://user@host/db") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=MAX_RETRY),
+            )
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        raise QbenchError(f"--storage {_redacted(url)} cannot be opened: {_one_line(exc)}") \
+            from None
+
+
+def _write_ahead_log(rdb) -> None:
+    """Switch the SQLite file qbench created to write-ahead logging: the heartbeat thread and
+    readers no longer block the writer (measured: half the storage time per trial)."""
+    with rdb.engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _make_pruner(name: str):
+    optuna = _optuna()
+    if name not in PRUNERS:
+        raise choice_error("pruner", name, PRUNERS)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0), {
+            "name": "MedianPruner", "n_startup_trials": 5, "n_warmup_steps": 0}
+    return optuna.pruners.NopPruner(), {"name": "none"}
+
+
+def _counts(study) -> dict[str, int]:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    return {key: sum(t.state == state for t in trials) for key, state in
+            (("complete", TrialState.COMPLETE), ("pruned", TrialState.PRUNED),
+             ("failed", TrialState.FAIL))}
+
+
+def _check_identity(study, identity: dict, storage_text: str) -> None:
+    """Record ``identity`` in a new study; refuse a study made for something else."""
+    stored = study.user_attrs.get("qbench")
+    if stored is None:
+        if study.get_trials(deepcopy=False):
+            raise QbenchError(f"study {study.study_name!r} in {storage_text} was not made by "
+                              "qbench tune; give another --study or --storage")
+        study.set_user_attr("qbench", identity)
+        return
+    for key, value in identity.items():
+        if stored.get(key) != value:
+            raise QbenchError(
+                f"study {study.study_name!r} in {storage_text} was created for {key} "
+                f"{stored.get(key)!r}, not {value!r}; give another --study or --storage")
+
+
+def _progress_callback(echo: Callable[[str], None], trials: int) -> Callable:
+    from optuna.trial import TrialState
+
+    def callback(study, trial) -> None:
+        finished = study.get_trials(deepcopy=False,
+                                    states=(TrialState.COMPLETE, TrialState.PRUNED))
+        wall = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        head = f"trial {trial.number} ({len(finished)}/{trials} finished, {wall:.1f} s)"
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in trial.params.items())
+        if trial.state == TrialState.COMPLETE:
+            best = max(t.value for t in finished if t.state == TrialState.COMPLETE)
+            echo(f"{head}: {trial.value:.4f} (best {best:.4f}) [{params}]")
+        elif trial.state == TrialState.PRUNED:
+            echo(f"{head}: pruned at epoch {trial.last_step} [{params}]")
+        else:
+            echo(f"{head}: failed, {trial.user_attrs.get('fail_reason', '?')} [{params}]")
+
+    return callback
+
+
+def _save_plots(study, folder: Path, name: str, space: list[str]) -> dict[str, str | None]:
+    """Optimisation history and parameter importances as PNG; None where not drawable."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as vis
+
+    from qbench.atomic import atomic_write
+
+    def save(ax, path: Path) -> str:
+        fig = ax.figure
+        fig.tight_layout()
+        with atomic_write(path) as fh:
+            fig.savefig(fh, format="png", dpi=120)
+        plt.close(fig)
+        return str(path)
+
+    out: dict[str, str | None] = {"history": None, "importance": None}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        out["history"] = save(vis.plot_optimization_history(study),
+                              folder / f"{name}-history.png")
+        if _counts(study)["complete"] >= 2 and space:
+            try:
+                ax = vis.plot_param_importances(
+                    study, params=space,
+                    evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+            except (ValueError, RuntimeError):
+                plt.close("all")  # too few distinct values to attribute importance
+            else:
+                out["importance"] = save(ax, folder / f"{name}-importance.png")
+    return out
+
+
+def tune(template, *, trials: int, shared: bool = False, storage: str | None = None,
+         study_name: str | None = None, timeout: float | None = None, pruner: str = "none",
+         objective: Objective | None = None,
+         echo: Callable[[str], None] | None = None) -> tuple[Path, dict]:
+    """Tune ``template.method`` on ``template.dataset`` at ``template.bits``; write the summary.
+
+    ``template``: the :class:`qbench.pipeline.RunRequest` every trial runs; its
+    ``method_params`` are fixed (removed from the space), its ``seed`` is the trials' seed
+    and the sampler's, its ``out`` holds ``tune/``. ``trials``: the study's total of
+    finished trials. ``shared``: tune the shared stage-1 knobs (once per dataset, on the
+    float method) instead of the method's own space. ``timeout``: seconds after which no
+    new trial starts. ``objective``: default :func:`pipeline_objective` of ``template``.
+    ``echo``: receives one line per trial (None: silent).
+
+    Returns ``(path, record)``: the summary JSON written atomically and its content.
+    Every input is checked before the storage is opened, so bad input leaves no study.
+    """
+    from qbench.pipeline import prepare
+    from qbench.results import SCHEMA_VERSION, environment, write_json_atomic
+
+    optuna = _optuna()
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise QbenchError(f"--trials must be a positive integer, got {trials!r}")
+    if timeout is not None and not timeout > 0:
+        raise QbenchError(f"--timeout must be a positive number of seconds, got {timeout!r}")
+    study_pruner, pruner_record = _make_pruner(pruner)
+    prep = prepare(template)
+    method_cls = METHODS.get(template.method)
+    declared = space_of(method_cls, shared=shared)
+    space = {k: p for k, p in declared.items() if k not in template.method_params}
+    if not space:
+        what = "shared stage-1" if shared else "own"
+        tunable = [n for n, c in METHODS.items() if space_of(c, shared=shared)]
+        left = f" left after fixing {', '.join(sorted(declared))}" if declared else ""
+        raise QbenchError(f"method {template.method} has no {what} search space{left}; "
+                          f"methods with one: {', '.join(tunable) or '(none)'}")
+    resolved = METHODS.resolve_params(template.method, template.method_params)
+    fixed = {k: resolved[k] for k in template.method_params}
+    if template.epochs is not None and "epochs" in resolved:
+        fixed["epochs"] = template.epochs
+    protocol = prep.protocol_spec.name
+    name = study_name or default_study_name(template.dataset, protocol, template.method,
+                                            template.bits, template.seed, shared=shared)
+    if not _STUDY_NAME.match(name):
+        raise QbenchError(f"--study {name!r} is not a valid name; allowed: letters, digits "
+                          "and . _ + - (not first)")
+    folder = Path(template.out) / "tune"
+    default_storage = storage is None
+    if default_storage:
+        folder.mkdir(parents=True, exist_ok=True)
+        storage = f"sqlite:///{(folder / f'{name}.db').resolve()}"
+    storage_text = _redacted(storage) if "://" in storage else storage
+    identity = {
+        "scope": "shared" if shared else "method", "method": template.method,
+        "dataset": template.dataset, "dataset_params": dict(template.dataset_params),
+        "protocol": protocol, "bits": None if shared else template.bits,
+        "seed": template.seed, "split_seed": template.split_seed,
+        "select": template.select, "pool_size": template.pool_size,
+        "fixed": json.loads(json.dumps(fixed)),
+        "space": {k: p.tune.as_dict() for k, p in space.items()},
+    }
+
+    rdb = _open_storage(storage)
+    if default_storage:
+        _write_ahead_log(rdb)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(storage=rdb, pruner=study_pruner, study_name=name,
+                                direction="maximize", load_if_exists=True)
+    _check_identity(study, identity, storage_text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.sampler = optuna.samplers.TPESampler(
+            seed=sampler_seed(template.seed, len(study.get_trials(deepcopy=False))),
+            n_startup_trials=STARTUP_TRIALS, constant_liar=True, multivariate=True)
+
+    objective = objective or pipeline_objective(template)
+
+    def run_trial(trial) -> float:
+        params = {k: _suggest(trial, k, p) for k, p in space.items()}
+        pruned_at: list[int] = []
+
+        def report(epoch: int, value: float) -> bool:
+            trial.report(value, epoch)
+            if not pruned_at and trial.should_prune():
+                pruned_at.append(epoch)
+            return bool(pruned_at)
+
+        try:
+            value = objective(params, report)
+        except Exception as exc:
+            trial.set_user_attr("fail_reason", _one_line(exc))
+            raise
+        if pruned_at:
+            raise optuna.TrialPruned(f"pruned at epoch {pruned_at[0]}")
+        if value is None or not math.isfinite(value):
+            trial.set_user_attr("fail_reason", f"objective returned {value!r}")
+            return float("nan")
+        return float(value)
+
+    counts = _counts(study)
+    remaining = trials - counts["complete"] - counts["pruned"]
+    if remaining > 0:
+        callbacks = [optuna.study.MaxTrialsCallback(
+            trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))]
+        if echo is not None:
+            callbacks.append(_progress_callback(echo, trials))
+        study.optimize(run_trial, n_trials=remaining, timeout=timeout, catch=(Exception,),
+                       callbacks=callbacks)
+    counts = _counts(study)
+    if counts["complete"] == 0:
+        reasons = [t.user_attrs["fail_reason"] for t in study.get_trials(deepcopy=False)
+                   if "fail_reason" in t.user_attrs]
+        raise QbenchError(f"no trial of study {name!r} completed ({counts['failed']} failed"
+                          + (f"; last: {reasons[-1]}" if reasons else "") + ")")
+
+    finished = counts["complete"] + counts["pruned"]
+    notes = []
+    if finished <= STARTUP_TRIALS:
+        notes.append(f"all {finished} finished trials were random: TPE samples its first "
+                     f"{STARTUP_TRIALS} trials at random before it models good values")
+    if finished < trials:
+        notes.append(f"{finished} of {trials} trials finished (timeout or failures); rerun "
+                     "the same command to run the missing ones")
+    device = prep.device
+    wall_s = sum((t.datetime_complete - t.datetime_start).total_seconds()
+                 for t in study.get_trials(deepcopy=False)
+                 if t.datetime_start is not None and t.datetime_complete is not None)
+    best = study.best_trial
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "tuning",
+        "study": name,
+        "storage": storage_text,
+        **identity,
+        "trials_asked": trials,
+        "best_params": best.params,
+        "best_value": best.value,
+        "best_trial": best.number,
+        "trials": counts,
+        "failures": [{"trial": t.number, "reason": t.user_attrs.get("fail_reason")}
+                     for t in study.get_trials(deepcopy=False)
+                     if t.state == optuna.trial.TrialState.FAIL],
+        "objective": "validation MAP of the method's evaluated representation on the "
+                     "selection pool (model selection's), never the query split",
+        "sampler": {"name": "TPESampler", "seed": template.seed,
+                    "n_startup_trials": STARTUP_TRIALS, "constant_liar": True,
+                    "multivariate": True},
+        "pruner": pruner_record,
+        "compute": {"trial_wall_s": wall_s, "device": device},
+        "notes": notes,
+        "qbench_version": __version__,
+        "env": environment(device),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    record["plots"] = _save_plots(study, folder, name, list(space))
+    path = write_json_atomic(folder / f"{name}.json", record)
+    return path, record
+
+
+def load_tuned_params(path: Path, method: str, dataset: str, bits: int, *,
+                      protocol: str | None = None) -> tuple[dict, dict]:
+    """The parameters a tuning summary (``qbench tune``'s JSON) gives a run, validated.
+
+    A method study applies to its method, dataset and bits only; a shared (stage-1) study
+    to any method of its dataset that declares those parameters. ``protocol``: also
+    checked when given. Returns ``(params, tuning)``: the study's fixed parameters updated
+    by its best ones (name -> parsed value), and the record a result carries,
+    ``{"trials": finished trials, "best_value": ..., "study": name}``. Unknown parameters
+    and out-of-range values raise :class:`QbenchError`.
+    """
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise QbenchError(f"--params-from {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise QbenchError(f"--params-from {path}: not a JSON file ({_one_line(exc)})") from None
+    keys = ("scope", "method", "dataset", "bits", "fixed", "best_params", "best_value",
+            "trials", "study")
+    if not isinstance(record, dict) or record.get("kind") != "tuning" or \
+            any(k not in record for k in keys):
+        raise QbenchError(f"--params-from {path}: not a qbench tune summary (needs kind "
+                          f"'tuning' and {', '.join(keys)})")
+    wanted = {"dataset": dataset, "protocol": protocol}
+    if record["scope"] == "method":
+        wanted.update(method=method, bits=bits)
+    for key, value in wanted.items():
+        if value is not None and record.get(key) != value:
+            raise QbenchError(f"--params-from {path} was tuned for {key} {record.get(key)!r}, "
+                              f"not {value!r}")
+    given = {**record["fixed"], **record["best_params"]}
+    resolved = METHODS.resolve_params(method, given)
+    params = {k: resolved[k] for k in given}
+    trials = record["trials"]
+    tuning = {"trials": trials.get("complete", 0) + trials.get("pruned", 0),
+              "best_value": record["best_value"], "study": record["study"]}
+    return params, tuning
