@@ -10,7 +10,8 @@ trial's start to the last trial's end divided by the trial count: with a no-op o
 all of it is ask + sample + heartbeat + tell + storage round trips. It grows with the
 study's size (TPE models every past trial), so it is measured at several trial counts.
 The one-off cost of a session (opening the storage, plots, the summary file) is reported
-apart.
+apart. On a shared machine wall times move with the load (recorded); the CPU time per
+trial, marginal between two study sizes, moves less.
 
 The reference is the wall time of one digits trial: ``--trial-s`` or, by default, a
 measured one: :func:`qbench.pipeline.run_selection` (a tuning trial's objective) of
@@ -109,6 +110,12 @@ def main() -> None:
     rows = [overhead(int(n)) for n in args.trials.split(",")]
     for row in rows:
         row["fraction_of_digits_trial"] = row["per_trial_s"] / ref["trial_s"]
+    for small, large in zip(rows, rows[1:]):
+        large["marginal_cpu_per_trial_s"] = ((large["session_cpu_s"] - small["session_cpu_s"])
+                                             / (large["trials"] - small["trials"]))
+        if ref["trial_cpu_s"]:
+            large["cpu_fraction_of_digits_trial"] = (large["marginal_cpu_per_trial_s"]
+                                                     / ref["trial_cpu_s"])
     report = {
         **ref,
         "trial_source": "--trial-s" if args.trial_s is not None else
@@ -127,11 +134,16 @@ def main() -> None:
              if ref["first_trial_s"] else "")
     print(f"digits trial: {ref['trial_s']:.2f} s wall{cpu}{first}; "
           f"load average {report['load_average_1min']:.1f} on {os.cpu_count()} cores")
-    print("| trials | overhead per trial (ms) | % of a digits trial | session one-off (s) |")
-    print("|---:|---:|---:|---:|")
+    print("| trials | overhead per trial, wall (ms) | % of a digits trial | marginal CPU per "
+          "trial (ms) | % of a trial's CPU | session one-off (s) |")
+    print("|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        cpu_ms = r.get("marginal_cpu_per_trial_s")
+        cpu_pct = r.get("cpu_fraction_of_digits_trial")
         print(f"| {r['trials']} | {1000 * r['per_trial_s']:.1f} | "
-              f"{100 * r['fraction_of_digits_trial']:.2f} | {r['one_off_s']:.2f} |")
+              f"{100 * r['fraction_of_digits_trial']:.2f} | "
+              f"{'' if cpu_ms is None else f'{1000 * cpu_ms:.1f}'} | "
+              f"{'' if cpu_pct is None else f'{100 * cpu_pct:.2f}'} | {r['one_off_s']:.2f} |")
     print(f"target < {100 * TARGET:.0f}%: {'met' if report['meets_target'] else 'NOT met'}"
           f" -> {args.out}")
 

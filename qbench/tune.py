@@ -205,12 +205,19 @@ def _check_identity(study, identity: dict, storage_text: str) -> None:
                 f"{stored.get(key)!r}, not {value!r}; give another --study or --storage")
 
 
-def _progress_callback(echo: Callable[[str], None], trials: int) -> Callable:
+def _budget_callback(trials: int, echo: Callable[[str], None] | None) -> Callable:
+    """After each trial: one line to ``echo``, and stop once the study holds ``trials``
+    finished trials (what ``optuna.study.MaxTrialsCallback`` does, with one storage read
+    for both; it stops every worker of a shared study at the same total)."""
     from optuna.trial import TrialState
 
     def callback(study, trial) -> None:
         finished = study.get_trials(deepcopy=False,
                                     states=(TrialState.COMPLETE, TrialState.PRUNED))
+        if len(finished) >= trials:
+            study.stop()
+        if echo is None:
+            return
         wall = (trial.datetime_complete - trial.datetime_start).total_seconds()
         head = f"trial {trial.number} ({len(finished)}/{trials} finished, {wall:.1f} s)"
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -364,12 +371,8 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
     counts = _counts(study)
     remaining = trials - counts["complete"] - counts["pruned"]
     if remaining > 0:
-        callbacks = [optuna.study.MaxTrialsCallback(
-            trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))]
-        if echo is not None:
-            callbacks.append(_progress_callback(echo, trials))
         study.optimize(run_trial, n_trials=remaining, timeout=timeout, catch=(Exception,),
-                       callbacks=callbacks)
+                       callbacks=[_budget_callback(trials, echo)])
     counts = _counts(study)
     if counts["complete"] == 0:
         reasons = [t.user_attrs["fail_reason"] for t in study.get_trials(deepcopy=False)
