@@ -229,11 +229,21 @@ def compare_command(files, fmt: str, out: Path | None, metric: str,
 @click.option("--no-cache", is_flag=True, help="Train every encoder anew; cache nothing.")
 @click.option("--dry-run", is_flag=True,
               help="List every cell as done, to-run or stale (with the reason); run nothing.")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True, help="Where runs execute: local processes (--jobs) or a Ray "
+                                      "cluster (pip install 'qbench[ray]').")
+@click.option("--address", default=None, metavar="auto|HOST:PORT|ray://HOST:PORT",
+              help="Ray cluster to join (default: the one started here, else a new one).")
+@click.option("--gpus-per-run", type=float, default=None,
+              help="GPU share of each Ray run (0.25: four runs per GPU); replaces the grid "
+                   "file's resources.gpu.")
 def grid_command(grid_file: Path, dataset: str, jobs: int, out: Path, data_dir: Path | None,
                  device: str, seeds: str | None, cache_dir: Path | None, no_cache: bool,
-                 dry_run: bool) -> None:
+                 dry_run: bool, backend: str, address: str | None,
+                 gpus_per_run: float | None) -> None:
     """Run a grid of methods x bits x seeds; finished runs are skipped, stale ones rerun,
-    failures recorded."""
+    failures recorded. With --backend ray, --out and the cache must be on storage every
+    node reaches."""
     from qbench.grid import run_grid
 
     seed_list = None
@@ -244,7 +254,8 @@ def grid_command(grid_file: Path, dataset: str, jobs: int, out: Path, data_dir: 
             raise QbenchError(f"--seeds expects comma-separated integers, got {seeds!r}") from None
     summary = run_grid(grid_file, dataset=dataset, jobs=jobs, out=out, data_dir=data_dir,
                        device=device, seeds=seed_list, cache_dir=cache_dir,
-                       use_cache=not no_cache, dry_run=dry_run)
+                       use_cache=not no_cache, dry_run=dry_run, backend=backend,
+                       address=address, gpus_per_run=gpus_per_run)
     if dry_run:
         click.echo(summary)
         return

@@ -14,15 +14,19 @@ Grid file (JSON)
       "datasets": {
         "digits":  {"protocol": "standard", "epochs": null},
         "cifar10": {"epochs": 60, "params": {"*": {"encoder": "cnn"}},
-                    "dataset_params": {}, "methods": [...], "bits": [...], "seeds": [...]}
+                    "dataset_params": {}, "methods": [...], "bits": [...], "seeds": [...],
+                    "resources": {"cpu": 2, "gpu": 0.25}}
       }
     }
 
 - ``datasets``: one block per dataset; ``--dataset`` picks the block (a dataset without a
   block is an error). Block keys, all optional: ``protocol`` (null: the dataset's default),
   ``epochs`` (null: each method's default; given: ``RunRequest.epochs``), ``dataset_params``,
-  ``params`` (as the top-level ``params``, applied after them), and ``methods``, ``bits``,
-  ``seeds`` replacing the top-level lists for this dataset.
+  ``params`` (as the top-level ``params``, applied after them), ``methods``, ``bits``,
+  ``seeds`` replacing the top-level lists for this dataset, and ``resources``: what one run
+  asks of a Ray node (``cpu``: whole CPUs, which are also its threads, default 1; ``gpu``: a
+  GPU share, default 0; see :class:`qbench.backends.RunResources`; the local backend
+  ignores it).
 - ``params``: method hyper-parameters by method name, variant name or ``"*"`` (every method
   that declares the parameter). A cell's parameters, later entries winning: top-level
   ``*``, method, variant definition, top-level variant name, then the same from the
@@ -46,30 +50,31 @@ and requested parameters; otherwise it runs (an invalid or stale file is overwri
 A run that raises any :class:`Exception` (including :class:`QbenchError`) is recorded in
 ``<out>/failed/<result name>.failed.json`` (error type, message, traceback, cell) and the
 grid goes on; failed cells run again on the next invocation and a success removes the
-record. ``jobs`` > 1 runs cells in that many worker processes (``spawn`` context; each
-gets cores // jobs threads for torch, faiss and BLAS, so 2 jobs on 2 cores use one thread
-each), each calling :func:`qbench.pipeline.run_experiment` in-process.
-KeyboardInterrupt / SystemExit stop the grid; results are written atomically, so
+record.
+
+Where cells run is the backend's business (:mod:`qbench.backends`): ``local`` (the
+default) runs them in this process or, with ``jobs`` > 1, in that many worker processes
+(each with cores // jobs threads for torch, faiss and BLAS); ``ray`` runs each as a Ray
+task on a cluster, after one task per distinct stage-1 encoder (:func:`stage1_group`).
+This module plans, records outcomes and writes failure records, the same for every
+backend. KeyboardInterrupt / SystemExit stop the grid; results are written atomically, so
 rerunning the same command resumes without redoing finished runs.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import multiprocessing
+import json
 import os
 import re
-import signal
-import threading
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qbench.backends import CellOptions, RunResources, make_backend
 from qbench.errors import QbenchError, choice_error
 from qbench.results import (
     FAILURE_SUFFIX,
@@ -85,7 +90,8 @@ RUN_KEYS = ("select", "split_seed", "pool_size")
 TOP_KEYS = ("description", "datasets", "methods", "bits", "seeds", "params",
             "variants") + RUN_KEYS
 BLOCK_KEYS = ("description", "protocol", "epochs", "dataset_params", "params", "methods",
-              "bits", "seeds") + RUN_KEYS
+              "bits", "seeds", "resources") + RUN_KEYS
+RESOURCE_KEYS = ("cpu", "gpu")
 VARIANT_KEYS = ("method", "params", "description")
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 FAILED_DIR = "failed"
@@ -139,7 +145,8 @@ class Cell:
 
 @dataclass
 class Outcome:
-    """What a worker reports about one cell."""
+    """What a worker reports about one cell. ``result``: the result record when the worker
+    could not write it itself (a remote backend); the driver then writes it to ``path``."""
 
     stem: str
     ok: bool
@@ -148,6 +155,7 @@ class Outcome:
     error_type: str = ""
     message: str = ""
     traceback: str = ""
+    result: dict | None = None
 
 
 @dataclass
@@ -158,6 +166,7 @@ class GridSummary:
     dataset: str
     out: Path
     jobs: int
+    backend: str = "local"
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
@@ -175,9 +184,10 @@ class GridSummary:
         text = (f"Grid {self.grid_file} on {self.dataset}: {total} runs — {len(self.done)} "
                 f"done now ({self.stale} of them were stale), {len(self.skipped)} skipped "
                 f"(already finished), "
-                f"{len(self.failed)} failed; {int(minutes)} min {seconds:.1f} s wall time with "
-                f"{self.jobs} job{'s' if self.jobs != 1 else ''} (the runs took "
-                f"{self.run_s:.1f} s together). Results are in {self.out}.")
+                f"{len(self.failed)} failed; {int(minutes)} min {seconds:.1f} s wall time "
+                + (f"with {self.jobs} job{'s' if self.jobs != 1 else ''}"
+                   if self.backend == "local" else f"on {self.backend}")
+                + f" (the runs took {self.run_s:.1f} s together). Results are in {self.out}.")
         if self.failed:
             text += (f" Failures are recorded in {Path(self.out) / FAILED_DIR}/ "
                      f"(e.g. {self.failed[0]}{FAILURE_SUFFIX}); rerun the same command to "
@@ -211,6 +221,7 @@ def load_grid(path: Path) -> dict:
             raise QbenchError(f"{bwhere}: 'epochs' must be a positive integer or null")
         if not isinstance(block.get("dataset_params", {}), dict):
             raise QbenchError(f"{bwhere}: 'dataset_params' must be an object")
+        _check_resources(block.get("resources", {}), f"{bwhere}, resources")
     variants = grid.get("variants", {})
     if not isinstance(variants, dict):
         raise QbenchError(f"{where}: 'variants' must be an object")
@@ -235,6 +246,35 @@ def _check_keys(obj: dict, allowed: tuple[str, ...], where: str) -> None:
     unknown = sorted(set(obj) - set(allowed))
     if unknown:
         raise QbenchError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(allowed)}")
+
+
+def _check_resources(resources: Any, where: str) -> None:
+    if not isinstance(resources, dict):
+        raise QbenchError(f"{where}: must be an object such as {{\"cpu\": 1, \"gpu\": 0.25}}")
+    _check_keys(resources, RESOURCE_KEYS, where)
+    cpu, gpu = resources.get("cpu", 1), resources.get("gpu", 0)
+    if not _is_int(cpu) or cpu < 1:
+        raise QbenchError(f"{where}: 'cpu' must be a whole number of CPUs >= 1, got {cpu!r}")
+    check_gpu_share(gpu, f"{where}: 'gpu'")
+
+
+def check_gpu_share(gpu: Any, what: str) -> None:
+    """A GPU share is a number >= 0: a fraction of one GPU, or a whole number of GPUs."""
+    if isinstance(gpu, bool) or not isinstance(gpu, (int, float)) or not gpu >= 0 or (
+            gpu > 1 and gpu != int(gpu)):
+        raise QbenchError(f"{what} must be a GPU share: a fraction in [0, 1] or a whole "
+                          f"number of GPUs, got {gpu!r}")
+
+
+def grid_resources(grid: dict, dataset: str, gpus_per_run: float | None = None) -> RunResources:
+    """What one run of ``dataset`` asks of a node: the block's ``resources``, with
+    ``gpus_per_run`` (``--gpus-per-run``) replacing its GPU share when given."""
+    block = grid["datasets"].get(dataset, {})
+    resources = block.get("resources", {})
+    if gpus_per_run is not None:
+        check_gpu_share(gpus_per_run, "--gpus-per-run")
+    gpu = resources.get("gpu", 0) if gpus_per_run is None else gpus_per_run
+    return RunResources(cpu=resources.get("cpu", 1), gpu=float(gpu))
 
 
 def _check_common(obj: dict, where: str) -> None:
@@ -397,8 +437,39 @@ def split_checksum(cell: Cell, out: Path, data_dir: Path | None,
                        Path(out) / "splits").checksum
 
 
+def stage1_group(cell: Cell, out: Path, data_dir: Path | None) -> tuple | None:
+    """A cheap stand-in for the stage-1 encoder key of ``cell`` (no data loaded): cells with
+    the same group use the same cached encoder. None when its method trains none.
+
+    The group is (dataset, resolved dataset parameters, protocol, split seed, seed, the
+    method's engine parameters (:data:`qbench.engine.STAGE1_KEYS`), D, tanh); the exact key
+    adds the data and split checksums, equal for every cell of one grid.
+    """
+    from qbench.engine import STAGE1_KEYS
+    from qbench.pipeline import prepare
+
+    method = prepare(cell.request(out, data_dir, "cpu")).method
+    spec = method.stage1_spec(cell.bits)
+    if spec is None:
+        return None
+    engine = {k: method.params.get(k) for k in STAGE1_KEYS}
+    return (cell.dataset, json.dumps(prepare_dataset_params(cell), sort_keys=True),
+            cell.protocol, cell.split_seed, cell.seed, json.dumps(engine, sort_keys=True),
+            int(spec[0]), bool(spec[1]))
+
+
 # intra-op threads of this worker process (None: the main process, no limit)
 _WORKER_THREADS: int | None = None
+
+
+def set_worker_threads(threads: int) -> None:
+    """Make this worker process (of any backend) run with ``threads`` torch, faiss (OpenMP)
+    and BLAS threads: the environment is set for libraries not loaded yet, and
+    :func:`run_pipeline` calls ``torch.set_num_threads`` before each run."""
+    global _WORKER_THREADS
+    _WORKER_THREADS = threads
+    for name in THREAD_ENV:
+        os.environ[name] = str(threads)
 
 
 def run_pipeline(request) -> tuple[Path, dict]:
@@ -410,39 +481,6 @@ def run_pipeline(request) -> tuple[Path, dict]:
 
         torch.set_num_threads(_WORKER_THREADS)
     return pipeline.run_experiment(request)
-
-
-def worker_threads(jobs: int) -> int:
-    """Threads per worker: the usable cores shared out, at least 1 (1 each for 2 jobs on 2
-    cores; oversubscribed OpenMP threads spin and slow small runs down many times)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, cores // jobs)
-
-
-def _init_worker(threads: int) -> None:
-    """Worker initializer: threads, signals and a watch on the parent process.
-
-    ``threads`` threads for torch, faiss (OpenMP) and BLAS: the environment is set before
-    they load in this process, and :func:`run_pipeline` also calls ``torch.set_num_threads``.
-    Ctrl-C is left to the parent, which stops the workers; a worker whose parent was
-    killed exits (its run's result, written atomically, is never half there).
-    """
-    global _WORKER_THREADS
-    _WORKER_THREADS = threads
-    for name in THREAD_ENV:
-        os.environ[name] = str(threads)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = os.getppid()
-
-    def watch_parent() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch_parent, name="qbench-parent-watch", daemon=True).start()
 
 
 def execute_cell(cell: Cell, out: Path, data_dir: Path | None, device: str,
@@ -486,14 +524,18 @@ def record_failure(out: Path, cell: Cell, outcome: Outcome, grid_file: Path) -> 
 
 # -- the grid ------------------------------------------------------------------------------
 
-def _check_options(jobs: int, out: Path, data_dir: Path | None, device: str) -> None:
+def _check_options(jobs: int, out: Path, data_dir: Path | None, device: str,
+                   backend: str) -> None:
     if not _is_int(jobs) or jobs < 1:
         raise QbenchError(f"--jobs must be a positive integer, got {jobs!r}")
     if data_dir is not None and not Path(data_dir).is_dir():
         raise QbenchError(f"--data-dir {data_dir} is not a directory")
-    from qbench.pipeline import resolve_device
+    from qbench.pipeline import DEVICES, resolve_device
 
-    resolve_device(device)
+    if backend == "local":
+        resolve_device(device)
+    elif device not in DEVICES:  # a cluster's workers, not this machine, have the devices
+        raise choice_error("--device", device, DEVICES)
     try:
         Path(out).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -528,15 +570,21 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", jobs: int = 1,
              out: Path = Path("results"), data_dir: Path | None = None, device: str = "auto",
              seeds: list[int] | None = None, runner: Callable | None = None,
              progress: bool | None = None, cache_dir: Path | None = None,
-             use_cache: bool = True, dry_run: bool = False) -> GridSummary | str:
+             use_cache: bool = True, dry_run: bool = False, backend: str = "local",
+             address: str | None = None, gpus_per_run: float | None = None,
+             ) -> GridSummary | str:
     """Run every unfinished or stale cell of ``grid_file`` for ``dataset``; see the module
     docstring. With ``dry_run`` nothing runs: the plan (:func:`describe_plan`) is returned.
 
     runner: called with a RunRequest, returns (path, result); default
-        :func:`run_pipeline`. With jobs > 1 it must be picklable (a module-level function).
+        :func:`run_pipeline`. With jobs > 1 or on Ray it must be picklable (a module-level
+        function).
     progress: show the tqdm bar (None: only on a terminal).
     cache_dir / use_cache: the encoder and dataset cache (default: $QBENCH_CACHE or
         <out>/cache), or none.
+    backend: "local" (``jobs`` processes) or "ray" (``address``: None joins the local
+        cluster or starts one, "auto", "HOST:PORT" or "ray://HOST:PORT"; each run asks for
+        the dataset block's ``resources``, its GPU share replaced by ``gpus_per_run``).
     """
     from tqdm.auto import tqdm
 
@@ -544,7 +592,9 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", jobs: int = 1,
 
     grid_file, out = Path(grid_file), Path(out)
     grid = load_grid(grid_file)
-    _check_options(jobs, out, data_dir, device)
+    _check_options(jobs, out, data_dir, device, backend)
+    executor = make_backend(backend, jobs=jobs, address=address,
+                            resources=grid_resources(grid, dataset, gpus_per_run))
     cells = expand_grid(grid, dataset, seeds=seeds, data_dir=data_dir, source=str(grid_file))
     cache_root = (Path(cache_dir) if cache_dir else default_cache_dir(out)) if use_cache else None
     if cache_root is not None:
@@ -552,8 +602,9 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", jobs: int = 1,
     plan = plan_grid(cells, out, data_dir, cache_root)
     if dry_run:
         return describe_plan(plan)
-    runner = runner or run_pipeline
-    summary = GridSummary(grid_file, dataset, out, jobs)
+    options = CellOptions(out, data_dir, device, runner or run_pipeline, cache_root,
+                          use_cache)
+    summary = GridSummary(grid_file, dataset, out, jobs, backend)
     started = time.perf_counter()
 
     pending = []
@@ -571,6 +622,8 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", jobs: int = 1,
     def report(outcome: Outcome) -> None:
         cell = by_stem[outcome.stem]
         summary.run_s += outcome.seconds
+        if outcome.ok and outcome.result is not None:
+            write_json_atomic(out / cell.filename, outcome.result)
         if outcome.ok:
             summary.done.append(cell.stem)
             failure_path(out, cell).unlink(missing_ok=True)
@@ -586,56 +639,9 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", jobs: int = 1,
                             f"skipped {len(summary.skipped)}, left {left}")
 
     try:
-        if jobs == 1 or len(pending) <= 1:
-            for cell in pending:
-                report(execute_cell(cell, out, data_dir, device, runner, cache_root,
-                                    use_cache))
-        else:
-            _run_parallel(pending, jobs, out, data_dir, device, runner, report, cache_root,
-                          use_cache)
+        if pending:  # nothing to run starts no worker (and no Ray)
+            executor.run(pending, options, report)
     finally:
         bar.close()
         summary.wall_s = time.perf_counter() - started
     return summary
-
-
-def _run_parallel(cells: list[Cell], jobs: int, out: Path, data_dir: Path | None, device: str,
-                  runner: Callable, report: Callable[[Outcome], None],
-                  cache_dir: Path | None, use_cache: bool) -> None:
-    """Run ``cells`` in ``jobs`` spawned worker processes (see :func:`worker_threads`)."""
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context,
-                               initializer=_init_worker, initargs=(worker_threads(jobs),))
-    try:
-        futures = {pool.submit(execute_cell, c, out, data_dir, device, runner, cache_dir,
-                               use_cache): c for c in cells}
-        remaining = set(futures)
-        while remaining:
-            finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                cell = futures[fut]
-                try:
-                    outcome = fut.result()
-                except BrokenProcessPool as exc:
-                    outcome = Outcome(cell.stem, False, 0.0, error_type="BrokenProcessPool",
-                                      message="a worker process died while the grid ran "
-                                              f"(killed, out of memory or a crash): {exc}")
-                report(outcome)
-    except BaseException:
-        _stop_workers(pool)
-        raise
-    pool.shutdown(wait=True)
-
-
-def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    """Cancel queued cells and terminate the workers now (Ctrl-C, kill, an error here).
-
-    Their unfinished runs are dropped; finished results were written atomically.
-    """
-    processes = list(getattr(pool, "_processes", {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        if process.is_alive():
-            process.terminate()
-    for process in processes:
-        process.join(timeout=10)

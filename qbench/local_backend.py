@@ -1,0 +1,107 @@
+"""The local backend: cells run in this process, or in ``jobs`` spawned worker processes.
+
+Each worker gets cores // jobs threads for torch, faiss and BLAS (:func:`worker_threads`)
+and calls :func:`qbench.grid.execute_cell`; the runner writes the result file itself
+(atomically), since every worker shares this machine's ``--out``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+
+from qbench.backends import CellOptions
+from qbench.grid import Cell, Outcome, execute_cell, set_worker_threads
+
+
+def worker_threads(jobs: int) -> int:
+    """Threads per worker: the usable cores shared out, at least 1 (1 each for 2 jobs on 2
+    cores; oversubscribed OpenMP threads spin and slow small runs down many times)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, cores // jobs)
+
+
+def _init_worker(threads: int) -> None:
+    """Worker initializer: threads (:func:`qbench.grid.set_worker_threads`), signals and a
+    watch on the parent process.
+
+    Ctrl-C is left to the parent, which stops the workers; a worker whose parent was
+    killed exits (its run's result, written atomically, is never half there).
+    """
+    set_worker_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch_parent, name="qbench-parent-watch", daemon=True).start()
+
+
+class LocalBackend:
+    """Cells in this process (``jobs`` = 1 or a single cell) or a ``spawn`` process pool."""
+
+    def __init__(self, jobs: int):
+        self.jobs = jobs  # checked by qbench.grid.run_grid
+
+    def run(self, cells: list[Cell], options: CellOptions,
+            report: Callable[[Outcome], None]) -> None:
+        """Run ``cells``; ``report`` each outcome as it comes in."""
+        if self.jobs == 1 or len(cells) <= 1:
+            for cell in cells:
+                report(execute_cell(cell, options.out, options.data_dir, options.device,
+                                    options.runner, options.cache_dir, options.use_cache))
+        else:
+            self._run_parallel(cells, options, report)
+
+    def _run_parallel(self, cells: list[Cell], options: CellOptions,
+                      report: Callable[[Outcome], None]) -> None:
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=context,
+                                   initializer=_init_worker,
+                                   initargs=(worker_threads(self.jobs),))
+        try:
+            futures = {pool.submit(execute_cell, c, options.out, options.data_dir,
+                                   options.device, options.runner, options.cache_dir,
+                                   options.use_cache): c for c in cells}
+            remaining = set(futures)
+            while remaining:
+                finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    cell = futures[fut]
+                    try:
+                        outcome = fut.result()
+                    except BrokenProcessPool as exc:
+                        outcome = Outcome(cell.stem, False, 0.0, error_type="BrokenProcessPool",
+                                          message="a worker process died while the grid ran "
+                                                  f"(killed, out of memory or a crash): {exc}")
+                    report(outcome)
+        except BaseException:
+            _stop_workers(pool)
+            raise
+        pool.shutdown(wait=True)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancel queued cells and terminate the workers now (Ctrl-C, kill, an error here).
+
+    Their unfinished runs are dropped; finished results were written atomically.
+    """
+    processes = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=10)
