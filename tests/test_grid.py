@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -180,6 +181,10 @@ def test_parallel_jobs_run_each_cell_once_in_worker_processes(tmp_path):
     ({"datasets": {"mnist": {}}}, "no block for dataset 'digits'"),
     ({"datasets": {"digits": {"protocol": "huge"}}}, "unknown protocol"),
     ({"variants": {"pq": {"method": "opq"}}}, "variant 'pq' has the name of a method"),
+    ({"datasets": {"digits": {"resources": {"gpu": -1}}}}, "'gpu' must be a GPU share"),
+    ({"datasets": {"digits": {"resources": {"gpu": 1.5}}}}, "'gpu' must be a GPU share"),
+    ({"datasets": {"digits": {"resources": {"cpu": 0.5}}}}, "'cpu' must be a whole number"),
+    ({"datasets": {"digits": {"resources": {"ram": 4}}}}, "resources: unknown key 'ram'"),
 ])
 def test_grid_file_mistakes_are_reported_before_anything_runs(tmp_path, changes, message):
     grid = write_grid(tmp_path, **changes)
@@ -275,3 +280,11 @@ def test_grid_checks_select_and_split_seed_keys(tmp_path):
         load_grid(write_grid(tmp_path, select="median"))
     with pytest.raises(QbenchError, match="'split_seed' must be an integer >= 0"):
         load_grid(write_grid(tmp_path, split_seed=-1))
+
+
+def test_ray_backend_without_ray_installed_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    with pytest.raises(QbenchError, match=r"needs Ray, which is not installed: "
+                                          r"pip install 'qbench\[ray\]'"):
+        run_grid(write_grid(tmp_path), out=tmp_path / "out", backend="ray", runner=fake_run)
+    assert CALLS == []
