@@ -6,8 +6,11 @@ each block of queries (ascending distance, equal distances broken by database in
 :mod:`qbench.metrics` scores the rankings. Queries are processed in blocks (at most
 ``MAX_BLOCK_QUERIES`` queries and about ``BLOCK_BYTES`` of working memory each, never a full
 n_query x n_db float64 matrix); blocks run on threads, one per core (numpy releases the GIL
-in the heavy operations). With ``device="cuda"`` distances and sorting run in torch on the
-GPU; torch is imported only then.
+in the heavy operations). Hamming distances go through the compiled kernel of
+:mod:`qbench.kernels` (numba, no sort: counts per distance level, O(N + B) per query) where
+numba is installed, and through one numpy sort per query otherwise; both give the same
+figures. With ``device="cuda"`` distances and sorting run in torch on the GPU; torch is
+imported only then.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from qbench.search import (
     BlockRanking,
     HammingDistances,
     Labels,
+    _groups_from_levels,
     check_codes,
     distances,
     make_distances,
@@ -39,6 +43,10 @@ BLOCK_BYTES = 256 * 2**20
 """Working-memory target of one block of queries, in bytes."""
 
 MAX_BLOCK_QUERIES = 16
+KERNEL_BLOCK_QUERIES = 128
+"""Queries per block on the compiled Hamming path (its memory is O(n_db) per thread, not
+per query: the block size only balances the threads against the per-block numpy work)."""
+BACKENDS = ("numba", "numpy", "torch")
 MAX_WORKERS = 8
 HAMMING_RADIUS = 2
 
@@ -49,8 +57,8 @@ class Evaluation:
 
     metrics: JSON-ready floats/ints (see :func:`evaluate`); curves: JSON-ready lists;
     metric_card: the conventions behind the numbers; timings: seconds (``search_s``,
-    ``metrics_s``, ``eval_s``), ``queries_per_s`` and ``threads``; per_query_ap: (n_query,)
-    float64, the AP behind ``map_all`` (for significance tests).
+    ``metrics_s``, ``eval_s``), ``queries_per_s``, ``threads`` and ``backend``;
+    per_query_ap: (n_query,) float64, the AP behind ``map_all`` (for significance tests).
     """
 
     metrics: dict
@@ -75,12 +83,23 @@ class _Plan:
     top_cut: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
-def _score_block(r: BlockRanking, plan: _Plan) -> dict[str, np.ndarray]:
-    """Per-query numbers of one block (every array has the block's queries on axis 0)."""
-    ranks = M.Ranks(r.rel_pos, r.row_ptr, plan.n_db)
+def _score_block(r, plan: _Plan) -> dict[str, np.ndarray]:
+    """Per-query numbers of one block (every array has the block's queries on axis 0).
+
+    r: a :class:`~qbench.search.BlockRanking` (numpy or torch path) or a
+    :class:`~qbench.kernels.LevelRanking` (compiled Hamming path)."""
+    if isinstance(r, BlockRanking):
+        ranks = M.Ranks(r.rel_pos, r.row_ptr, plan.n_db)
+        group_args = (r.group_row, r.group_start, r.group_size)
+    else:
+        ranks = M.LevelRanks(r.level_hist, r.level_rel, r.level_terms, r.cuts, r.cut_hits,
+                             r.cut_terms, r.pr11, plan.n_db)
+        cum = np.zeros((len(r.level_hist), r.level_hist.shape[1] + 1), dtype=np.int64)
+        np.cumsum(r.level_hist, axis=1, out=cum[:, 1:])
+        group_args = _groups_from_levels(cum)
     if plan.quick and not plan.tie_aware:
         return {"ap_k": ranks.average_precision(plan.k, plan.normaliser)}
-    groups = M.TieGroups(r.group_row, r.group_start, r.group_size, ranks)
+    groups = M.TieGroups(*group_args, ranks)
     if plan.quick:
         return {"ap_k": groups.average_precision(plan.harmonic, plan.k,
                                                  plan.normaliser)["expected"]}
@@ -197,15 +216,36 @@ def _workers(device: str) -> int:
     return 1 if device != "cpu" else max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
 
-def _block_size(search, n_query: int, n_db: int, block_size: int | None, torch: bool) -> int:
+def _block_size(search, n_query: int, n_db: int, block_size: int | None, torch: bool,
+                kernel: bool = False, workers: int = 1) -> int:
     if block_size is not None:
         if int(block_size) < 1:
             raise QbenchError(f"block_size must be >= 1, got {block_size}")
         return min(int(block_size), n_query)
+    if kernel:  # at least 2 blocks per thread where there are enough queries
+        return max(1, min(KERNEL_BLOCK_QUERIES, -(-n_query // (2 * workers))))
     per_pair = search.bytes_per_pair + (24 if torch else 0)
     if torch and isinstance(search, HammingDistances):
         per_pair += 8 * search.query_words.shape[1] * np.dtype(search.word).itemsize
     return max(1, min(n_query, BLOCK_BYTES // (per_pair * n_db), MAX_BLOCK_QUERIES))
+
+
+def _backend(backend: str | None, device: str, search) -> str:
+    """The ranking backend: "torch" on a GPU or when asked; else the compiled kernel for
+    Hamming distances where numba is installed, the numpy sort for the rest."""
+    if backend is not None and backend not in BACKENDS:
+        raise QbenchError(f"unknown backend {backend!r}; allowed: " + ", ".join(BACKENDS))
+    if backend == "torch" or device != "cpu":
+        return "torch"
+    if backend == "numpy" or not isinstance(search, HammingDistances):
+        return "numpy"
+    from qbench import kernels
+
+    if kernels.available() and search.levels <= kernels.MAX_LEVELS:
+        return "numba"
+    if backend == "numba":
+        raise QbenchError("backend 'numba' needs the numba package (pip install numba)")
+    return "numpy"
 
 
 def _check_options(k, normaliser: str, device: str) -> None:
@@ -233,20 +273,33 @@ def _run(codes, query_labels, db_labels, *, k: int | None, normaliser: str, devi
         raise QbenchError(f"labels for {labels.n_query} queries and {labels.n_db} database "
                           f"items, codes for {n_query} and {n_db}")
     _check_options(k, normaliser, device)
-    use_torch = backend == "torch" or device != "cpu"
     search = make_distances(codes, sdc)
+    backend = _backend(backend, device, search)
+    use_torch = backend == "torch"
     plan = _Plan(n_db=n_db, k=n_db if k is None else min(int(k), n_db), normaliser=normaliser,
                  quick=quick, tie_aware=tie_aware, curves=curves and not quick)
     if tie_aware:
         plan.harmonic = M.harmonic_table(n_db)
     if plan.curves:
         plan.pr_cut, plan.top_cut = M.pr_cutoffs(n_db), M.top_r_cutoffs(n_db)
-    bs = _block_size(search, n_query, n_db, block_size, use_torch)
+    workers = 1 if use_torch else _workers(device)
+    bs = _block_size(search, n_query, n_db, block_size, use_torch, backend == "numba", workers)
+    if backend == "numba":
+        from qbench.kernels import hamming_block
+
+        q_words, db_words = search.words64()
+        rel_args = labels.kernel_args()
+        cuts = np.unique(np.concatenate([[plan.k], plan.pr_cut, plan.top_cut]).astype(np.int64))
 
     def work(start: int) -> tuple[float, float, dict]:
         stop = min(start + bs, n_query)
         t0 = time.perf_counter()
-        if use_torch:
+        if backend == "numba":
+            ranking = hamming_block(
+                q_words[start:stop], db_words, search.levels, cuts,
+                **{key: value[start:stop] if key[0] == "q" else value
+                   for key, value in rel_args.items()})
+        elif use_torch:
             ranking = rank_torch(search, search.torch(start, stop, device),
                                  labels.block_torch(start, stop, device))
         else:
@@ -256,7 +309,7 @@ def _run(codes, query_labels, db_labels, *, k: int | None, normaliser: str, devi
         return t1 - t0, time.perf_counter() - t1, scored
 
     starts = range(0, n_query, bs)
-    workers = 1 if use_torch else min(_workers(device), len(starts))
+    workers = min(workers, len(starts))
     t0 = time.perf_counter()
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:
@@ -279,7 +332,7 @@ def _run(codes, query_labels, db_labels, *, k: int | None, normaliser: str, devi
     timings = {"search_s": search_s, "metrics_s": blocks_s * (1 - share) + summary_s,
                "eval_s": time.perf_counter() - started,
                "queries_per_s": n_query / search_s if search_s > 0 else None,
-               "threads": workers}
+               "threads": workers, "backend": backend}
     return metrics, out_curves, card, timings, per_query["ap_all"]
 
 
@@ -304,8 +357,10 @@ def evaluate(codes, query_labels, db_labels, *, k: int | None = None, normaliser
     bounds} at geometrically spaced ranks from 1 to n_db, tie-aware; pr11 {recall 0, 0.1,
     ..., 1, precision}: 11-point interpolated precision; top_r {r, precision (+ bounds)} for
     r = 100..1000 <= n_db; pr_hamming {radius, precision, recall} for Hamming. Timings:
-    search_s (distances and ranking), metrics_s (metrics from the rankings), eval_s (this
-    call), queries_per_s = n_query / search_s, threads.
+    search_s (distances and ranking; on the compiled Hamming path also the per-query sums the
+    kernel reads off its ranking), metrics_s (metrics from the rankings), eval_s (this call),
+    queries_per_s = n_query / search_s, threads, backend ("numba": the compiled Hamming
+    kernel, "numpy": one sort per query, "torch").
     """
     metrics, out_curves, card, timings, ap = _run(
         codes, query_labels, db_labels, k=k, normaliser=normaliser, device=device,

@@ -13,6 +13,10 @@ and every metric here is computed from them without touching the full ranking ag
   single items may be (they are never ambiguous). Together with the relevant positions they
   give the per-distance counts n_d, r_d of SPEC section 4 for any distance.
 
+The compiled Hamming kernel (:mod:`qbench.kernels`) keeps no positions: :class:`LevelRanks`
+answers the same questions from its per-level counts and its sums at the cut-offs the
+metrics ask for, and every metric below runs unchanged on either.
+
 Tie-aware values are expectations under a uniformly random order within every tie group,
 with the optimistic (relevant items first within each group) and pessimistic (relevant
 last) orders as bounds. Conventions (recorded in the metric card): a query with no relevant
@@ -67,7 +71,54 @@ def safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
-class Ranks:
+class _RankQueries:
+    """What the metrics ask of a block's index-order ranking: ``n_db``, ``n_queries``,
+    ``n_rel`` (b,), ``count_below``, ``terms_below``, ``total_terms`` and
+    ``interpolated_precision``; the rest follows from those."""
+
+    n_db: int
+    n_queries: int
+    n_rel: np.ndarray
+
+    def count_below(self, rows: np.ndarray, cut: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def terms_below(self, rows: np.ndarray, cut: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def total_terms(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def hits_at(self, cutoffs: np.ndarray) -> np.ndarray:
+        """(b, C) int64: relevant items in the top c, per query and cut-off c in [0, n_db]."""
+        cut = np.asarray(cutoffs, dtype=np.int64)[None, :]
+        rows = np.arange(self.n_queries, dtype=np.int64)[:, None]
+        return self.count_below(*np.broadcast_arrays(rows, cut))
+
+    def normaliser(self, k: int, normaliser: str, hits_k: np.ndarray) -> np.ndarray:
+        """(b,) the AP@K denominator: hits_k ("rk"), min(K, R) or R."""
+        if normaliser not in NORMALISERS:
+            raise ValueError(f"unknown normaliser {normaliser!r}")
+        return {"rk": hits_k, "min_k_r": np.minimum(k, self.n_rel), "r": self.n_rel}[normaliser]
+
+    def average_precision(self, k: int | None = None, normaliser: str = "rk") -> np.ndarray:
+        """AP@K of every query, (b,) float64.
+
+        AP@K = (1/norm) sum_{r <= K} P@r rel_r with norm = R_K (relevant in the top K, "rk"),
+        min(K, R) ("min_k_r") or R ("r"); 0 when no relevant item is in the top K. k=None
+        means K = n_db, where all three normalisers give the textbook AP.
+        """
+        kk = self.n_db if k is None else min(int(k), self.n_db)
+        rows = np.arange(self.n_queries, dtype=np.int64)
+        if kk >= self.n_db:
+            hits, total = self.n_rel, self.total_terms()
+        else:
+            hits = self.count_below(rows, np.full(self.n_queries, kk))
+            total = self.terms_below(rows, np.full(self.n_queries, kk))
+        return safe_ratio(total, self.normaliser(kk, normaliser, hits))
+
+
+class Ranks(_RankQueries):
     """The relevant positions of one block of queries (see the module doc).
 
     rel_pos: (T,) int64, row_ptr: (b + 1,) int64, n_db: database size. ``terms`` (T,) holds
@@ -104,34 +155,9 @@ class Ranks:
         first = self.row_ptr[rows]
         return self._prefix[first + self.count_below(rows, cut)] - self._prefix[first]
 
-    def hits_at(self, cutoffs: np.ndarray) -> np.ndarray:
-        """(b, C) int64: relevant items in the top c, per query and cut-off c in [0, n_db]."""
-        cut = np.asarray(cutoffs, dtype=np.int64)[None, :]
-        rows = np.arange(self.n_queries, dtype=np.int64)[:, None]
-        return self.count_below(*np.broadcast_arrays(rows, cut))
-
-    def normaliser(self, k: int, normaliser: str, hits_k: np.ndarray) -> np.ndarray:
-        """(b,) the AP@K denominator: hits_k ("rk"), min(K, R) or R."""
-        if normaliser not in NORMALISERS:
-            raise ValueError(f"unknown normaliser {normaliser!r}")
-        return {"rk": hits_k, "min_k_r": np.minimum(k, self.n_rel), "r": self.n_rel}[normaliser]
-
-    def average_precision(self, k: int | None = None, normaliser: str = "rk") -> np.ndarray:
-        """AP@K of every query, (b,) float64.
-
-        AP@K = (1/norm) sum_{r <= K} P@r rel_r with norm = R_K (relevant in the top K, "rk"),
-        min(K, R) ("min_k_r") or R ("r"); 0 when no relevant item is in the top K. k=None
-        means K = n_db, where all three normalisers give the textbook AP.
-        """
-        kk = self.n_db if k is None else min(int(k), self.n_db)
-        rows = np.arange(self.n_queries, dtype=np.int64)
-        if kk >= self.n_db:
-            hits = self.n_rel
-            total = self._prefix[self.row_ptr[1:]] - self._prefix[self.row_ptr[:-1]]
-        else:
-            hits = self.count_below(rows, np.full(self.n_queries, kk))
-            total = self.terms_below(rows, np.full(self.n_queries, kk))
-        return safe_ratio(total, self.normaliser(kk, normaliser, hits))
+    def total_terms(self) -> np.ndarray:
+        """(b,) the sum of every query's ``terms``."""
+        return self._prefix[self.row_ptr[1:]] - self._prefix[self.row_ptr[:-1]]
 
     def interpolated_precision(self) -> np.ndarray:
         """(b, 11) float64: the 11-point interpolated precision of every query.
@@ -157,6 +183,74 @@ class Ranks:
         maxima = np.maximum.reduceat(np.append(self.terms, 0.0), pairs)[0::2]
         out[has] = maxima.reshape(starts.shape)
         return out
+
+
+class LevelRanks(_RankQueries):
+    """A block's index-order ranking as the compiled Hamming kernel reduces it
+    (:class:`qbench.kernels.LevelRanking`): no positions, only what the metrics read.
+
+    level_hist, level_rel (b, L) int64: items and relevant items per distance level;
+    level_terms (b, L + 1) float64: sum of the precision terms of the relevant items ranked
+    before each level boundary N_<d; cuts (C,) ascending, cut_hits (b, C), cut_terms (b, C):
+    relevant items and their term sum in the top c; pr11 (b, 11). ``count_below`` and
+    ``terms_below`` answer at the level boundaries (every tie group's ends, the Hamming
+    radii) and at the kernel's cut-offs; any other cut-off raises ValueError.
+    """
+
+    def __init__(self, level_hist, level_rel, level_terms, cuts, cut_hits, cut_terms, pr11,
+                 n_db: int):
+        self.n_db = int(n_db)
+        self.n_queries = len(level_hist)
+        b, levels = np.shape(level_hist)
+        self.n_rel = np.asarray(level_rel, dtype=np.int64).sum(axis=1)
+        self.cuts = np.asarray(cuts, dtype=np.int64)
+        self.cut_hits = np.asarray(cut_hits, dtype=np.int64)
+        self.cut_terms = np.asarray(cut_terms, dtype=np.float64)
+        self.level_terms = np.asarray(level_terms, dtype=np.float64)
+        self.pr11 = np.asarray(pr11, dtype=np.float64)
+        # level boundaries N_<d (d = 0..L) and R_<d, flat and shifted by row * (n_db + 1):
+        # ascending over the block, so one searchsorted finds any (row, boundary)
+        cum = np.zeros((b, levels + 1), dtype=np.int64)
+        np.cumsum(level_hist, axis=1, out=cum[:, 1:])
+        self.rel_cum = np.zeros((b, levels + 1), dtype=np.int64)
+        np.cumsum(level_rel, axis=1, out=self.rel_cum[:, 1:])
+        self._bounds = (np.arange(b, dtype=np.int64)[:, None] * (self.n_db + 1) + cum).ravel()
+
+    def _lookup(self, rows, cut, at_levels: np.ndarray, at_cuts: np.ndarray) -> np.ndarray:
+        rows, cut = np.broadcast_arrays(np.asarray(rows, dtype=np.int64),
+                                        np.asarray(cut, dtype=np.int64))
+        out = np.empty(cut.shape, dtype=at_levels.dtype)
+        if len(self.cuts):
+            j = np.minimum(np.searchsorted(self.cuts, cut), len(self.cuts) - 1)
+            listed = self.cuts[j] == cut
+            out[listed] = at_cuts[rows[listed], j[listed]]
+            rest = ~listed
+        else:
+            rest = np.ones(cut.shape, dtype=bool)
+        if rest.any():
+            target = rows[rest] * (self.n_db + 1) + cut[rest]
+            k = np.minimum(np.searchsorted(self._bounds, target), len(self._bounds) - 1)
+            if not np.array_equal(self._bounds[k], target):
+                raise ValueError("cut-off neither at a distance-level boundary nor among "
+                                 "the kernel's cut-offs")
+            out[rest] = at_levels.ravel()[k]
+        return out
+
+    def count_below(self, rows: np.ndarray, cut: np.ndarray) -> np.ndarray:
+        """Relevant items in the top ``cut[j]`` of query ``rows[j]`` (int64)."""
+        return self._lookup(rows, cut, self.rel_cum, self.cut_hits)
+
+    def terms_below(self, rows: np.ndarray, cut: np.ndarray) -> np.ndarray:
+        """Sum of the precision terms of query ``rows[j]``'s relevant items in its top
+        ``cut[j]``."""
+        return self._lookup(rows, cut, self.level_terms, self.cut_terms)
+
+    def total_terms(self) -> np.ndarray:
+        return self.level_terms[:, -1]
+
+    def interpolated_precision(self) -> np.ndarray:
+        """(b, 11) float64, as :meth:`Ranks.interpolated_precision` (computed by the kernel)."""
+        return self.pr11
 
 
 def _group_terms(a, n, r, rb, m, harmonic) -> dict[str, np.ndarray]:

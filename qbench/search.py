@@ -11,6 +11,10 @@ it). Distances (SPEC section 4):
 - :class:`~qbench.codes.FloatCodes`: squared L2 (same order as L2, ``"l2"``) or cosine
   distance 1 - cos (``"cosine"``).
 
+For Hamming distances the evaluator normally skips this module's ranking: the compiled
+kernel of :mod:`qbench.kernels` counts by distance level instead of sorting (no sort, O(N + B)
+per query); :func:`rank_numpy` is its numpy fallback and reference.
+
 A block is ranked by one sort per query of packed keys (distance, database index, relevance
 bit): ascending distance, equal distances broken by database index. The sorted keys give at
 once the positions of the relevant items and the runs of equal distance (tie groups, for
@@ -51,6 +55,22 @@ class Labels:
         else:
             self.query, self.db = q, d
         self._torch = None
+        self._kernel = None
+
+    def kernel_args(self) -> dict:
+        """Relevance as :func:`qbench.kernels.hamming_block` reads it, for all queries:
+        int64 class ids (``q_labels``, ``db_labels``), or for multi-hot labels uint64 label
+        masks (``q_masks``, ``db_masks``: a shared label is a non-zero AND)."""
+        if self._kernel is None:
+            from qbench.kernels import label_masks
+
+            if self.multi:
+                self._kernel = {"q_masks": label_masks(self.query > 0.5),
+                                "db_masks": label_masks(self.db.T > 0.5)}
+            else:
+                self._kernel = {"q_labels": self.query.astype(np.int64),
+                                "db_labels": self.db.astype(np.int64)}
+        return self._kernel
 
     def block(self, start: int, stop: int) -> np.ndarray:
         """(stop - start, n_db) bool: query i shares at least one label with item j."""
@@ -110,6 +130,16 @@ class HammingDistances:
         self.bytes_per_pair = 10 + np.dtype(self.word).itemsize
         self._query_bits, self._db_bits = q, d
         self._torch = None
+        self._words64 = None
+
+    def words64(self) -> tuple[np.ndarray, np.ndarray]:
+        """(query (n_query, W), db (n_db, W)): the codes packed into uint64 words, item-major,
+        as :func:`qbench.kernels.hamming_block` reads them."""
+        if self._words64 is None:
+            from qbench.kernels import pack_words
+
+            self._words64 = (pack_words(self._query_bits), pack_words(self._db_bits))
+        return self._words64
 
     def _pack(self, bits: np.ndarray, width: int) -> np.ndarray:
         packed = np.packbits(bits.astype(np.uint8), axis=1)

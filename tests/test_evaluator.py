@@ -696,3 +696,125 @@ def test_evaluator_does_not_import_torch():
             "evaluate(c, np.arange(3), np.arange(3)); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------- numba kernel
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    """qbench.kernels with its kernels compiled (or loaded from numba's on-disk cache)."""
+    pytest.importorskip("numba")
+    from qbench import kernels as K
+
+    K.warm_up()
+    return K
+
+
+def _run_both(codes, ql, dl, **kw):
+    kw = dict(dict(k=None, normaliser="rk", device="cpu", block_size=None, curves=True,
+                   sdc=False, quick=False), **kw)
+    return E._run(codes, ql, dl, backend="numpy", **kw), E._run(codes, ql, dl, **kw)
+
+
+def _assert_runs_equal(ref, got):
+    assert got[3]["backend"] == "numba" and ref[3]["backend"] == "numpy"
+    assert set(got[0]) == set(ref[0])
+    for key, value in ref[0].items():
+        assert got[0][key] == pytest.approx(value, abs=1e-12), key
+        if key in ("queries_without_relevant", "bytes_per_code"):
+            assert got[0][key] == value
+    np.testing.assert_allclose(got[4], ref[4], rtol=0, atol=1e-12)
+    assert set(got[1]) == set(ref[1])
+    for name in ref[1]:
+        for key in ref[1][name]:
+            np.testing.assert_allclose(got[1][name][key], ref[1][name][key], rtol=0,
+                                       atol=1e-12, err_msg=f"{name}.{key}")
+    assert got[2] == ref[2]
+
+
+def _k_inside_mixed_tie_group(codes, ql, dl, k):
+    """Whether K falls strictly inside a tie group holding relevant and other items."""
+    dist, rel = distances(codes), relevance(ql, dl)
+    for row, r in zip(dist, rel):
+        order = brute_order(row)
+        d_sorted, r_sorted = row[order], r[order]
+        d_k = d_sorted[k - 1]
+        group = d_sorted == d_k
+        if k < len(row) and d_sorted[k] == d_k and 0 < r_sorted[group].sum() < group.sum():
+            return True
+    return False
+
+
+@pytest.mark.parametrize("bits, multi, n_classes", [(6, False, 4), (5, True, 4),
+                                                    (70, False, 3), (9, True, 70)])
+@pytest.mark.parametrize("normaliser", ["rk", "min_k_r", "r"])
+def test_numba_path_equals_numpy_path(kernels, bits, multi, n_classes, normaliser):
+    """Hamming through the compiled kernel = the numpy sort, on every figure: single- and
+    multi-label (more than 64 labels: two mask words), codes of two 64-bit words, K inside
+    a mixed tie group, several block sizes, every normaliser, curves and quick scores."""
+    rng = np.random.default_rng(bits * 100 + n_classes)
+    codes, ql, dl = random_binary(rng, 23, 400, bits=bits, n_classes=n_classes, multi=multi)
+    k = 37
+    if bits <= 9:
+        assert _k_inside_mixed_tie_group(codes, ql, dl, k)
+    for block_size in (None, 1, 7):
+        ref, got = _run_both(codes, ql, dl, k=k, normaliser=normaliser, block_size=block_size)
+        _assert_runs_equal(ref, got)
+    ref, got = _run_both(codes, ql, dl, normaliser=normaliser, curves=False)
+    _assert_runs_equal(ref, got)
+    for tie_aware in (False, True):
+        kw = dict(k=k, normaliser=normaliser, curves=False, quick=True, tie_aware=tie_aware)
+        ref, got = _run_both(codes, ql, dl, **kw)
+        np.testing.assert_allclose(got[4], ref[4], rtol=0, atol=1e-12)
+        assert got[0]["map_at_k"] == pytest.approx(ref[0]["map_at_k"], abs=1e-12)
+
+
+def test_numba_kernel_counts_equal_the_numpy_ranking(kernels):
+    """The kernel's integers equal the sorted ranking's exactly (level counts, relevant
+    counts at every cut-off and level boundary), its pr11 is bit-identical, its sums of
+    precision terms agree to rounding."""
+    rng = np.random.default_rng(21)
+    codes, ql, dl = random_binary(rng, 11, 700, bits=7, multi=True)
+    search = S.make_distances(codes, False)
+    labels = S.Labels(ql, dl)
+    ref = S.rank_numpy(search, search.numpy(0, 11), labels.block(0, 11))
+    ranks = E.M.Ranks(ref.rel_pos, ref.row_ptr, 700)
+    cuts = np.array([0, 1, 5, 37, 100, 699, 700])
+    q_words, db_words = search.words64()
+    got = kernels.hamming_block(q_words, db_words, search.levels, cuts,
+                                **labels.kernel_args())
+    np.testing.assert_array_equal(got.level_hist, ref.level_hist)
+    np.testing.assert_array_equal(got.level_rel.sum(1), ranks.n_rel)
+    np.testing.assert_array_equal(got.cut_hits, ranks.hits_at(cuts))
+    np.testing.assert_array_equal(got.pr11, ranks.interpolated_precision())
+    rows = np.broadcast_to(np.arange(11)[:, None], got.cut_terms.shape)
+    np.testing.assert_allclose(got.cut_terms, ranks.terms_below(rows, cuts[None, :]),
+                               rtol=1e-13, atol=0)
+    level = E.M.LevelRanks(got.level_hist, got.level_rel, got.level_terms, got.cuts,
+                           got.cut_hits, got.cut_terms, got.pr11, 700)
+    bounds = np.concatenate([np.zeros((11, 1), int), np.cumsum(ref.level_hist, axis=1)], 1)
+    rows = np.broadcast_to(np.arange(11)[:, None], bounds.shape)
+    np.testing.assert_array_equal(level.count_below(rows, bounds), ranks.count_below(rows, bounds))
+    np.testing.assert_allclose(level.terms_below(rows, bounds), ranks.terms_below(rows, bounds),
+                               rtol=1e-13, atol=0)
+    inside = [c for c in range(1, 700) if c not in cuts and not np.any(bounds[0] == c)][0]
+    with pytest.raises(ValueError, match="level boundary"):
+        level.count_below(np.array([0]), np.array([inside]))
+
+
+def test_hamming_uses_the_kernel_and_falls_back_to_numpy_without_numba(kernels, monkeypatch,
+                                                                       binary_case):
+    codes, ql, dl = binary_case
+    assert evaluate(codes, ql, dl, k=40).timings["backend"] == "numba"
+    assert evaluate(random_pq(np.random.default_rng(0), 3, 20), np.arange(3),
+                    np.arange(20) % 3).timings["backend"] == "numpy"
+    monkeypatch.setattr(kernels, "numba", None)
+    ev = evaluate(codes, ql, dl, k=40)
+    assert ev.timings["backend"] == "numpy"
+    with pytest.raises(QbenchError, match="needs the numba package"):
+        E._run(codes, ql, dl, k=None, normaliser="rk", device="cpu", block_size=None,
+               curves=False, sdc=False, quick=True, backend="numba")
+    with pytest.raises(QbenchError, match="unknown backend"):
+        E._run(codes, ql, dl, k=None, normaliser="rk", device="cpu", block_size=None,
+               curves=False, sdc=False, quick=True, backend="fortran")
