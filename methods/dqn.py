@@ -29,7 +29,7 @@ import torch
 
 from qbench.joint import JOINT_PARAMS, CodebookHooks, JointMethod
 from qbench.method import RunContext
-from qbench.registry import METHODS, Param
+from qbench.registry import METHODS, Param, Space
 
 
 class PenaltyHooks(CodebookHooks):
@@ -58,7 +58,8 @@ class DeepQuantizationNetwork(JointMethod):
     description = "DQN: similarity loss + lambda * PQ quantization error, periodic codebook refits"
     params = JOINT_PARAMS + (
         Param("lam", float, 0.3, "weight lambda of the quantization penalty (mean form; the "
-              "reference's 1e-4 was on sum-form losses, see the method docstring)", minimum=0.0),
+              "reference's 1e-4 was on sum-form losses, see the method docstring)", minimum=0.0,
+              tune=Space(1e-3, 3.0, log=True)),
         Param("tanh", bool, False, "bound outputs with tanh as DQN's reference code did"),
     )
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from qbench.joint import JOINT_PARAMS, CodebookHooks, JointMethod, tangent_part
 from qbench.method import RunContext
-from qbench.registry import METHODS, Param
+from qbench.registry import METHODS, Param, Space
 
 
 def snap_correction(g: torch.Tensor, q: torch.Tensor, candidates: torch.Tensor,
@@ -88,8 +88,10 @@ class GradientSnappingLayer(JointMethod):
                    "codeword, periodic codebook refits")
     params = JOINT_PARAMS + (
         Param("alpha", float, 0.5, "alpha in [0, 1]: weight of the codeword direction in the "
-              "snapped gradient (0: plain similarity gradient)", minimum=0.0, maximum=1.0),
-        Param("k_nearest", int, 3, "k: candidate codewords per subspace", minimum=1),
+              "snapped gradient (0: plain similarity gradient)", minimum=0.0, maximum=1.0,
+              tune=Space(0.0, 1.0)),
+        Param("k_nearest", int, 3, "k: candidate codewords per subspace", minimum=1,
+              tune=Space(1, 8)),
     )
 
     def build_hooks(self, subspaces: int, nbits: int, ctx: RunContext) -> SnappingHooks:

@@ -22,7 +22,7 @@ from qbench.engine import ENGINE_PARAMS
 from qbench.method import Method, MethodOutput, RunContext, l2_normalise
 from qbench.methods.sign import sign_codes
 from qbench.quantizers import HouseholderRotation, rescale_to_sqrt_dim
-from qbench.registry import METHODS, Param
+from qbench.registry import METHODS, Param, Space
 from qbench.selection import select
 
 
@@ -40,10 +40,11 @@ class Householder(Method):
     family = "binary"
     params = ENGINE_PARAMS + (
         Param("rot_epochs", int, 100, "rotation SGD epochs (paper: 300)", minimum=0),
-        Param("rot_lr", float, 0.1, "rotation SGD learning rate", minimum=1e-12),
+        Param("rot_lr", float, 0.1, "rotation SGD learning rate", minimum=1e-12,
+              tune=Space(1e-3, 1.0, log=True)),
         Param("rot_batch", int, 128, "rotation mini-batch size", minimum=1),
         Param("rot_loss", str, "l2", "rotation loss: l2 = mean (Uz - sign(Uz))^2, l1 = mean |.|",
-              choices=("l2", "l1")),
+              choices=("l2", "l1"), tune=Space(choices=("l2", "l1"))),
     )
 
     def stage1_spec(self, bits: int) -> tuple[int, bool]:

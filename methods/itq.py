@@ -10,7 +10,7 @@ from qbench.engine import ENGINE_PARAMS
 from qbench.errors import QbenchError
 from qbench.method import DEFAULT_DIM, Method, MethodOutput, RunContext, l2_normalise
 from qbench.quantizers import ITQ
-from qbench.registry import METHODS, Param
+from qbench.registry import METHODS, Param, Space
 from qbench.trained import select_and_encode
 
 
@@ -31,8 +31,9 @@ class IterativeQuantization(Method):
         Param("dim", int, 0, "embedding width D (0: max(64, bits)); must be >= bits",
               minimum=0),
         Param("itq_iters", int, 50, "ITQ alternations of sign and Procrustes rotation",
-              minimum=0),
-        Param("normalise", bool, True, "L2-normalise embeddings before ITQ"),
+              minimum=0, tune=Space(10, 100)),
+        Param("normalise", bool, True, "L2-normalise embeddings before ITQ",
+              tune=Space(choices=(True, False))),
     )
 
     def embedding_dim(self, bits: int) -> int:

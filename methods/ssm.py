@@ -44,7 +44,7 @@ import torch
 from qbench.engine import Trainer
 from qbench.joint import JOINT_PARAMS, CodebookHooks, JointMethod
 from qbench.method import RunContext
-from qbench.registry import METHODS, Param
+from qbench.registry import METHODS, Param, Space
 
 FORCE_LAWS = ("spring", "gravity")
 
@@ -111,13 +111,15 @@ class SpaceShuttleModel(JointMethod):
                    "pulled by the nearest PQ codewords")
     params = JOINT_PARAMS + (
         Param("momentum", float, 0.5, "mu: velocity kept from the item's previous visit, [0, 1)",
-              minimum=0.0, maximum=0.999),
+              minimum=0.0, maximum=0.999, tune=Space(0.0, 0.95)),
         Param("eta", float, 1.0, "eta: step of the velocity update", minimum=1e-12),
         Param("gamma", float, 0.01, "gamma: weight of the codeword force against -dL/dz "
-              "(~1/batch_size balances them, see the docstring)", minimum=0.0),
-        Param("k_nearest", int, 1, "k: codewords per subspace that pull the output", minimum=1),
+              "(~1/batch_size balances them, see the docstring)", minimum=0.0,
+              tune=Space(1e-4, 1.0, log=True)),
+        Param("k_nearest", int, 1, "k: codewords per subspace that pull the output", minimum=1,
+              tune=Space(1, 8)),
         Param("force", str, "spring", "force law: spring w(r)=1 or gravity w(r)=1/(r^2+eps)",
-              choices=FORCE_LAWS),
+              choices=FORCE_LAWS, tune=Space(choices=FORCE_LAWS)),
         Param("eps", float, 1e-3, "eps of the gravity law (softening, squared distance units)",
               minimum=1e-12),
     )

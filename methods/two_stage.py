@@ -14,7 +14,7 @@ from qbench.encoder_cache import stage1_encoder
 from qbench.engine import ENGINE_PARAMS
 from qbench.method import DEFAULT_DIM, Method, MethodOutput, RunContext, l2_normalise, pq_layout
 from qbench.quantizers import OPQ, ProductQuantizer
-from qbench.registry import METHODS, Param
+from qbench.registry import METHODS, Param, Space
 from qbench.trained import PQRepresentation, select_and_encode
 
 
@@ -25,7 +25,8 @@ class _TwoStage(Method):
               "for PQ)", minimum=1),
         Param("subspaces", int, 0, "PQ subspaces M (0: automatic from --bits, SPEC §2)",
               minimum=0),
-        Param("normalise", bool, True, "L2-normalise embeddings before fitting and search"),
+        Param("normalise", bool, True, "L2-normalise embeddings before fitting and search",
+              tune=Space(choices=(True, False))),
     )
 
     def check_bits(self, bits: int) -> None:
@@ -73,7 +74,7 @@ class TwoStageOPQ(_TwoStage):
     description = "similarity training, then OPQ (rotation + PQ) on the frozen embeddings (DQN_2+)"
     params = _TwoStage.params + (
         Param("opq_iters", int, 50, "OPQ alternations of PQ training and rotation update",
-              minimum=0),
+              minimum=0, tune=Space(10, 100)),
     )
 
     def make_quantizer(self, m: int, b: int, seed: int) -> ProductQuantizer | OPQ:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from qbench.encoders import ENCODERS, build_encoder, resolve_encoder
 from qbench.losses import SIMILARITY_LOSSES
 from qbench.method import RunContext
-from qbench.registry import Param
+from qbench.registry import Param, Space
 
 DEFAULT_EPOCHS = {"vector": 60, "image": 30}
 
@@ -41,8 +41,10 @@ ENGINE_PARAMS = (
           choices=("none", "imagenet")),
     Param("epochs", int, 0, "training epochs (0: 60 for vectors, 30 for images)", minimum=0),
     Param("batch_size", int, 128, "mini-batch size", minimum=2),
-    Param("lr", float, 1e-3, "Adam learning rate", minimum=1e-12),
-    Param("weight_decay", float, 1e-5, "Adam weight decay", minimum=0.0),
+    Param("lr", float, 1e-3, "Adam learning rate", minimum=1e-12,
+          tune=Space(1e-4, 1e-2, log=True, shared=True)),
+    Param("weight_decay", float, 1e-5, "Adam weight decay", minimum=0.0,
+          tune=Space(1e-6, 1e-3, log=True, shared=True)),
     Param("loss", str, "cosine", "similarity loss: cosine (DQN) or ip (inner product)",
           choices=tuple(SIMILARITY_LOSSES)),
     Param("hidden", int, 256, "MLP hidden width", minimum=1),

@@ -45,7 +45,7 @@ from qbench.method import (
     pq_layout,
 )
 from qbench.quantizers import ProductQuantizer
-from qbench.registry import Param
+from qbench.registry import Param, Space
 from qbench.trained import PQRepresentation, select_and_encode
 
 REFIT_NITER = 15
@@ -59,7 +59,8 @@ JOINT_PARAMS = ENGINE_PARAMS + (
     Param("warmup", int, -1, "epochs of similarity-only training before the first codebook "
           "fit (-1: a sixth of the epochs, 10 of 60)", minimum=-1),
     Param("refit_every", int, 0, "epochs between codebook refits (per-subspace k-means on the "
-          "training embeddings, eval mode; 0: a twelfth of the epochs, 5 of 60)", minimum=0),
+          "training embeddings, eval mode; 0: a twelfth of the epochs, 5 of 60)", minimum=0,
+          tune=Space(1, 12)),
 )
 
 
