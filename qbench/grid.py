@@ -464,12 +464,17 @@ _WORKER_THREADS: int | None = None
 
 def set_worker_threads(threads: int) -> None:
     """Make this worker process (of any backend) run with ``threads`` torch, faiss (OpenMP)
-    and BLAS threads: the environment is set for libraries not loaded yet, and
-    :func:`run_pipeline` calls ``torch.set_num_threads`` before each run."""
+    and BLAS threads: the environment is set for libraries not loaded yet, the ones already
+    loaded (numpy's and scipy's BLAS, imported with qbench) are limited through
+    threadpoolctl, and :func:`run_pipeline` calls ``torch.set_num_threads`` before each run.
+    """
+    from threadpoolctl import threadpool_limits
+
     global _WORKER_THREADS
     _WORKER_THREADS = threads
     for name in THREAD_ENV:
         os.environ[name] = str(threads)
+    threadpool_limits(limits=threads)
 
 
 def run_pipeline(request) -> tuple[Path, dict]:

@@ -172,6 +172,25 @@ def test_parallel_jobs_run_each_cell_once_in_worker_processes(tmp_path):
     assert (out / "failed" / "digits-standard-pq-24b-seed1.failed.json").is_file()
 
 
+def thread_reporting_run(req):
+    """fake_run, after noting the most threads any loaded BLAS/OpenMP pool or torch uses."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    most = max([torch.get_num_threads()] + [p["num_threads"] for p in threadpool_info()])
+    with open(Path(req.out) / "threads.log", "a") as log:
+        log.write(f"{most}\n")
+    return fake_run(req)
+
+
+def test_parallel_workers_limit_every_thread_pool_to_their_share_of_the_cores(tmp_path):
+    grid, out = write_grid(tmp_path, methods=["pq"], bits=[12], seeds=[0, 1]), tmp_path / "out"
+    run_grid(grid, out=out, runner=thread_reporting_run, jobs=2)
+    from qbench.local_backend import worker_threads
+
+    assert (out / "threads.log").read_text().split() == [str(worker_threads(2))] * 2
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"methods": ["float", "sssm"]}, "unknown method 'sssm'"),
     ({"bits": [12, "24"]}, "'bits' must be a non-empty list of integers"),

@@ -71,15 +71,17 @@ def test_ray_grid_gives_the_local_results_trains_each_encoder_once_and_reruns_as
 
 
 def crashing_or_failing_runner(req):
-    """pq raises; float's first attempt kills its worker process (after noting its threads),
-    the retry runs normally."""
+    """pq raises; float's first attempt kills its worker process (after noting its torch,
+    OpenMP and BLAS threads); the retry runs normally."""
     if req.method == "pq":
         raise RuntimeError("quantizer exploded")
     marker = Path(req.out) / "killed-once"
     if not marker.exists():
         import torch
+        from threadpoolctl import threadpool_info
 
-        marker.write_text(f"{torch.get_num_threads()} {os.environ['OMP_NUM_THREADS']}")
+        pools = max(p["num_threads"] for p in threadpool_info())
+        marker.write_text(f"{torch.get_num_threads()} {os.environ['OMP_NUM_THREADS']} {pools}")
         os._exit(1)
     return run_experiment(req)
 
@@ -91,7 +93,7 @@ def test_a_killed_worker_is_retried_and_a_failing_run_is_isolated(cluster, tmp_p
                        runner=crashing_or_failing_runner)
     assert summary.done == ["digits-standard-float-12b-seed0"], summary.describe()
     assert summary.failed == ["digits-standard-pq-12b-seed0"]
-    assert (out / "killed-once").read_text() == "1 1"  # 1 CPU per run: 1 thread
+    assert (out / "killed-once").read_text() == "1 1 1"  # 1 CPU per run: 1 thread each
     load_result(out / "digits-standard-float-12b-seed0.json")
     record = json.loads((out / "failed" / "digits-standard-pq-12b-seed0.failed.json").read_text())
     assert record["error_type"] == "RuntimeError" and "quantizer exploded" in record["message"]
