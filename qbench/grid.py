@@ -540,7 +540,8 @@ def _check_options(jobs: int, out: Path, data_dir: Path | None, device: str,
     if backend == "local":
         resolve_device(device)
     elif device not in DEVICES:  # a cluster's workers, not this machine, have the devices
-        raise choice_error("--device", device, DEVICES)
+        raise QbenchError(f"--device {device!r} with --backend ray: allowed auto, cpu, cuda "
+                          "(Ray gives each run its GPU share)")
     try:
         Path(out).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
