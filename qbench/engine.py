@@ -64,8 +64,9 @@ def training_epochs(params: dict, modality: str) -> int:
 
 
 def candidate_epochs(epochs: int) -> list[int]:
-    """The epochs (0-based) after which a model is kept as a selection candidate."""
-    every = max(1, epochs // 10)
+    """The epochs (0-based) after which a model is kept as a selection candidate: every
+    ceil(epochs / 10)-th and the last, so at most 11 (each is embedded and scored)."""
+    every = max(1, -(-epochs // 10))
     return [e for e in range(epochs) if (e + 1) % every == 0 or e + 1 == epochs]
 
 

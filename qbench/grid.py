@@ -84,9 +84,10 @@ from qbench.results import (
     result_filename,
     write_json_atomic,
 )
+from qbench.grid_tuning import check_tune_spec, tune_cells
 from qbench.selection import DEFAULT_POOL_SIZE, RULES
 
-RUN_KEYS = ("select", "split_seed", "pool_size")
+RUN_KEYS = ("select", "split_seed", "pool_size", "tune")
 TOP_KEYS = ("description", "datasets", "methods", "bits", "seeds", "params",
             "variants") + RUN_KEYS
 BLOCK_KEYS = ("description", "protocol", "epochs", "dataset_params", "params", "methods",
@@ -115,6 +116,7 @@ class Cell:
     select: str = "best"
     split_seed: int = 0
     pool_size: int = DEFAULT_POOL_SIZE
+    tuning: dict | None = None  # set by the grid's tuning step (qbench.grid_tuning)
 
     @property
     def filename(self) -> str:
@@ -139,7 +141,7 @@ class Cell:
             dataset_params=dict(self.dataset_params), progress=False,
             output_file=Path(out) / self.filename, split_seed=self.split_seed,
             select=self.select, pool_size=self.pool_size, cache_dir=cache_dir,
-            use_cache=use_cache,
+            use_cache=use_cache, tuning=self.tuning,
         )
 
 
@@ -288,6 +290,8 @@ def _check_common(obj: dict, where: str) -> None:
     params = obj.get("params", {})
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
         raise QbenchError(f"{where}: 'params' must map method names (or '*') to objects")
+    if "tune" in obj:
+        check_tune_spec(obj["tune"], where)
     if "select" in obj and obj["select"] not in RULES:
         raise choice_error(f"{where}: 'select'", obj["select"], RULES)
     for key in ("split_seed", "pool_size"):
@@ -400,6 +404,8 @@ def cell_status(cell: Cell, out: Path, split_checksum: str | None = None) -> tup
         return "stale", f"selected by {selection.get('rule')!r}, the grid asks {cell.select!r}"
     if selection.get("pool_size", cell.pool_size) != cell.pool_size:
         return "stale", f"pool size {selection.get('pool_size')}, the grid asks {cell.pool_size}"
+    if res.get("tuning") != cell.tuning:
+        return "stale", "its tuning record differs from the grid's studies"
     try:
         params = prepare(cell.request(out, None, "cpu")).method.params
     except QbenchError as exc:
@@ -605,9 +611,16 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", jobs: int = 1,
     cache_root = (Path(cache_dir) if cache_dir else default_cache_dir(out)) if use_cache else None
     if cache_root is not None:
         EncoderCache(cache_root)  # an unwritable cache is an error before anything runs
+    tune_spec = grid["datasets"][dataset].get("tune", grid.get("tune"))
+    if tune_spec is not None and not dry_run:
+        cells = tune_cells(tune_spec, cells, lambda cell: cell.request(
+            out, data_dir, device, cache_dir=cache_root, use_cache=use_cache),
+            echo=None if progress is False else print)
     plan = plan_grid(cells, out, data_dir, cache_root)
     if dry_run:
-        return describe_plan(plan)
+        note = ("\n(the grid tunes first: cells are listed with default parameters; run it "
+                "to tune and to see which tuned results are current)") if tune_spec else ""
+        return describe_plan(plan) + note
     options = CellOptions(out, data_dir, device, runner or run_pipeline, cache_root,
                           use_cache)
     summary = GridSummary(grid_file, dataset, out, jobs, backend)

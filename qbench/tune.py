@@ -432,7 +432,7 @@ def load_tuned_params(path: Path, method: str, dataset: str, bits: int, *,
     to any method of its dataset that declares those parameters. ``protocol``: also
     checked when given. Returns ``(params, tuning)``: the study's fixed parameters updated
     by its best ones (name -> parsed value), and the record a result carries,
-    ``{"trials": finished trials, "best_value": ..., "study": name}``. Unknown parameters
+    ``{"trials": finished trials, "best_value": ..., "study": name, "best_params": {...}}``. Unknown parameters
     and out-of-range values raise :class:`QbenchError`.
     """
     path = Path(path)
@@ -460,5 +460,6 @@ def load_tuned_params(path: Path, method: str, dataset: str, bits: int, *,
     params = {k: resolved[k] for k in given}
     trials = record["trials"]
     tuning = {"trials": trials.get("complete", 0) + trials.get("pruned", 0),
-              "best_value": record["best_value"], "study": record["study"]}
+              "best_value": record["best_value"], "study": record["study"],
+              "best_params": {k: params[k] for k in record["best_params"]}}
     return params, tuning

@@ -132,7 +132,8 @@ def test_training_is_deterministic_per_seed():
 def test_candidates_are_kept_every_tenth_of_the_epochs_and_at_the_end():
     assert candidate_epochs(60) == list(range(5, 60, 6))
     assert candidate_epochs(7) == list(range(7))
-    assert candidate_epochs(25) == [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 24]
+    assert candidate_epochs(15) == [1, 3, 5, 7, 9, 11, 13, 14]
+    assert candidate_epochs(25) == [2, 5, 8, 11, 14, 17, 20, 23, 24]
 
 
 def test_resuming_from_a_snapshot_equals_an_uninterrupted_run():

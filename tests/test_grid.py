@@ -29,7 +29,7 @@ def fake_run(req):
                          protocol=req.protocol, params=dict(prep.method.params))
     splits = materialise(prep.dataset_plugin.load(), prep.protocol_spec, req.split_seed,
                          Path(req.out) / "splits")
-    result.update(split_seed=req.split_seed, code_version=code_version(),
+    result.update(split_seed=req.split_seed, code_version=code_version(), tuning=req.tuning,
                   selection={"rule": req.select, "pool_size": req.pool_size})
     result["splits"] = {**result.get("splits", {}), "checksum": splits.checksum}
     with open(Path(req.out) / "calls.log", "a") as log:
@@ -307,3 +307,34 @@ def test_ray_backend_without_ray_installed_is_a_one_line_error(tmp_path, monkeyp
                                           r"pip install 'qbench\[ray\]'"):
         run_grid(write_grid(tmp_path), out=tmp_path / "out", backend="ray", runner=fake_run)
     assert CALLS == []
+
+
+def test_tuned_grid_gives_every_method_the_same_budget_then_runs_the_other_seeds(tmp_path):
+    grid = write_grid(tmp_path, methods=["float", "dqn", "householder"], bits=[12],
+                      seeds=[0, 1, 2], tune={"trials": 2, "seed": 2},
+                      params={"householder": {"rot_epochs": 2}})
+    out = tmp_path / "out"
+    summary = run_grid(grid, out=out, progress=False)
+    assert sorted(summary.done) == sorted(
+        f"digits-standard-{m}-12b-seed{s}" for m in ("float", "dqn", "householder")
+        for s in (0, 1))
+    records = {p.name: load_result(p) for p in out.glob("*.json")}
+    dqn = records["digits-standard-dqn-12b-seed0.json"]
+    assert dqn["tuning"]["trials"] == 2
+    assert dqn["tuning"]["study"] == "digits-standard-dqn-12b-seed2"
+    assert set(dqn["tuning"]["best_params"]) == {"lam", "refit_every"}
+    assert dqn["params"]["lam"] == dqn["tuning"]["best_params"]["lam"]
+    house = records["digits-standard-householder-12b-seed1.json"]
+    assert house["tuning"]["trials"] == 2 and house["params"]["rot_epochs"] == 2
+    assert records["digits-standard-float-12b-seed0.json"]["tuning"] is None  # no own space
+    assert sorted(p.name for p in (out / "tune").glob("*.json")) == [
+        "digits-standard-dqn-12b-seed2.json", "digits-standard-householder-12b-seed2.json"]
+    again = run_grid(grid, out=out, progress=False)  # complete studies add no trial
+    assert not again.done and len(again.skipped) == 6
+
+
+def test_grid_tune_key_is_checked(tmp_path):
+    with pytest.raises(QbenchError, match="'tune.trials' must be an integer >= 1"):
+        load_grid(write_grid(tmp_path, tune={"trials": 0, "seed": 1}))
+    with pytest.raises(QbenchError, match="unknown key 'budget' in 'tune'"):
+        load_grid(write_grid(tmp_path, tune={"trials": 3, "seed": 1, "budget": 9}))

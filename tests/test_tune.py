@@ -292,7 +292,8 @@ def test_params_from_gives_the_fixed_and_best_parameters_and_the_tuning_record(t
     path, record = tuned_file(tmp_path)
     params, tuning = load_tuned_params(path, "toy-tuned", "digits", 32)
     assert params == {"k": 3, **record["best_params"]}
-    assert tuning == {"trials": 2, "best_value": record["best_value"], "study": record["study"]}
+    assert tuning == {"trials": 2, "best_value": record["best_value"], "study": record["study"],
+                      "best_params": record["best_params"]}
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,0 +1,89 @@
+"""Equal tuning budget in grids (SPEC §7): a grid file's ``"tune": {"trials": N, "seed": S}``.
+
+Before the grid's runs, every method (or variant) that has a non-empty search space is tuned
+at each bit length with the same N trials, the same epochs per trial and the same split, on
+training seed S (:func:`qbench.tune.tune`, validation data only). The final runs then use
+the best parameters on the grid's other seeds, and record ``tuning`` (trials, best value,
+study, best parameters); methods without a space record ``tuning: null``. With
+``"shared": true`` the shared stage-1 knobs (learning rate, weight decay) are first tuned
+once on the ``float`` method and fixed for every method, so all of them still share one
+stage-1 encoder per seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from qbench.errors import QbenchError
+
+TUNE_KEYS = ("trials", "seed", "shared")
+
+
+def check_tune_spec(spec, where: str) -> None:
+    """Raise :class:`QbenchError` unless ``spec`` is a valid ``"tune"`` object."""
+    if not isinstance(spec, dict):
+        raise QbenchError(f"{where}: 'tune' must be an object with 'trials' and 'seed'")
+    unknown = sorted(set(spec) - set(TUNE_KEYS))
+    if unknown:
+        raise QbenchError(f"{where}: unknown key {unknown[0]!r} in 'tune'; allowed: "
+                          + ", ".join(TUNE_KEYS))
+    for key in ("trials", "seed"):
+        value = spec.get(key)
+        low = 1 if key == "trials" else 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise QbenchError(f"{where}: 'tune.{key}' must be an integer >= {low}")
+    if not isinstance(spec.get("shared", False), bool):
+        raise QbenchError(f"{where}: 'tune.shared' must be true or false")
+
+
+def _tuning_record(path: Path, cell, shared_params: dict) -> tuple[dict, dict]:
+    """(parameters for the runs, the ``tuning`` record with the tuned values only)."""
+    from qbench.tune import load_tuned_params
+
+    params, tuning = load_tuned_params(path, cell.method, cell.dataset, cell.bits)
+    return params, {**tuning, "best_params": {**shared_params, **tuning["best_params"]}}
+
+
+def tune_cells(spec: dict, cells: list, request: Callable, *,
+               echo: Callable[[str], None] | None = None) -> list:
+    """The grid's final cells after tuning: every cell not on ``spec["seed"]``, with the
+    best parameters and the ``tuning`` record. ``request(cell)`` builds a cell's
+    :class:`qbench.pipeline.RunRequest` (output folder, cache and device of the grid).
+    Studies live under ``<out>/tune/`` and resume: a rerun adds only missing trials."""
+    from qbench.registry import METHODS, space_of
+    from qbench.tune import tune
+
+    seed, trials = spec["seed"], spec["trials"]
+    finals = [c for c in cells if c.seed != seed]
+    if not finals:
+        raise QbenchError(f"'tune.seed' {seed} is the grid's only seed: the final runs need "
+                          "seeds other than the tuning seed")
+    shared_params: dict = {}
+    shared_tuning = None
+    if spec.get("shared"):
+        first = cells[0]
+        template = request(replace(first, method="float", name="float", params={}, seed=seed))
+        study = f"{first.dataset}-{first.protocol}-float-stage1-seed{seed}"
+        path, _ = tune(template, trials=trials, shared=True, study_name=study, echo=echo)
+        shared_params, shared_tuning = _tuning_record(path, replace(first, method="float"), {})
+
+    tuned: dict[tuple[str, int], tuple[dict, dict | None]] = {}
+    for cell in finals:
+        key = (cell.name, cell.bits)
+        if key in tuned:
+            continue
+        declared = {p.name for p in METHODS.get(cell.method).params}
+        base = {k: v for k, v in shared_params.items() if k in declared}
+        space = set(space_of(METHODS.get(cell.method), shared=False)) - set(cell.params)
+        if not space:
+            tuned[key] = (base, shared_tuning if base else None)
+            continue
+        trial_cell = replace(cell, seed=seed, params={**cell.params, **base})
+        study = f"{cell.dataset}-{cell.protocol}-{cell.name}-{cell.bits}b-seed{seed}"
+        path, _ = tune(request(trial_cell), trials=trials, study_name=study, echo=echo)
+        params, record = _tuning_record(path, cell, base)
+        tuned[key] = ({**base, **params}, record)
+    return [replace(c, params={**c.params, **tuned[(c.name, c.bits)][0]},
+                    tuning=tuned[(c.name, c.bits)][1]) for c in finals]
