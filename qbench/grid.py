@@ -76,6 +76,7 @@ from typing import Any
 
 from qbench.backends import CellOptions, RunResources, make_backend
 from qbench.errors import QbenchError, choice_error
+from qbench.grid_tuning import check_tune_spec, tune_cells
 from qbench.results import (
     FAILURE_SUFFIX,
     code_version,
@@ -84,7 +85,6 @@ from qbench.results import (
     result_filename,
     write_json_atomic,
 )
-from qbench.grid_tuning import check_tune_spec, tune_cells
 from qbench.selection import DEFAULT_POOL_SIZE, RULES
 
 RUN_KEYS = ("select", "split_seed", "pool_size", "tune")

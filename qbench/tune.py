@@ -432,8 +432,8 @@ def load_tuned_params(path: Path, method: str, dataset: str, bits: int, *,
     to any method of its dataset that declares those parameters. ``protocol``: also
     checked when given. Returns ``(params, tuning)``: the study's fixed parameters updated
     by its best ones (name -> parsed value), and the record a result carries,
-    ``{"trials": finished trials, "best_value": ..., "study": name, "best_params": {...}}``. Unknown parameters
-    and out-of-range values raise :class:`QbenchError`.
+    ``{"trials": finished trials, "best_value": ..., "study": name, "best_params": {...}}``.
+    Unknown parameters and out-of-range values raise :class:`QbenchError`.
     """
     path = Path(path)
     try:
