@@ -213,7 +213,13 @@ def _metric_card(search, labels: Labels, plan: _Plan, k: int | None, n_query: in
 
 
 def _workers(device: str) -> int:
-    return 1 if device != "cpu" else max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+    """Threads for query blocks: the cores, or the process's share of them where
+    ``OMP_NUM_THREADS`` says so (grid workers set it to cores // jobs)."""
+    if device != "cpu":
+        return 1
+    share = os.environ.get("OMP_NUM_THREADS", "")
+    cores = int(share) if share.isdigit() and int(share) > 0 else (os.cpu_count() or 1)
+    return max(1, min(MAX_WORKERS, cores))
 
 
 def _block_size(search, n_query: int, n_db: int, block_size: int | None, torch: bool,

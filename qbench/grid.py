@@ -63,6 +63,7 @@ rerunning the same command resumes without redoing finished runs.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -466,6 +467,19 @@ def stage1_group(cell: Cell, out: Path, data_dir: Path | None) -> tuple | None:
 
 # intra-op threads of this worker process (None: the main process, no limit)
 _WORKER_THREADS: int | None = None
+# the GPU of this worker process (None: runs keep the device they ask for)
+_WORKER_DEVICE: str | None = None
+
+
+def set_worker_device(device: str, share: float = 1.0) -> None:
+    """Make this worker's runs use ``device`` (e.g. ``cuda:1``), capped at ``share`` of its
+    memory, so that several workers on one GPU cannot take it all."""
+    import torch
+
+    global _WORKER_DEVICE
+    _WORKER_DEVICE = device
+    if share < 1.0:
+        torch.cuda.set_per_process_memory_fraction(share, torch.device(device))
 
 
 def set_worker_threads(threads: int) -> None:
@@ -491,6 +505,8 @@ def run_pipeline(request) -> tuple[Path, dict]:
         import torch
 
         torch.set_num_threads(_WORKER_THREADS)
+    if _WORKER_DEVICE is not None and request.device in ("cuda", "auto"):
+        request = dataclasses.replace(request, device=_WORKER_DEVICE)
     return pipeline.run_experiment(request)
 
 

@@ -17,7 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from qbench.backends import CellOptions
-from qbench.grid import Cell, Outcome, execute_cell, set_worker_threads
+from qbench.grid import Cell, Outcome, execute_cell, set_worker_device, set_worker_threads
 
 
 def worker_threads(jobs: int) -> int:
@@ -30,14 +30,38 @@ def worker_threads(jobs: int) -> int:
     return max(1, cores // jobs)
 
 
-def _init_worker(threads: int) -> None:
-    """Worker initializer: threads (:func:`qbench.grid.set_worker_threads`), signals and a
+MAX_ATTEMPTS = 2
+"""Times a cell is tried when worker processes die under it: in the pool, then alone."""
+
+
+def worker_devices(device: str, jobs: int) -> list[str] | None:
+    """The device of each of ``jobs`` workers: with ``cuda`` (or ``auto`` on a CUDA machine)
+    the workers are spread over the visible GPUs round-robin; None: leave runs as asked."""
+    if device not in ("cuda", "auto"):
+        return None
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not count:
+        return None
+    return [f"cuda:{i % count}" for i in range(jobs)]
+
+
+def _init_worker(threads: int, devices: list[str] | None, counter) -> None:
+    """Worker initializer: threads (:func:`qbench.grid.set_worker_threads`), its GPU (one
+    of ``devices``, by the order workers start, with a share of its memory), signals and a
     watch on the parent process.
 
     Ctrl-C is left to the parent, which stops the workers; a worker whose parent was
     killed exits (its run's result, written atomically, is never half there).
     """
     set_worker_threads(threads)
+    if devices:
+        with counter.get_lock():
+            index = counter.value
+            counter.value += 1
+        device = devices[index % len(devices)]
+        set_worker_device(device, share=1.0 / devices.count(device))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
 
@@ -67,10 +91,32 @@ class LocalBackend:
 
     def _run_parallel(self, cells: list[Cell], options: CellOptions,
                       report: Callable[[Outcome], None]) -> None:
+        """A pool of ``jobs`` workers. A worker that dies (killed, out of memory, a crash)
+        breaks the pool, and every cell it had not finished fails with it; those cells are
+        then tried again one at a time, each in a pool of its own making, so that only the
+        run under which a worker dies again is recorded as failed."""
         context = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=context,
+        devices = worker_devices(options.device, self.jobs)
+        broken = []
+        for cell, outcome in self._pool_pass(cells, options, devices, context, self.jobs):
+            if outcome is None:
+                broken.append(cell)
+            else:
+                report(outcome)
+        for cell in broken:  # one at a time: a death is this cell's own
+            (_, outcome), = self._pool_pass([cell], options, devices, context, 1)
+            report(outcome or Outcome(
+                cell.stem, False, 0.0, error_type="BrokenProcessPool",
+                message=f"a worker process died under this run {MAX_ATTEMPTS} times "
+                        "(killed, out of memory or a crash)"))
+
+    def _pool_pass(self, cells: list[Cell], options: CellOptions, devices, context,
+                   workers: int):
+        """Yield (cell, outcome) as cells finish; outcome None when the pool broke under it."""
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context,
                                    initializer=_init_worker,
-                                   initargs=(worker_threads(self.jobs),))
+                                   initargs=(worker_threads(self.jobs), devices,
+                                             context.Value("i", 0)))
         try:
             futures = {pool.submit(execute_cell, c, options.out, options.data_dir,
                                    options.device, options.runner, options.cache_dir,
@@ -79,14 +125,10 @@ class LocalBackend:
             while remaining:
                 finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    cell = futures[fut]
                     try:
-                        outcome = fut.result()
-                    except BrokenProcessPool as exc:
-                        outcome = Outcome(cell.stem, False, 0.0, error_type="BrokenProcessPool",
-                                          message="a worker process died while the grid ran "
-                                                  f"(killed, out of memory or a crash): {exc}")
-                    report(outcome)
+                        yield futures[fut], fut.result()
+                    except BrokenProcessPool:
+                        yield futures[fut], None
         except BaseException:
             _stop_workers(pool)
             raise

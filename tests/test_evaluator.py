@@ -818,3 +818,12 @@ def test_hamming_uses_the_kernel_and_falls_back_to_numpy_without_numba(kernels, 
     with pytest.raises(QbenchError, match="unknown backend"):
         E._run(codes, ql, dl, k=None, normaliser="rk", device="cpu", block_size=None,
                curves=False, sdc=False, quick=True, backend="fortran")
+
+
+def test_evaluator_threads_follow_the_worker_share(monkeypatch):
+    from qbench.evaluator import _workers
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert _workers("cpu") == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert _workers("cpu") >= 1 and _workers("cuda") == 1

@@ -338,3 +338,30 @@ def test_grid_tune_key_is_checked(tmp_path):
         load_grid(write_grid(tmp_path, tune={"trials": 0, "seed": 1}))
     with pytest.raises(QbenchError, match="unknown key 'budget' in 'tune'"):
         load_grid(write_grid(tmp_path, tune={"trials": 3, "seed": 1, "budget": 9}))
+
+
+def dying_run(req):
+    """A worker that dies under one cell, every time."""
+    if req.method == "pq" and req.bits == 24 and req.seed == 0:
+        os._exit(3)
+    return fake_run(req)
+
+
+def test_a_worker_that_dies_loses_only_its_own_run(tmp_path):
+    grid, out = write_grid(tmp_path), tmp_path / "out"
+    summary = run_grid(grid, out=out, runner=dying_run, jobs=2)
+    assert summary.failed == ["digits-standard-pq-24b-seed0"]
+    assert len(summary.done) == 11
+    record = json.loads((out / "failed" / "digits-standard-pq-24b-seed0.failed.json").read_text())
+    assert "died under this run 2 times" in record["message"]
+
+
+def test_workers_spread_over_the_visible_gpus(monkeypatch):
+    import torch
+
+    from qbench.local_backend import worker_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert worker_devices("cuda", 3) == ["cuda:0", "cuda:1", "cuda:0"]
+    assert worker_devices("cuda:1", 3) is None and worker_devices("cpu", 2) is None
