@@ -7,14 +7,17 @@ PYTHON   ?= python3
 VENV     ?= .venv
 TORCH    ?= torch>=2.1,<3
 DATASET  ?= digits
+GRID     ?= grids/default.json
 JOBS     ?= 2
 METHOD   ?= ssm
 BITS     ?= 32
 BIN      := $(VENV)/bin
 QBENCH   := $(BIN)/qbench
 STAMP    := $(VENV)/.qbench-installed
+GRIDNAME := $(basename $(notdir $(GRID)))
+GRIDOUT  := results/grid/$(DATASET)$(if $(filter default,$(GRIDNAME)),,-$(GRIDNAME))
 
-.PHONY: install run test lint reproduce-tables bench dataset-data clean
+.PHONY: install run test lint reproduce-tables bench bench-grid bench-ray dataset-data clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,10 +37,12 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest
 
-## Grid of every method x 12/24/32/48 bits x 3 seeds on DATASET, then tables and plots of
-## every grid run so far (all datasets) into results/tables and results/plots.
+## The grid GRID (default: every method x 12/24/32/48 bits x 5 seeds) on DATASET, then
+## tables, significance, claims and plots of every grid run so far (all datasets) into
+## results/tables and results/plots. E.g. the equal-budget tuned comparison:
+##   make reproduce-tables DATASET=fashion-mnist GRID=grids/fashion-tuned.json
 reproduce-tables: install dataset-data
-	$(QBENCH) grid grids/default.json --dataset $(DATASET) --jobs $(JOBS) --out results/grid/$(DATASET)
+	$(QBENCH) grid $(GRID) --dataset $(DATASET) --jobs $(JOBS) --out $(GRIDOUT)
 	$(QBENCH) compare results/grid/*/ --format md --out results
 
 ## Fashion-MNIST comes from Debian's dataset-fashion-mnist package when it is missing.
@@ -50,6 +55,16 @@ endif
 ## Benchmarks: figures written to results/bench/.
 bench: install
 	$(BIN)/python bench/bench_evaluator.py --out results/bench/evaluator.json
+	$(BIN)/python bench/bench_tune.py --out results/bench/tune.json
+
+## Train once, quantize many: cache vs --no-cache on digits (add --default-grid and
+## --fashion-run to bench/bench_grid.py for the longer figures).
+bench-grid: install
+	$(BIN)/python bench/bench_grid.py --out results/bench/grid.json
+
+## Ray backend vs the local backend on the digits default grid.
+bench-ray: install
+	$(BIN)/python bench/bench_ray.py --out results/bench/ray.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache results/splits
