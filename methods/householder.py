@@ -23,7 +23,7 @@ from qbench.method import Method, MethodOutput, RunContext, l2_normalise
 from qbench.methods.sign import sign_codes
 from qbench.quantizers import HouseholderRotation, rescale_to_sqrt_dim
 from qbench.registry import METHODS, Param, Space
-from qbench.selection import select
+from qbench.selection import score, select
 
 
 @METHODS.register
@@ -33,6 +33,8 @@ class Householder(Method):
     Model selection (``selection`` in results) is the stage-1 choice by tie-aware Hamming
     MAP of the sign codes; stage 2 fits on the chosen model's training-split embeddings and
     keeps the rotation with the lowest validation-split loss (``method_info.rotation``).
+    ``selection.tuning_value`` is the tie-aware Hamming MAP of the rotated codes (validation
+    queries against the pool): what tuning maximises, since rot_lr and rot_loss act there.
     """
 
     name = "householder"
@@ -65,6 +67,14 @@ class Householder(Method):
             loss=p["rot_loss"], seed=ctx.seed, device=ctx.device,
         ).fit(emb["train"], emb["val"])
         fit_s = time.perf_counter() - start
+        # what tuning scores: the rotated codes, searched as the evaluation searches them
+        pool = rescale_to_sqrt_dim(encoder.embeddings(choice.epoch, ctx.pool.pool))
+        selection = {**choice.selection.to_dict(), "tuning_value": score(
+            BinaryCodes(rotation.encode(emb["val"]), rotation.encode(pool)),
+            ctx.dataset.y[ctx.pool.val], ctx.dataset.y[ctx.pool.pool])}
+        if ctx.selection_only:
+            return MethodOutput(codes=None, selection=selection,
+                                timings={"train_s": encoder.train_s, "fit_s": fit_s})
         start = time.perf_counter()
         emb.update({split: rescale_to_sqrt_dim(encoder.embeddings(choice.epoch,
                                                                   getattr(ctx.splits, split)))
@@ -94,6 +104,6 @@ class Householder(Method):
             info=info,
             timings={"train_s": encoder.train_s, "select_s": choice.select_s + choice.fit_s,
                      "fit_s": fit_s, "encode_s": encode_s},
-            selection=choice.selection.to_dict(),
+            selection=selection,
             encoder={"key": encoder.cache_key, "cache": encoder.cache_status},
         )

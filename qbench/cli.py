@@ -114,6 +114,8 @@ def run_command(method, dataset, bits, seed, protocol, epochs, device, out, data
         from qbench.tune import load_tuned_params
 
         tuned, tuning = load_tuned_params(params_from, method, dataset, bits)
+        if set(method_params) & set(tuning["best_params"]):
+            tuning = None  # -p replaced a tuned value: not the tuned configuration
         method_params = {**tuned, **method_params}
     req = RunRequest(
         method=method, dataset=dataset, bits=bits, seed=seed, protocol=protocol,

@@ -34,7 +34,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qbench.engine import STAGE1_KEYS, Snapshot, TrainedEncoder, Trainer, warmup_epochs
+from qbench.encoders import resolve_encoder
+from qbench.engine import (
+    STAGE1_KEYS,
+    Snapshot,
+    TrainedEncoder,
+    Trainer,
+    training_epochs,
+    warmup_epochs,
+)
 from qbench.errors import QbenchError
 from qbench.method import RunContext
 
@@ -67,7 +75,10 @@ def encoder_fields(ctx: RunContext, params: dict, dim: int, tanh: bool) -> dict:
         "protocol": ctx.splits.protocol,
         "split_checksum": ctx.splits.checksum,
         "seed": ctx.seed,
-        "engine": {k: params[k] for k in STAGE1_KEYS},
+        "engine": {**{k: params[k] for k in STAGE1_KEYS},
+                   "encoder": resolve_encoder(params["encoder"], ctx.dataset.modality,
+                                              ctx.device),
+                   "epochs": training_epochs(params, ctx.dataset.modality)},
         "dim": dim,
         "tanh": tanh,
         "device_type": torch.device(ctx.device).type,
@@ -112,6 +123,8 @@ class EncoderCache:
         folder = self.entry(key)
         meta_path = folder / "entry.json"
         if not meta_path.is_file():
+            if folder.exists():  # a folder left by an interrupted removal: no usable entry
+                shutil.rmtree(folder, ignore_errors=True)
             return None
         try:
             meta = json.loads(meta_path.read_text())
@@ -137,7 +150,11 @@ class EncoderCache:
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "files": {"weights.pt": _sha256(tmp / "weights.pt")}}
             (tmp / "entry.json").write_text(json.dumps(meta, indent=1))
+            shutil.rmtree(self.entry(key), ignore_errors=True)
             os.replace(tmp, self.entry(key))
+        except OSError as exc:
+            raise QbenchError(f"encoder cache {self.root}: cannot store entry {key}: "
+                              f"{exc.strerror or exc}") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -156,7 +173,7 @@ class EncoderCache:
                 encoder.snapshot = trainer.snapshot
                 status = "miss"
             else:
-                stored = torch.load(self.entry(key) / "weights.pt", weights_only=False)
+                stored = torch.load(self.entry(key) / "weights.pt", weights_only=True)
                 trainer = Trainer(ctx, params, dim, tanh=tanh)
                 encoder = TrainedEncoder(trainer, stored["candidates"], meta["summary"], 0.0,
                                          progress=ctx.progress)

@@ -2,8 +2,9 @@
 
 - ``mlp``: vectors (digits, feature files).
 - ``cnn``: a 6-layer convolutional network for small images, trained from scratch.
-- ``lightcnn``: three conv layers (32-64-128 channels), the CPU default for images: an
-  epoch of Fashion-MNIST's 5,000 training images takes seconds on two cores.
+- ``lightcnn``: three conv layers (32-64-128 channels), about twice as fast as ``cnn`` on a
+  CPU (measured on Fashion-MNIST, 2 busy cores: 12 s vs 30 s per epoch) but weaker (float
+  MAP@all 0.759 after 20 epochs vs 0.806 for ``cnn`` after 15, both without augmentation).
 - ``resnet18``: a ResNet-18-style network for 32x32 images, trained from scratch.
 - ``alexnet`` / ``vgg16``: torchvision backbones with ImageNet weights (needs torchvision and
   the weights on disk or downloadable), followed by a bottleneck of width D.
@@ -144,13 +145,13 @@ class TorchvisionBackbone(nn.Module):
 
 
 def resolve_encoder(name: str, modality: str, device: str) -> str:
-    """'auto' -> mlp for vectors, resnet18 for images on a GPU, lightcnn for images on a CPU."""
+    """'auto' -> mlp for vectors, resnet18 for images on a GPU, cnn for images on a CPU."""
     if name not in ENCODERS:
         raise QbenchError(f"unknown encoder {name!r}; allowed: {', '.join(ENCODERS)}")
     if name == "auto":
         if modality == "vector":
             return "mlp"
-        return "resnet18" if device.startswith("cuda") else "lightcnn"
+        return "resnet18" if device.startswith("cuda") else "cnn"
     if modality == "vector" and name != "mlp":
         raise QbenchError(f"encoder {name!r} needs images; vector datasets use encoder=mlp")
     return name

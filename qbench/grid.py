@@ -121,7 +121,8 @@ class Cell:
 
     @property
     def filename(self) -> str:
-        return result_filename(self.dataset, self.protocol, self.name, self.bits, self.seed)
+        return result_filename(self.dataset, self.protocol, self.name, self.bits, self.seed,
+                               self.split_seed)
 
     @property
     def stem(self) -> str:
@@ -377,13 +378,15 @@ def expand_grid(grid: dict, dataset: str, *, seeds: list[int] | None = None,
 
 # -- one cell ------------------------------------------------------------------------------
 
-def cell_status(cell: Cell, out: Path, split_checksum: str | None = None) -> tuple[str, str]:
+def cell_status(cell: Cell, out: Path,
+                checksums: tuple[str, str] | None = None) -> tuple[str, str]:
     """("done", "") when the cell's result exists and is current; else ("to-run", why) or
     ("stale", why).
 
     Current means: it validates (same schema version), records the cell's dataset,
     protocol, method, bits, seed, split seed, selection rule and pool size, the same
-    *resolved* parameters (defaults included), the same split checksum (when given) and the
+    *resolved* parameters (defaults included), the same split and dataset checksums
+    (``checksums``, when given) and the
     same code version (:func:`qbench.results.code_version`).
     """
     from qbench.pipeline import prepare
@@ -418,8 +421,10 @@ def cell_status(cell: Cell, out: Path, split_checksum: str | None = None) -> tup
         return "stale", f"parameter {k}: recorded {res['params'].get(k)!r}, now {params.get(k)!r}"
     if (res.get("dataset_params") or {}) != prepare_dataset_params(cell):
         return "stale", "dataset parameters changed"
-    if split_checksum is not None and res["splits"].get("checksum") != split_checksum:
+    if checksums is not None and res["splits"].get("checksum") != checksums[0]:
         return "stale", "the split changed (checksum differs)"
+    if checksums is not None and res.get("dataset_checksum") != checksums[1]:
+        return "stale", "the data changed (dataset checksum differs)"
     if res["code_version"] != code_version():
         return "stale", f"made by other code (version {res['code_version']}, now {code_version()})"
     return "done", ""
@@ -432,16 +437,16 @@ def prepare_dataset_params(cell: Cell) -> dict:
     return DATASETS.resolve_params(cell.dataset, cell.dataset_params)
 
 
-def split_checksum(cell: Cell, out: Path, data_dir: Path | None,
-                   cache_dir: Path | None) -> str:
-    """The checksum of the split the grid's cells use (loads the data once)."""
+def data_checksums(cell: Cell, out: Path, data_dir: Path | None,
+                   cache_dir: Path | None) -> tuple[str, str]:
+    """(split checksum, dataset checksum) of the data the grid's cells use (loads it once)."""
     from qbench.pipeline import prepare
     from qbench.protocols import materialise
 
     prep = prepare(cell.request(out, data_dir, "cpu", cache_dir=cache_dir))
     dataset = prep.dataset_plugin.load_cached(cache_dir)
-    return materialise(dataset, prep.protocol_spec, cell.split_seed,
-                       Path(out) / "splits").checksum
+    splits = materialise(dataset, prep.protocol_spec, cell.split_seed, Path(out) / "splits")
+    return splits.checksum, dataset.checksum
 
 
 def stage1_group(cell: Cell, out: Path, data_dir: Path | None) -> tuple | None:
@@ -573,13 +578,13 @@ def _check_options(jobs: int, out: Path, data_dir: Path | None, device: str,
 def plan_grid(cells: list[Cell], out: Path, data_dir: Path | None, cache_dir: Path | None,
               ) -> list[tuple[Cell, str, str]]:
     """(cell, status, reason) for every cell: "done", "to-run" or "stale" (see
-    :func:`cell_status`); the split checksum is computed once per split seed."""
-    checksums: dict[int, str] = {}
+    :func:`cell_status`); the data's checksums are computed once per split seed."""
+    checksums: dict[int, tuple[str, str]] = {}
     plan = []
     for cell in cells:
         path = Path(out) / cell.filename
         if path.is_file() and cell.split_seed not in checksums:
-            checksums[cell.split_seed] = split_checksum(cell, out, data_dir, cache_dir)
+            checksums[cell.split_seed] = data_checksums(cell, out, data_dir, cache_dir)
         plan.append((cell, *cell_status(cell, out, checksums.get(cell.split_seed))))
     return plan
 

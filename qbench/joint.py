@@ -247,7 +247,7 @@ class JointMethod(Method):
             used = {"key": base.cache_key, "cache": base.cache_status}
         trainer.fit(resume=warm)
         encoder = TrainedEncoder(trainer, trainer.candidates, trainer.summary(),
-                                 trainer.train_s + stage1_s, progress=ctx.progress)
+                                 trainer.train_s, progress=ctx.progress)
         encoder.cache_key, encoder.cache_status = used["key"], used["cache"]
         pq = PQRepresentation(lambda: ProductQuantizer(subspaces, nbits, seed=ctx.seed),
                               subspaces, hooks.to_space_np)
@@ -260,7 +260,10 @@ class JointMethod(Method):
             "quantized_space": "l2-normalised" if hooks.normalise else "raw",
             "penalty_normalisation": "divided by the batch's detached mean squared norm in "
                                      "the quantization space",
-            "warm_start": None if warm is None else {"epoch": warm.epoch, **used},
+            "warm_start": None if warm is None else {
+                "epoch": warm.epoch, **used,
+                # a miss trained the whole shared stage-1 encoder here (not in train_s)
+                "stage1_train_s": stage1_s},
             "refits": hooks.refits,
         }
         return select_and_encode(ctx, encoder, pq.represent, pq.encode, info=info,

@@ -10,11 +10,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 from qbench.backends import CellOptions
 from qbench.grid import Cell, Outcome, execute_cell, set_worker_device, set_worker_threads
@@ -92,35 +94,41 @@ class LocalBackend:
     def _run_parallel(self, cells: list[Cell], options: CellOptions,
                       report: Callable[[Outcome], None]) -> None:
         """A pool of ``jobs`` workers. A worker that dies (killed, out of memory, a crash)
-        breaks the pool, and every cell it had not finished fails with it; those cells are
-        then tried again one at a time, each in a pool of its own making, so that only the
-        run under which a worker dies again is recorded as failed."""
+        breaks the pool and every unfinished future with it. The cells that had started
+        (a marker file per running cell tells) are retried one at a time, each in a pool of
+        its own, so that only a run under which a worker dies again is recorded as failed;
+        the cells that had not started go to a fresh pool of ``jobs`` workers."""
         context = multiprocessing.get_context("spawn")
         devices = worker_devices(options.device, self.jobs)
-        broken = []
-        for cell, outcome in self._pool_pass(cells, options, devices, context, self.jobs):
-            if outcome is None:
-                broken.append(cell)
-            else:
-                report(outcome)
-        for cell in broken:  # one at a time: a death is this cell's own
-            (_, outcome), = self._pool_pass([cell], options, devices, context, 1)
-            report(outcome or Outcome(
-                cell.stem, False, 0.0, error_type="BrokenProcessPool",
-                message=f"a worker process died under this run {MAX_ATTEMPTS} times "
-                        "(killed, out of memory or a crash)"))
+        with tempfile.TemporaryDirectory(prefix="qbench-running-") as running:
+            todo, suspects = list(cells), []
+            while todo:
+                unstarted = []
+                for cell, outcome in self._pool_pass(todo, options, devices, context,
+                                                     self.jobs, running):
+                    if outcome is not None:
+                        report(outcome)
+                    elif (Path(running) / cell.stem).exists():
+                        suspects.append(cell)
+                    else:
+                        unstarted.append(cell)
+                todo = unstarted
+            for cell in suspects:  # one at a time: a death is this cell's own
+                (_, outcome), = self._pool_pass([cell], options, devices, context, 1, running)
+                report(outcome or Outcome(
+                    cell.stem, False, 0.0, error_type="BrokenProcessPool",
+                    message=f"a worker process died under this run {MAX_ATTEMPTS} times "
+                            "(killed, out of memory or a crash)"))
 
     def _pool_pass(self, cells: list[Cell], options: CellOptions, devices, context,
-                   workers: int):
+                   workers: int, running: str):
         """Yield (cell, outcome) as cells finish; outcome None when the pool broke under it."""
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=context,
                                    initializer=_init_worker,
                                    initargs=(worker_threads(self.jobs), devices,
                                              context.Value("i", 0)))
         try:
-            futures = {pool.submit(execute_cell, c, options.out, options.data_dir,
-                                   options.device, options.runner, options.cache_dir,
-                                   options.use_cache): c for c in cells}
+            futures = {pool.submit(_tracked_cell, running, c, options): c for c in cells}
             remaining = set(futures)
             while remaining:
                 finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
@@ -133,6 +141,16 @@ class LocalBackend:
             _stop_workers(pool)
             raise
         pool.shutdown(wait=True)
+
+
+def _tracked_cell(running: str, cell: Cell, options: CellOptions) -> Outcome:
+    """:func:`qbench.grid.execute_cell` with a marker file in ``running`` while it runs."""
+    marker = Path(running) / cell.stem
+    marker.touch()
+    outcome = execute_cell(cell, options.out, options.data_dir, options.device,
+                           options.runner, options.cache_dir, options.use_cache)
+    marker.unlink()
+    return outcome
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:

@@ -8,7 +8,7 @@ pipeline hands its codes to the one evaluator.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -36,6 +36,7 @@ class RunContext:
     select: str = "best"
     pool: SelectionPool | None = None
     cache: object | None = None
+    selection_only: bool = False  # stop after model selection (tuning trials)
 
     def __post_init__(self) -> None:
         if self.pool is None:
@@ -68,7 +69,7 @@ class MethodOutput:
     encoder it used, else None.
     """
 
-    codes: Codes
+    codes: Codes | None  # None only after selection alone (RunContext.selection_only)
     float_codes: FloatCodes | None = None
     info: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
@@ -103,9 +104,9 @@ class Method:
         return None
 
     def run_selection(self, ctx: RunContext) -> MethodOutput:
-        """Train and select (``MethodOutput.selection``); the pipeline's tuning objective.
-        The default runs the whole method; its query codes are never evaluated."""
-        return self.run(ctx)
+        """Train and select only (``MethodOutput.selection``, no codes): the tuning
+        objective. Methods stop after selection when ``ctx.selection_only`` is set."""
+        return self.run(replace(ctx, selection_only=True))
 
 
 def pq_layout(bits: int, subspaces: int = 0) -> tuple[int, int]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -131,7 +130,7 @@ def prepare(req: RunRequest) -> Prepared:
     device = resolve_device(req.device)
     out = Path(req.out)
     output_path = Path(req.output_file) if req.output_file else out / result_filename(
-        req.dataset, protocol_spec.name, req.method, req.bits, req.seed)
+        req.dataset, protocol_spec.name, req.method, req.bits, req.seed, req.split_seed)
     check_writable(output_path.parent)
     return Prepared(req, method, dataset_plugin, protocol_spec, device, output_path)
 
@@ -143,8 +142,9 @@ def torch_settings(deterministic: bool, device: str):
     import torch
 
     threads = torch.get_num_threads()
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
-             torch.backends.cudnn.benchmark)
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = device.startswith("cuda") and not deterministic
@@ -152,8 +152,8 @@ def torch_settings(deterministic: bool, device: str):
         yield
     finally:
         torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(saved[0], warn_only=True)
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[1:]
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:]
 
 
 def _context(prep: Prepared) -> tuple[RunContext, float]:
@@ -175,13 +175,17 @@ def _context(prep: Prepared) -> tuple[RunContext, float]:
 
 @contextlib.contextmanager
 def _no_leftover_out(out: Path):
-    """A failed run leaves no --out folder that it created."""
+    """A failed run leaves no empty folder under an --out that it created (what it did
+    write, such as split files or a trained encoder in the cache, stays)."""
     existed = Path(out).exists()
     try:
         yield
     except BaseException:
-        if not existed:
-            shutil.rmtree(out, ignore_errors=True)
+        if not existed and Path(out).is_dir():
+            for folder in sorted((p for p in Path(out).rglob("*") if p.is_dir()),
+                                 key=lambda p: len(p.parts), reverse=True) + [Path(out)]:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only empty folders go
         raise
 
 

@@ -50,9 +50,12 @@ REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def result_filename(dataset: str, protocol: str, method: str, bits: int, seed: int) -> str:
-    """The file name of one run: one result per (dataset, protocol, method, bits, seed)."""
-    return f"{dataset}-{protocol}-{method}-{bits}b-seed{seed}.json"
+def result_filename(dataset: str, protocol: str, method: str, bits: int, seed: int,
+                    split_seed: int = 0) -> str:
+    """The file name of one run: one result per (dataset, protocol, method, bits, seed,
+    split seed); the split seed shows only when it is not the default 0."""
+    split = f"-split{split_seed}" if split_seed else ""
+    return f"{dataset}-{protocol}-{method}-{bits}b-seed{seed}{split}.json"
 
 
 def to_jsonable(obj: Any) -> Any:

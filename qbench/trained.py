@@ -32,6 +32,9 @@ def select_and_encode(ctx: RunContext, encoder: TrainedEncoder, represent: Repre
     (default: L2-normalised).
     """
     choice = select(encoder, ctx.splits.train, ctx.pool, ctx.dataset.y, represent, ctx.select)
+    if ctx.selection_only:
+        return MethodOutput(codes=None, selection=choice.selection.to_dict(),
+                            timings={"train_s": encoder.train_s, "select_s": choice.select_s})
     start = time.perf_counter()
     query = encoder.embeddings(choice.epoch, ctx.splits.query)
     db = encoder.embeddings(choice.epoch, ctx.splits.database)

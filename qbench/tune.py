@@ -96,7 +96,9 @@ def pipeline_objective(template) -> Objective:
 
     ``template`` is the :class:`qbench.pipeline.RunRequest` of every trial; a trial's
     sampled values update its ``method_params``. The score is the selection's
-    ``chosen_value`` (validation MAP of the method's representation on the selection pool).
+    ``chosen_value`` (validation MAP of the method's representation on the selection pool),
+    or its ``tuning_value`` where the method's final representation comes after selection
+    (householder's rotation).
     The selection curve is reported point by point after the run, so a pruner takes the
     same decisions as it would during training, but saves no training time.
     """
@@ -110,7 +112,7 @@ def pipeline_objective(template) -> Objective:
         for epoch, value in zip(selection["epochs"], selection["values"]):
             if value is not None and math.isfinite(value) and report(epoch, value):
                 break
-        return selection["chosen_value"]
+        return selection.get("tuning_value", selection["chosen_value"])
 
     return objective
 

@@ -213,11 +213,16 @@ def test_negative_seed_is_a_clean_error(tmp_path):
     _assert_clean_error(invoke(*run_args(tmp_path, "--seed", "-1")), tmp_path, "--seed", "-1")
 
 
-def test_a_failed_run_leaves_no_out_folder_it_created(tmp_path):
+def test_a_failed_run_leaves_no_empty_out_folder_it_created(tmp_path):
     out = tmp_path / "fresh"
-    result = invoke(*run_args(out, "--pool-size", "5"))
+    (tmp_path / "empty").mkdir()
+    result = invoke("run", "--method", "float", "--dataset", "mnist", "--data-dir",
+                    tmp_path / "empty", "--quiet", "--out", out)
     assert result.exit_code == 2
     assert not out.exists()
+    kept = tmp_path / "kept"
+    assert invoke(*run_args(kept, "--pool-size", "5")).exit_code == 2
+    assert not list(kept.glob("*.json")) and list((kept / "splits").iterdir())
 
 
 def test_cache_list_and_clear_commands(tmp_path):

@@ -130,3 +130,18 @@ def test_train_stage1_fills_the_cache_that_runs_then_hit(tmp_path):
     assert train_stage1(req)["cache"] == "hit"
     assert _run(tmp_path, "itq", 12, epochs=3)["encoder_cache"] == "hit"
     assert train_stage1(RunRequest(method="pq", out=tmp_path / "out")) is None
+
+
+def test_an_entry_folder_without_its_manifest_is_replaced(tmp_path):
+    first = _run(tmp_path, "float", epochs=2)
+    (key,) = _entries(tmp_path)
+    (tmp_path / "cache" / "encoders" / key / "entry.json").unlink()
+    again = _run(tmp_path, "float", epochs=2)
+    assert again["encoder_cache"] == "miss" and again["encoder_key"] == first["encoder_key"]
+    assert _run(tmp_path, "float", epochs=2)["encoder_cache"] == "hit"
+
+
+def test_default_and_explicit_epochs_share_one_entry(tmp_path):
+    a = _run(tmp_path, "float", epochs=None, method_params={"epochs": 0})
+    b = _run(tmp_path, "float", epochs=60)
+    assert a["encoder_key"] == b["encoder_key"] and b["encoder_cache"] == "hit"

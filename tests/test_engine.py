@@ -69,7 +69,7 @@ def test_encoders_produce_embeddings_of_width_d(name, shape):
 
 def test_encoder_resolution_and_mismatch_errors():
     assert resolve_encoder("auto", "vector", "cpu") == "mlp"
-    assert resolve_encoder("auto", "image", "cpu") == "lightcnn"
+    assert resolve_encoder("auto", "image", "cpu") == "cnn"
     assert resolve_encoder("auto", "image", "cuda") == "resnet18"
     with pytest.raises(QbenchError, match="needs images"):
         resolve_encoder("cnn", "vector", "cpu")

@@ -27,8 +27,9 @@ def fake_run(req):
     prep = prepare(req)
     result = make_result(req.method, req.bits, req.seed, dataset=req.dataset,
                          protocol=req.protocol, params=dict(prep.method.params))
-    splits = materialise(prep.dataset_plugin.load(), prep.protocol_spec, req.split_seed,
-                         Path(req.out) / "splits")
+    dataset = prep.dataset_plugin.load()
+    splits = materialise(dataset, prep.protocol_spec, req.split_seed, Path(req.out) / "splits")
+    result["dataset_checksum"] = dataset.checksum
     result.update(split_seed=req.split_seed, code_version=code_version(), tuning=req.tuning,
                   selection={"rule": req.select, "pool_size": req.pool_size})
     result["splits"] = {**result.get("splits", {}), "checksum": splits.checksum}
@@ -283,12 +284,18 @@ def test_a_changed_default_or_split_makes_a_result_stale(tmp_path, monkeypatch):
     assert "parameter dim: recorded 64, now 32" in run_grid(grid, out=out, dry_run=True)
     monkeypatch.undo()
     moved = write_grid(tmp_path, methods=["float"], bits=[12], seeds=[0], split_seed=1)
-    assert "records" in run_grid(moved, out=out, dry_run=True)  # split seed 0 vs 1
+    # another split seed is another result file, never the split-0 one
+    assert "to-run  float 12 bits seed 0" in run_grid(moved, out=out, dry_run=True)
     grid = write_grid(tmp_path, methods=["float"], bits=[12], seeds=[0])
-    result = load_result(out / "digits-standard-float-12b-seed0.json")
+    path = out / "digits-standard-float-12b-seed0.json"
+    result = load_result(path)
+    original = result["splits"]["checksum"]
     result["splits"]["checksum"] = "0" * 64
-    write_json_atomic(out / "digits-standard-float-12b-seed0.json", result)
+    write_json_atomic(path, result)
     assert "the split changed" in run_grid(grid, out=out, dry_run=True)
+    result["splits"]["checksum"], result["dataset_checksum"] = original, "f" * 64
+    write_json_atomic(path, result)
+    assert "the data changed (dataset checksum differs)" in run_grid(grid, out=out, dry_run=True)
     CALLS.clear()
     summary = run_grid(grid, out=out, runner=fake_run)
     assert len(CALLS) == 1 and summary.stale == 1
@@ -354,6 +361,9 @@ def test_a_worker_that_dies_loses_only_its_own_run(tmp_path):
     assert len(summary.done) == 11
     record = json.loads((out / "failed" / "digits-standard-pq-24b-seed0.failed.json").read_text())
     assert "died under this run 2 times" in record["message"]
+    calls = (out / "calls.log").read_text().splitlines()
+    # only the cells under way when the worker died run again: at most the other worker's
+    assert len(calls) <= 12
 
 
 def test_workers_spread_over_the_visible_gpus(monkeypatch):

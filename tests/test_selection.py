@@ -111,4 +111,20 @@ def test_split_seed_fixes_the_split_while_the_training_seed_varies(tmp_path):
                                   out=tmp_path))[1]
     assert a["splits"]["checksum"] == b["splits"]["checksum"] != c["splits"]["checksum"]
     assert (a["split_seed"], c["split_seed"]) == (0, 1)
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == [
+        "digits-standard-float-32b-seed0.json", "digits-standard-float-32b-seed1-split1.json",
+        "digits-standard-float-32b-seed1.json"]
     assert a["metrics"]["map_all"] != b["metrics"]["map_all"]
+
+
+def test_run_selection_stops_after_selection_and_householder_scores_its_rotation(tmp_path):
+    from qbench.pipeline import run_selection
+
+    a = run_selection(RunRequest(method="householder", bits=12, epochs=4, out=tmp_path,
+                                 method_params={"rot_epochs": 3, "rot_lr": 0.001}))
+    b = run_selection(RunRequest(method="householder", bits=12, epochs=4, out=tmp_path,
+                                 method_params={"rot_epochs": 3, "rot_lr": 0.9,
+                                                "rot_loss": "l1"}))
+    assert a["chosen_value"] == b["chosen_value"]  # stage 1 does not see the rotation
+    assert a["tuning_value"] != b["tuning_value"]  # the tuned knobs do
+    assert not list(tmp_path.glob("*.json"))
