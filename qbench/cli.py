@@ -317,10 +317,20 @@ _TUNE_SHARES_RUN_OPTIONS = ("method", "dataset", "bits", "seed", "protocol", "ep
 @click.option("--shared", is_flag=True,
               help="Tune the shared stage-1 knobs (lr, weight decay): once per dataset, on "
                    "--method float; pass the result to every method with -p or --params-from.")
+@click.option("--backend", default="local", show_default=True,
+              type=click.Choice(["local", "ray"]),
+              help="local: trials one after another here; ray: --parallel trials as Ray tasks "
+                   "(this process alone talks to the study).")
+@click.option("--address", default=None,
+              help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: join the local "
+                   "cluster or start one).")
+@click.option("--parallel", type=int, default=2, show_default=True,
+              help="Trials at once on Ray.")
+@click.option("--gpus-per-run", type=float, default=None, help="GPU share of each Ray trial.")
 def tune_command(method, dataset, bits, seed, protocol, epochs, device, out, data_dir, params,
                  data_params, quiet, split_seed, select, pool_size, cache_dir, no_cache,
                  deterministic, params_from, trials, timeout, storage, study_name, pruner,
-                 shared) -> None:
+                 shared, backend, address, parallel, gpus_per_run) -> None:
     """Tune a method's search space on validation data (Optuna TPE); write <out>/tune/.
 
     -p and --params-from values are fixed (e.g. the stage-1 knobs of a --shared study).
@@ -341,6 +351,8 @@ def tune_command(method, dataset, bits, seed, protocol, epochs, device, out, dat
     )
     path, record = tune(req, trials=trials, shared=shared, storage=storage,
                         study_name=study_name, timeout=timeout, pruner=pruner,
+                        backend=backend, address=address, parallel=parallel,
+                        gpus_per_run=gpus_per_run,
                         echo=None if quiet else click.echo)
     best = ", ".join(f"{k}={v!r}" for k, v in record["best_params"].items())
     t = record["trials"]

@@ -33,9 +33,11 @@ the validation curve and returns True when the pruner would stop the trial.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import math
 import re
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
@@ -112,7 +114,7 @@ def pipeline_objective(template) -> Objective:
         for epoch, value in zip(selection["epochs"], selection["values"]):
             if value is not None and math.isfinite(value) and report(epoch, value):
                 break
-        return selection.get("tuning_value", selection["chosen_value"])
+        return _trial_value(selection)
 
     return objective
 
@@ -207,16 +209,18 @@ def _check_identity(study, identity: dict, storage_text: str) -> None:
                 f"{stored.get(key)!r}, not {value!r}; give another --study or --storage")
 
 
-def _budget_callback(trials: int, echo: Callable[[str], None] | None) -> Callable:
-    """After each trial: one line to ``echo``, and stop once the study holds ``trials``
-    finished trials (what ``optuna.study.MaxTrialsCallback`` does, with one storage read
-    for both; it stops every worker of a shared study at the same total)."""
+def _budget_callback(trials: int, echo: Callable[[str], None] | None, *,
+                     stop: bool = True) -> Callable:
+    """After each trial: one line to ``echo``, and (``stop``) stop ``study.optimize`` once
+    the study holds ``trials`` finished trials (what ``optuna.study.MaxTrialsCallback``
+    does, with one storage read for both; it stops every worker of a shared study at the
+    same total). Ask-and-tell loops count their own trials and pass ``stop=False``."""
     from optuna.trial import TrialState
 
     def callback(study, trial) -> None:
         finished = study.get_trials(deepcopy=False,
                                     states=(TrialState.COMPLETE, TrialState.PRUNED))
-        if len(finished) >= trials:
+        if stop and len(finished) >= trials:
             study.stop()
         if echo is None:
             return
@@ -274,7 +278,9 @@ def _save_plots(study, folder: Path, name: str, space: list[str]) -> dict[str, s
 def tune(template, *, trials: int, shared: bool = False, storage: str | None = None,
          study_name: str | None = None, timeout: float | None = None, pruner: str = "none",
          objective: Objective | None = None,
-         echo: Callable[[str], None] | None = None) -> tuple[Path, dict]:
+         echo: Callable[[str], None] | None = None, backend: str = "local",
+         address: str | None = None, parallel: int = 1,
+         gpus_per_run: float | None = None) -> tuple[Path, dict]:
     """Tune ``template.method`` on ``template.dataset`` at ``template.bits``; write the summary.
 
     ``template``: the :class:`qbench.pipeline.RunRequest` every trial runs; its
@@ -283,7 +289,9 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
     finished trials. ``shared``: tune the shared stage-1 knobs (once per dataset, on the
     float method) instead of the method's own space. ``timeout``: seconds after which no
     new trial starts. ``objective``: default :func:`pipeline_objective` of ``template``.
-    ``echo``: receives one line per trial (None: silent).
+    ``echo``: receives one line per trial (None: silent). ``backend="ray"``: up to
+    ``parallel`` trials at once as Ray tasks (``address``, ``gpus_per_run`` as for grids);
+    this process alone asks and tells the study, so the default SQLite storage works.
 
     Returns ``(path, record)``: the summary JSON written atomically and its content.
     Every input is checked before the storage is opened, so bad input leaves no study.
@@ -372,7 +380,11 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
 
     counts = _counts(study)
     remaining = trials - counts["complete"] - counts["pruned"]
-    if remaining > 0:
+    if remaining > 0 and backend == "ray":
+        _optimize_on_ray(study, space, template, remaining, timeout=timeout,
+                         parallel=parallel, address=address, gpus_per_run=gpus_per_run,
+                         callback=_budget_callback(trials, echo, stop=False))
+    elif remaining > 0:
         study.optimize(run_trial, n_trials=remaining, timeout=timeout, catch=(Exception,),
                        callbacks=[_budget_callback(trials, echo)])
     counts = _counts(study)
@@ -424,6 +436,64 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
     record["plots"] = _save_plots(study, folder, name, list(space))
     path = write_json_atomic(folder / f"{name}.json", record)
     return path, record
+
+
+def _trial_value(selection: dict) -> float | None:
+    """The objective's value from a selection record (see :func:`pipeline_objective`)."""
+    return selection.get("tuning_value", selection["chosen_value"])
+
+
+def _remote_selection(template, params: dict) -> dict:
+    """One trial on a Ray worker: the selection record of the pipeline with ``params``."""
+    from qbench.pipeline import run_selection
+
+    return run_selection(replace(template, method_params={**template.method_params, **params},
+                                 progress=False))
+
+
+def _optimize_on_ray(study, space: dict, template, remaining: int, *, timeout: float | None,
+                     parallel: int, address: str | None, gpus_per_run: float | None,
+                     callback: Callable) -> None:
+    """Ask-and-tell: ``remaining`` trials, ``parallel`` at a time, as Ray tasks."""
+    from qbench.backends import RunResources
+    from qbench.ray_backend import run_device, run_trials
+
+    optuna = _optuna()
+    state = optuna.trial.TrialState
+    resources = RunResources(cpu=1, gpu=gpus_per_run or 0.0)
+    run_template = replace(template, device=run_device(template.device, resources))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    asked = [0]
+
+    def ask():
+        if asked[0] >= remaining or (deadline is not None and time.monotonic() > deadline):
+            return None
+        asked[0] += 1
+        with warnings.catch_warnings():  # ask-and-tell: this driver is the heartbeat
+            warnings.filterwarnings("ignore", "Heartbeat of storage")
+            trial = study.ask()
+        return trial, {k: _suggest(trial, k, p) for k, p in space.items()}
+
+    def tell(trial, selection, error) -> None:
+        if error is not None:
+            trial.set_user_attr("fail_reason", _one_line(error))
+            study.tell(trial, state=state.FAIL)
+        else:
+            for epoch, value in zip(selection["epochs"], selection["values"]):
+                if value is not None and math.isfinite(value):
+                    trial.report(value, epoch)
+            value = _trial_value(selection)
+            if trial.should_prune():
+                study.tell(trial, state=state.PRUNED)
+            elif value is None or not math.isfinite(value):
+                trial.set_user_attr("fail_reason", f"objective returned {value!r}")
+                study.tell(trial, state=state.FAIL)
+            else:
+                study.tell(trial, float(value))
+        callback(study, study.get_trials(deepcopy=False)[trial.number])
+
+    run_trials(ask, functools.partial(_remote_selection, run_template), tell,
+               parallel=parallel, address=address, resources=resources)
 
 
 def load_tuned_params(path: Path, method: str, dataset: str, bits: int, *,

@@ -153,3 +153,15 @@ def test_trials_run_in_parallel_tasks_and_only_the_driver_tells(cluster):
     ray_backend.run_trials(ask, evaluate, tell, parallel=2,
                            resources=RunResources(cpu=1))
     assert told == {0: (0, None), 1: (1, None), 2: (None, "x=2 diverged"), 3: (9, None)}
+
+
+def test_tune_on_ray_runs_trials_as_tasks_and_the_study_resumes(cluster, tmp_path):
+    from qbench.pipeline import RunRequest
+    from qbench.tune import tune
+
+    template = RunRequest(method="dqn", bits=12, epochs=3, out=tmp_path, device="cpu")
+    path, record = tune(template, trials=3, backend="ray", parallel=2)
+    assert record["trials"]["complete"] == 3 and 0 < record["best_value"] <= 1
+    assert set(record["best_params"]) == {"lam", "refit_every"}
+    _, again = tune(template, trials=3, backend="ray", parallel=2)  # nothing missing
+    assert again["trials"] == record["trials"] and again["best_value"] == record["best_value"]
