@@ -40,36 +40,30 @@ def _conv(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
 
-class SmallCNN(nn.Module):
-    """Six 3x3 conv layers (32-32-64-64-128-128) with pooling, global average, bottleneck."""
+class ConvNet(nn.Module):
+    """Stages of 3x3 conv layers (``stages``: the widths of each stage's layers), 2x2 max
+    pooling between stages, global average pooling, a bottleneck of width D."""
 
-    def __init__(self, channels: int, dim: int):
+    def __init__(self, channels: int, dim: int, stages: tuple[tuple[int, ...], ...]):
         super().__init__()
-        self.features = nn.Sequential(
-            *_conv(channels, 32), *_conv(32, 32), nn.MaxPool2d(2),
-            *_conv(32, 64), *_conv(64, 64), nn.MaxPool2d(2),
-            *_conv(64, 128), *_conv(128, 128), nn.AdaptiveAvgPool2d(1),
-        )
-        self.head = nn.Linear(128, dim)
+        layers: list[nn.Module] = []
+        cin = channels
+        for i, widths in enumerate(stages):
+            if i:
+                layers.append(nn.MaxPool2d(2))
+            for cout in widths:
+                layers += _conv(cin, cout)
+                cin = cout
+        layers.append(nn.AdaptiveAvgPool2d(1))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(cin, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).flatten(1))
 
 
-class LightCNN(nn.Module):
-    """Three 3x3 conv layers (32-64-128) with pooling, global average, bottleneck."""
-
-    def __init__(self, channels: int, dim: int):
-        super().__init__()
-        self.features = nn.Sequential(
-            *_conv(channels, 32), nn.MaxPool2d(2),
-            *_conv(32, 64), nn.MaxPool2d(2),
-            *_conv(64, 128), nn.AdaptiveAvgPool2d(1),
-        )
-        self.head = nn.Linear(128, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).flatten(1))
+CNN_STAGES = {"cnn": ((32, 32), (64, 64), (128, 128)), "lightcnn": ((32,), (64,), (128,))}
+"""``cnn``: six layers 32-32-64-64-128-128; ``lightcnn``: three layers 32-64-128."""
 
 
 class _Block(nn.Module):
@@ -169,10 +163,8 @@ def build_encoder(name: str, input_shape: tuple[int, ...], dim: int, hidden: int
         raise QbenchError(f"weights=imagenet needs encoder=alexnet or vgg16, not {name!r}")
     if name == "mlp":
         body: nn.Module = MLP(math.prod(input_shape), dim, hidden)
-    elif name == "lightcnn":
-        body = LightCNN(input_shape[0], dim)
-    elif name == "cnn":
-        body = SmallCNN(input_shape[0], dim)
+    elif name in CNN_STAGES:
+        body = ConvNet(input_shape[0], dim, CNN_STAGES[name])
     elif name == "resnet18":
         body = ResNet18(input_shape[0], dim)
     else:
