@@ -3,7 +3,7 @@
 A backend gets the cells left to run (:class:`qbench.grid.Cell`), how to run them
 (:class:`CellOptions`) and a ``report`` callback. It submits every cell -- and, where it
 schedules them, the stage-1 encoder job that cells depend on -- and hands each cell's
-:class:`qbench.grid.Outcome` to ``report`` in the driver process as it comes in. The
+:class:`qbench.worker.Outcome` to ``report`` in the driver process as it comes in. The
 driver (:func:`qbench.grid.run_grid`) plans, records outcomes and failures, and writes a
 result that a remote worker returned; the backend only runs things.
 
@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Protocol
 from qbench.errors import choice_error
 
 if TYPE_CHECKING:
-    from qbench.grid import Cell, Outcome
+    from qbench.grid import Cell
+    from qbench.worker import Outcome
 
 BACKENDS = ("local", "ray")
 
@@ -39,7 +40,7 @@ class RunResources:
 
 @dataclass(frozen=True)
 class CellOptions:
-    """How every cell of one grid runs (the arguments of :func:`qbench.grid.execute_cell`)."""
+    """How every cell of one grid runs (the arguments of :func:`qbench.worker.execute_cell`)."""
 
     out: Path
     data_dir: Path | None

@@ -63,13 +63,9 @@ rerunning the same command resumes without redoing finished runs.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
-import json
-import os
 import re
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -87,6 +83,7 @@ from qbench.results import (
     write_json_atomic,
 )
 from qbench.selection import DEFAULT_POOL_SIZE, RULES
+from qbench.worker import Outcome, prepare_dataset_params, run_pipeline
 
 RUN_KEYS = ("select", "split_seed", "pool_size", "tune")
 TOP_KEYS = ("description", "datasets", "methods", "bits", "seeds", "params",
@@ -97,7 +94,6 @@ RESOURCE_KEYS = ("cpu", "gpu")
 VARIANT_KEYS = ("method", "params", "description")
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 FAILED_DIR = "failed"
-THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 @dataclass
@@ -145,21 +141,6 @@ class Cell:
             select=self.select, pool_size=self.pool_size, cache_dir=cache_dir,
             use_cache=use_cache, tuning=self.tuning,
         )
-
-
-@dataclass
-class Outcome:
-    """What a worker reports about one cell. ``result``: the result record when the worker
-    could not write it itself (a remote backend); the driver then writes it to ``path``."""
-
-    stem: str
-    ok: bool
-    seconds: float
-    path: str | None = None
-    error_type: str = ""
-    message: str = ""
-    traceback: str = ""
-    result: dict | None = None
 
 
 @dataclass
@@ -430,13 +411,6 @@ def cell_status(cell: Cell, out: Path,
     return "done", ""
 
 
-def prepare_dataset_params(cell: Cell) -> dict:
-    """The cell's resolved dataset parameters."""
-    from qbench.registry import DATASETS
-
-    return DATASETS.resolve_params(cell.dataset, cell.dataset_params)
-
-
 def data_checksums(cell: Cell, out: Path, data_dir: Path | None,
                    cache_dir: Path | None) -> tuple[str, str]:
     """(split checksum, dataset checksum) of the data the grid's cells use (loads it once)."""
@@ -447,91 +421,6 @@ def data_checksums(cell: Cell, out: Path, data_dir: Path | None,
     dataset = prep.dataset_plugin.load_cached(cache_dir)
     splits = materialise(dataset, prep.protocol_spec, cell.split_seed, Path(out) / "splits")
     return splits.checksum, dataset.checksum
-
-
-def stage1_group(cell: Cell, out: Path, data_dir: Path | None) -> tuple | None:
-    """A cheap stand-in for the stage-1 encoder key of ``cell`` (no data loaded): cells with
-    the same group use the same cached encoder. None when its method trains none.
-
-    The group is (dataset, resolved dataset parameters, protocol, split seed, seed, the
-    method's engine parameters (:data:`qbench.engine.STAGE1_KEYS`), D, tanh); the exact key
-    adds the data and split checksums, equal for every cell of one grid.
-    """
-    from qbench.engine import STAGE1_KEYS
-    from qbench.pipeline import prepare
-
-    method = prepare(cell.request(out, data_dir, "cpu")).method
-    spec = method.stage1_spec(cell.bits)
-    if spec is None:
-        return None
-    engine = {k: method.params.get(k) for k in STAGE1_KEYS}
-    return (cell.dataset, json.dumps(prepare_dataset_params(cell), sort_keys=True),
-            cell.protocol, cell.split_seed, cell.seed, json.dumps(engine, sort_keys=True),
-            int(spec[0]), bool(spec[1]))
-
-
-# intra-op threads of this worker process (None: the main process, no limit)
-_WORKER_THREADS: int | None = None
-# the GPU of this worker process (None: runs keep the device they ask for)
-_WORKER_DEVICE: str | None = None
-
-
-def set_worker_device(device: str, share: float = 1.0) -> None:
-    """Make this worker's runs use ``device`` (e.g. ``cuda:1``), capped at ``share`` of its
-    memory, so that several workers on one GPU cannot take it all."""
-    import torch
-
-    global _WORKER_DEVICE
-    _WORKER_DEVICE = device
-    if share < 1.0:
-        torch.cuda.set_per_process_memory_fraction(share, torch.device(device))
-
-
-def set_worker_threads(threads: int) -> None:
-    """Make this worker process (of any backend) run with ``threads`` torch, faiss (OpenMP)
-    and BLAS threads: the environment is set for libraries not loaded yet, the ones already
-    loaded (numpy's and scipy's BLAS, imported with qbench) are limited through
-    threadpoolctl, and :func:`run_pipeline` calls ``torch.set_num_threads`` before each run.
-    """
-    from threadpoolctl import threadpool_limits
-
-    global _WORKER_THREADS
-    _WORKER_THREADS = threads
-    for name in THREAD_ENV:
-        os.environ[name] = str(threads)
-    threadpool_limits(limits=threads)
-
-
-def run_pipeline(request) -> tuple[Path, dict]:
-    """The default runner: :func:`qbench.pipeline.run_experiment`, looked up at call time."""
-    from qbench import pipeline
-
-    if _WORKER_THREADS is not None:
-        import torch
-
-        torch.set_num_threads(_WORKER_THREADS)
-    if _WORKER_DEVICE is not None and request.device in ("cuda", "auto"):
-        request = dataclasses.replace(request, device=_WORKER_DEVICE)
-    return pipeline.run_experiment(request)
-
-
-def execute_cell(cell: Cell, out: Path, data_dir: Path | None, device: str,
-                 runner: Callable = run_pipeline, cache_dir: Path | None = None,
-                 use_cache: bool = True) -> Outcome:
-    """Run one cell in this process; an :class:`Exception` becomes a failed outcome.
-
-    KeyboardInterrupt and SystemExit propagate: they stop the grid, not one cell.
-    """
-    started = time.perf_counter()
-    try:
-        path, _ = runner(cell.request(out, data_dir, device, cache_dir=cache_dir,
-                                      use_cache=use_cache))
-        load_result(path)
-    except Exception as exc:  # noqa: BLE001 -- isolate every failure of one run
-        return Outcome(cell.stem, False, time.perf_counter() - started,
-                       error_type=type(exc).__name__, message=str(exc),
-                       traceback=traceback.format_exc())
-    return Outcome(cell.stem, True, time.perf_counter() - started, path=str(path))
 
 
 def failure_path(out: Path, cell: Cell) -> Path:

@@ -1,7 +1,7 @@
 """The local backend: cells run in this process, or in ``jobs`` spawned worker processes.
 
 Each worker gets cores // jobs threads for torch, faiss and BLAS (:func:`worker_threads`)
-and calls :func:`qbench.grid.execute_cell`; the runner writes the result file itself
+and calls :func:`qbench.worker.execute_cell`; the runner writes the result file itself
 (atomically), since every worker shares this machine's ``--out``.
 """
 
@@ -17,9 +17,13 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qbench.backends import CellOptions
-from qbench.grid import Cell, Outcome, execute_cell, set_worker_device, set_worker_threads
+from qbench.worker import Outcome, execute_cell, set_worker_device, set_worker_threads
+
+if TYPE_CHECKING:
+    from qbench.grid import Cell
 
 
 def worker_threads(jobs: int) -> int:
@@ -50,7 +54,7 @@ def worker_devices(device: str, jobs: int) -> list[str] | None:
 
 
 def _init_worker(threads: int, devices: list[str] | None, counter) -> None:
-    """Worker initializer: threads (:func:`qbench.grid.set_worker_threads`), its GPU (one
+    """Worker initializer: threads (:func:`qbench.worker.set_worker_threads`), its GPU (one
     of ``devices``, by the order workers start, with a share of its memory), signals and a
     watch on the parent process.
 
@@ -144,7 +148,7 @@ class LocalBackend:
 
 
 def _tracked_cell(running: str, cell: Cell, options: CellOptions) -> Outcome:
-    """:func:`qbench.grid.execute_cell` with a marker file in ``running`` while it runs."""
+    """:func:`qbench.worker.execute_cell` with a marker file in ``running`` while it runs."""
     marker = Path(running) / cell.stem
     marker.touch()
     outcome = execute_cell(cell, options.out, options.data_dir, options.device,

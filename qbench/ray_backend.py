@@ -17,11 +17,11 @@ node can hold pending forever.
 
 Task graph
 ----------
-One task per distinct stage-1 encoder (cells grouped by :func:`qbench.grid.stage1_group`)
+One task per distinct stage-1 encoder (cells grouped by :func:`qbench.worker.stage1_group`)
 calls :func:`qbench.pipeline.train_stage1`; every run task that uses the encoder takes that
 task's ObjectRef as an argument, so Ray starts it once the encoder is in the cache. A run
 task asks for the grid's :class:`qbench.backends.RunResources` (its CPUs are also its
-threads, as a local worker's cores // jobs) and runs :func:`qbench.grid.execute_cell` with
+threads, as a local worker's cores // jobs) and runs :func:`qbench.worker.execute_cell` with
 the result written to a folder local to its worker; it returns the outcome with the result
 record, which the driver writes into ``--out``. A worker process that dies is retried by
 Ray (:data:`MAX_RETRIES`) and leaves no partial or duplicate result; an exception in a run
@@ -38,12 +38,15 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qbench.backends import CellOptions, RunResources
 from qbench.errors import QbenchError
-from qbench.grid import Cell, Outcome, execute_cell, set_worker_threads, stage1_group
 from qbench.results import read_json
+from qbench.worker import Outcome, execute_cell, set_worker_threads, stage1_group
+
+if TYPE_CHECKING:
+    from qbench.grid import Cell
 
 MAX_RETRIES = 3
 """How often Ray reruns a task whose worker process died (killed, out of memory)."""
