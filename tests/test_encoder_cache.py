@@ -1,7 +1,9 @@
 """Train once, quantize many: the stage-1 encoder cache."""
 
+import fcntl
 import json
 import multiprocessing
+import time
 
 import numpy as np
 import pytest
@@ -96,10 +98,19 @@ def test_the_lock_of_a_dead_holder_is_taken_over(tmp_path):
     holder = ctx.Process(target=_hold_lock, args=(tmp_path, ready, release))
     holder.start()
     assert ready.wait(10)
-    holder.kill()
-    holder.join(10)
-    with EncoderCache(tmp_path).lock("k"):  # the kernel released the dead holder's lock
-        pass
+    with open(tmp_path / "locks" / "k.lock", "a+") as fh:
+        with pytest.raises(BlockingIOError):  # held by the live holder
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.kill()
+        holder.join(10)
+        deadline = time.monotonic() + 10
+        while True:  # the kernel releases the dead holder's lock
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "the dead holder's lock was never released"
+                time.sleep(0.05)
 
 
 def test_cache_list_and_clear(tmp_path):
@@ -145,3 +156,24 @@ def test_default_and_explicit_epochs_share_one_entry(tmp_path):
     a = _run(tmp_path, "float", epochs=None, method_params={"epochs": 0})
     b = _run(tmp_path, "float", epochs=60)
     assert a["encoder_key"] == b["encoder_key"] and b["encoder_cache"] == "hit"
+
+
+def _train_in_process(req, queue):
+    from qbench.pipeline import train_stage1
+
+    queue.put(train_stage1(req)["cache"])
+
+
+def test_concurrent_workers_train_one_key_once(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    req = RunRequest(method="float", epochs=20, out=tmp_path / "out",
+                     cache_dir=tmp_path / "cache")
+    workers = [ctx.Process(target=_train_in_process, args=(req, queue)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    statuses = sorted(queue.get(timeout=120) for _ in workers)
+    for worker in workers:
+        worker.join(30)
+    assert statuses == ["hit", "miss"]
+    assert len(_entries(tmp_path)) == 1
