@@ -40,6 +40,18 @@ MAX_ATTEMPTS = 2
 """Times a cell is tried when worker processes die under it: in the pool, then alone."""
 
 
+def interleave_seeds(cells: list[Cell]) -> list[Cell]:
+    """``cells`` reordered round-robin over training seeds (seed 0's first cell, seed 1's
+    first cell, ..., then each seed's second cell): neighbouring cells then need different
+    stage-1 encoders, so parallel workers train them at once instead of one waiting on the
+    other's cache lock."""
+    by_seed: dict[int, list[Cell]] = {}
+    for cell in cells:
+        by_seed.setdefault(cell.seed, []).append(cell)
+    queues = list(by_seed.values())
+    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
+
+
 def worker_devices(device: str, jobs: int) -> list[str] | None:
     """The device of each of ``jobs`` workers: with ``cuda`` (or ``auto`` on a CUDA machine)
     the workers are spread over the visible GPUs round-robin; None: leave runs as asked."""
@@ -105,7 +117,7 @@ class LocalBackend:
         context = multiprocessing.get_context("spawn")
         devices = worker_devices(options.device, self.jobs)
         with tempfile.TemporaryDirectory(prefix="qbench-running-") as running:
-            todo, suspects = list(cells), []
+            todo, suspects = interleave_seeds(cells), []
             while todo:
                 unstarted = []
                 for cell, outcome in self._pool_pass(todo, options, devices, context,

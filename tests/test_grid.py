@@ -375,3 +375,13 @@ def test_workers_spread_over_the_visible_gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert worker_devices("cuda", 3) == ["cuda:0", "cuda:1", "cuda:0"]
     assert worker_devices("cuda:1", 3) is None and worker_devices("cpu", 2) is None
+
+
+def test_parallel_workers_get_cells_of_different_seeds_side_by_side():
+    from qbench.grid import Cell
+    from qbench.local_backend import interleave_seeds
+
+    cells = [Cell("digits", "standard", m, m, 12, s) for s in (0, 1) for m in ("float", "itq")]
+    cells.append(Cell("digits", "standard", "sign", "sign", 12, 0))
+    order = [(c.name, c.seed) for c in interleave_seeds(cells)]
+    assert order == [("float", 0), ("float", 1), ("itq", 0), ("itq", 1), ("sign", 0)]
