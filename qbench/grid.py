@@ -42,8 +42,9 @@ mistake there is a :class:`QbenchError`.
 
 Running
 -------
-Cells are (method or variant, bits, seed) for the chosen dataset, ordered seed by seed so
-an interrupted grid leaves whole seeds. Each cell's result goes to
+Cells are (method or variant, bits, seed) for the chosen dataset, expanded seed by seed
+(the local backend submits them round-robin over seeds, so that parallel workers train
+different stage-1 encoders). Each cell's result goes to
 ``<out>/<result_filename(dataset, protocol, name, bits, seed)>``. A cell is skipped when
 that file exists, validates, and records the cell's dataset, protocol, method, bits, seed
 and requested parameters; otherwise it runs (an invalid or stale file is overwritten).
