@@ -45,9 +45,10 @@ Running
 Cells are (method or variant, bits, seed) for the chosen dataset, expanded seed by seed
 (the local backend submits them round-robin over seeds, so that parallel workers train
 different stage-1 encoders). Each cell's result goes to
-``<out>/<result_filename(dataset, protocol, name, bits, seed)>``. A cell is skipped when
-that file exists, validates, and records the cell's dataset, protocol, method, bits, seed
-and requested parameters; otherwise it runs (an invalid or stale file is overwritten).
+``<out>/<result_filename(dataset, protocol, name, bits, seed, split_seed)>``. A cell is
+skipped only when that file is current (:func:`cell_status`: same schema, resolved
+parameters, selection rule, pool size, split seed, split and dataset checksums, tuning
+record and code version); otherwise it runs (an invalid or stale file is overwritten).
 A run that raises any :class:`Exception` (including :class:`QbenchError`) is recorded in
 ``<out>/failed/<result name>.failed.json`` (error type, message, traceback, cell) and the
 grid goes on; failed cells run again on the next invocation and a success removes the
@@ -56,7 +57,8 @@ record.
 Where cells run is the backend's business (:mod:`qbench.backends`): ``local`` (the
 default) runs them in this process or, with ``jobs`` > 1, in that many worker processes
 (each with cores // jobs threads for torch, faiss and BLAS); ``ray`` runs each as a Ray
-task on a cluster, after one task per distinct stage-1 encoder (:func:`stage1_group`).
+task on a cluster, after one task per distinct stage-1 encoder
+(:func:`qbench.worker.stage1_group`).
 This module plans, records outcomes and writes failure records, the same for every
 backend. KeyboardInterrupt / SystemExit stop the grid; results are written atomically, so
 rerunning the same command resumes without redoing finished runs.
