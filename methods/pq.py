@@ -9,18 +9,10 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
 from qbench.codes import FloatCodes, PQCodes
-from qbench.method import Method, MethodOutput, RunContext, pq_layout
+from qbench.method import Method, MethodOutput, RunContext, pad_columns, pq_layout
 from qbench.quantizers import OPQ, ProductQuantizer
 from qbench.registry import METHODS, Param
-
-
-def pad_columns(x: np.ndarray, multiple: int) -> np.ndarray:
-    """x (n, d) with zero columns appended up to the next multiple of ``multiple``."""
-    extra = -x.shape[1] % multiple
-    return np.pad(x, ((0, 0), (0, extra))) if extra else x
 
 
 class _RawPQ(Method):

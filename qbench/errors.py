@@ -15,3 +15,9 @@ def choice_error(what: str, value: object, allowed) -> QbenchError:
     """Build the standard 'unknown X' error naming the value and the allowed ones."""
     allowed = sorted(str(a) for a in allowed)
     return QbenchError(f"unknown {what} {value!r}; allowed: {', '.join(allowed)}")
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` of an exception, for one-line reports."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

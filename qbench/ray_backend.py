@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qbench.backends import CellOptions, RunResources
-from qbench.errors import QbenchError
+from qbench.errors import QbenchError, one_line
 from qbench.results import read_json
 from qbench.worker import Outcome, execute_cell, set_worker_threads, stage1_group
 
@@ -64,11 +64,6 @@ def _ray():
         raise QbenchError(f"--backend ray needs Ray, which is not installed: {INSTALL_HINT}") \
             from None
     return ray
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def _check_reachable(address: str) -> None:
@@ -100,7 +95,7 @@ def connect(address: str | None) -> bool:
         ray.init(address=address, logging_level=logging.WARNING)
     except Exception as exc:  # noqa: BLE001 -- ray raises many kinds; all mean "not joined"
         raise QbenchError(f"--address {address or '(none: local)'}: cannot join a Ray "
-                          f"cluster: {_one_line(exc)}") from None
+                          f"cluster: {one_line(exc)}") from None
     return True
 
 
@@ -201,7 +196,7 @@ def _train_stage1(cell: Cell, options: CellOptions, threads: int) -> dict:
                                          cache_dir=options.cache_dir,
                                          use_cache=options.use_cache)) or {}
     except Exception as exc:  # noqa: BLE001 -- reported by the runs that depend on it
-        return {"error": _one_line(exc)}
+        return {"error": one_line(exc)}
 
 
 def _run_cell(cell: Cell, options: CellOptions, threads: int, *encoder: dict) -> Outcome:
@@ -279,7 +274,7 @@ class RayBackend:
                     except ray.exceptions.RayError as exc:
                         outcome = Outcome(refs[ref].stem, False, 0.0,
                                           error_type=type(exc).__name__,
-                                          message=f"Ray gave up on the run: {_one_line(exc)}")
+                                          message=f"Ray gave up on the run: {one_line(exc)}")
                     report(outcome)
         except BaseException:
             for ref in remaining:

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from qbench import __version__
-from qbench.errors import QbenchError, choice_error
+from qbench.errors import QbenchError, choice_error, one_line
 from qbench.registry import METHODS, Param, space_of
 
 STARTUP_TRIALS = 10
@@ -78,11 +78,6 @@ def _optuna():
         raise QbenchError("qbench tune needs optuna; install it: pip install 'optuna>=4.9'") \
             from None
     return optuna
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def default_study_name(dataset: str, protocol: str, method: str, bits: int, seed: int, *,
@@ -157,7 +152,7 @@ def _open_storage(url: str):
                     max_retry=MAX_RETRY),
             )
     except (SQLAlchemyError, ImportError, ValueError) as exc:
-        raise QbenchError(f"--storage {_redacted(url)} cannot be opened: {_one_line(exc)}") \
+        raise QbenchError(f"--storage {_redacted(url)} cannot be opened: {one_line(exc)}") \
             from None
 
 
@@ -369,7 +364,7 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
         try:
             value = objective(params, report)
         except Exception as exc:
-            trial.set_user_attr("fail_reason", _one_line(exc))
+            trial.set_user_attr("fail_reason", one_line(exc))
             raise
         if pruned_at:
             raise optuna.TrialPruned(f"pruned at epoch {pruned_at[0]}")
@@ -476,7 +471,7 @@ def _optimize_on_ray(study, space: dict, template, remaining: int, *, timeout: f
 
     def tell(trial, selection, error) -> None:
         if error is not None:
-            trial.set_user_attr("fail_reason", _one_line(error))
+            trial.set_user_attr("fail_reason", one_line(error))
             study.tell(trial, state=state.FAIL)
         else:
             for epoch, value in zip(selection["epochs"], selection["values"]):
@@ -513,7 +508,7 @@ def load_tuned_params(path: Path, method: str, dataset: str, bits: int, *,
     except FileNotFoundError:
         raise QbenchError(f"--params-from {path}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise QbenchError(f"--params-from {path}: not a JSON file ({_one_line(exc)})") from None
+        raise QbenchError(f"--params-from {path}: not a JSON file ({one_line(exc)})") from None
     keys = ("scope", "method", "dataset", "bits", "fixed", "best_params", "best_value",
             "trials", "study")
     if not isinstance(record, dict) or record.get("kind") != "tuning" or \
