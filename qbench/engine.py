@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from qbench.encoders import ENCODERS, build_encoder, resolve_encoder
 from qbench.losses import SIMILARITY_LOSSES
+from qbench.memory import inference_batch, keep_freed_memory
 from qbench.method import RunContext
 from qbench.registry import Param, Space
 
@@ -160,6 +161,7 @@ class Trainer:
         self.snapshot: Snapshot | None = None
         self.start_epoch = 0
         self.train_s = 0.0
+        self.infer_batch: int | None = None  # chosen on the first embed()
 
     # -- inputs ---------------------------------------------------------------------
     def _fit_input_scaling(self, x_train: np.ndarray) -> None:
@@ -190,6 +192,7 @@ class Trainer:
         an uninterrupted run up to nondeterminism). ``snapshot_at``: save the full state
         after that many epochs in ``self.snapshot``.
         """
+        keep_freed_memory()
         p = self.params
         opt = torch.optim.Adam(self.model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.epochs))
@@ -266,15 +269,24 @@ class Trainer:
 
     # -- inference ------------------------------------------------------------------
     def embed(self, x: np.ndarray, out: np.ndarray | None = None,
-              batch_size: int = 1024) -> np.ndarray:
+              batch_size: int | None = None) -> np.ndarray:
         """(n, D) float32 embeddings of x with the current weights, in eval mode.
 
-        Written into ``out`` when given (no per-batch allocation of the result); on a CUDA
-        out-of-memory error the batch size halves.
+        Written into ``out`` when given (no per-batch allocation of the result). The batch
+        size defaults to :func:`qbench.memory.inference_batch` for this model (on the CPU:
+        activations below glibc's mmap threshold, so no page-fault churn); on a CUDA
+        out-of-memory error it halves.
         """
         self.model.eval()
         if out is None:
             out = np.empty((len(x), self.dim), dtype=np.float32)
+        if len(x) == 0:
+            return out
+        keep_freed_memory()
+        if batch_size is None:
+            if self.infer_batch is None:
+                self.infer_batch = inference_batch(self.model, self.prepare(x[:1]), self.device)
+            batch_size = self.infer_batch
         start = 0
         with torch.inference_mode(), self.autocast:
             while start < len(x):
