@@ -145,14 +145,19 @@ def torch_settings(deterministic: bool, device: str):
     saved = (torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    # The first call of use_deterministic_algorithms imports torch._dynamo (1.7 s): only
+    # when the switch changes.
+    switch = deterministic or saved[0]
+    if switch:
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = device.startswith("cuda") and not deterministic
     try:
         yield
     finally:
         torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        if switch:
+            torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:]
 
 

@@ -5,12 +5,39 @@ Methods combine them; the evaluator never sees them, only the codes they produce
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import faiss
 import numpy as np
 import torch
 
 from qbench.codes import signs_to_bits
 from qbench.errors import QbenchError
+
+
+SMALL_PROBLEM = 1 << 21
+"""Training sets of at most this many floats (n * d) are fitted on one OpenMP thread."""
+
+
+@contextlib.contextmanager
+def fit_threads(x: np.ndarray) -> Iterator[None]:
+    """Fit on one faiss (OpenMP) thread when ``x`` is small, then restore the count.
+
+    The training sets of this benchmark are small (at most tens of thousands of vectors):
+    each OPQ or k-means iteration is milliseconds of work, and with two threads the OpenMP
+    barriers cost more than they save -- much more when other processes share the cores
+    (OPQ of 1,000 x 66 vectors on 2 busy cores: 1.6-1.8 s on one thread, 9.9-11.9 s on two).
+    """
+    threads = faiss.omp_get_max_threads()
+    small = x.size <= SMALL_PROBLEM and threads > 1
+    if small:
+        faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        if small:
+            faiss.omp_set_num_threads(threads)
 
 
 def kmeans(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 25,
@@ -22,10 +49,11 @@ def kmeans(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 25,
                           f"got {len(x)}; use fewer bits per subspace (-p subspaces=...)")
     km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, verbose=False,
                       min_points_per_centroid=1, max_points_per_centroid=1 << 30)
-    if init is not None:
-        km.train(x, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
-    else:
-        km.train(x)
+    with fit_threads(x):
+        if init is not None:
+            km.train(x, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
+        else:
+            km.train(x)
     return km.centroids.astype(np.float32)
 
 
@@ -128,7 +156,8 @@ class OPQ:
         inner.cp.min_points_per_centroid = 1
         inner.cp.seed = self.seed
         opq.pq = inner  # faiss keeps a raw pointer: ``inner`` must outlive train()
-        opq.train(x)
+        with fit_threads(x):
+            opq.train(x)
         self.rotation = faiss.vector_to_array(opq.A).reshape(d, d).astype(np.float32)
         self.pq.fit(self.transform(x))
         return self

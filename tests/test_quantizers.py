@@ -198,3 +198,24 @@ def test_householder_l1_loss_and_bad_loss_name():
 def test_rescale_to_sqrt_dim_sets_norms():
     z = rescale_to_sqrt_dim(np.random.default_rng(0).standard_normal((10, 25)))
     np.testing.assert_allclose(np.linalg.norm(z, axis=1), 5.0)
+
+
+def test_small_fits_run_on_one_openmp_thread_and_restore_the_count():
+    import faiss
+
+    from qbench.quantizers import SMALL_PROBLEM, fit_threads
+
+    saved = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        with fit_threads(np.zeros((100, 8), np.float32)):
+            assert faiss.omp_get_max_threads() == 1
+        assert faiss.omp_get_max_threads() == 2
+        with fit_threads(np.zeros(SMALL_PROBLEM + 1, np.float32)):
+            assert faiss.omp_get_max_threads() == 2
+        with pytest.raises(RuntimeError):
+            with fit_threads(np.zeros((10, 8), np.float32)):
+                raise RuntimeError("fit failed")
+        assert faiss.omp_get_max_threads() == 2
+    finally:
+        faiss.omp_set_num_threads(saved)
