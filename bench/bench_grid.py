@@ -11,6 +11,11 @@
    with and without the cache, ``--jobs 2``.
 3. ``--fashion-run``: the per-phase breakdown of one Fashion-MNIST two-stage-pq run at the
    CPU defaults (needs Debian's dataset-fashion-mnist).
+4. Always: inference on 20,000 Fashion-MNIST-sized images (1x28x28) with the CPU default
+   CNN, in two fresh processes: before (glibc's allocator defaults, batch 1024, as qbench
+   did until the fix) and after (:mod:`qbench.memory`: fixed thresholds, sized batches),
+   with images/s, user and system time and minor page faults; and training throughput
+   (forward, backward and Adam step, batch 128) in the same process as "after".
 Figures go to ``--out`` as JSON; nothing here is a pass/fail test.
 """
 
@@ -19,6 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -86,6 +94,64 @@ def fashion_run() -> dict:
             "phases": {k: result["timings"][k] for k in phases}}
 
 
+def inference_probe(mode: str, encoder: str = "cnn", n: int = 20_000) -> dict:
+    """Embed n random 1x28x28 images; ``mode`` "before" or "after" (run in a fresh process)."""
+    import numpy as np
+    import torch
+
+    from qbench.encoders import build_encoder
+    from qbench.memory import inference_batch, keep_freed_memory
+
+    torch.manual_seed(0)
+    model = build_encoder(encoder, (1, 28, 28), 64).eval()
+    x = np.random.default_rng(0).random((n, 1, 28, 28), dtype=np.float32)
+    if mode == "after":
+        keep_freed_memory()
+        batch = inference_batch(model, torch.from_numpy(x[:1]), torch.device("cpu"))
+    else:
+        batch = 1024
+    out = np.empty((n, 64), np.float32)
+
+    def embed():
+        with torch.inference_mode():
+            for start in range(0, n, batch):
+                out[start:start + batch] = model(torch.from_numpy(x[start:start + batch])).numpy()
+
+    embed()  # warm-up: first-touch of the output, one-time allocations
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    embed()
+    wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    report = {"mode": mode, "encoder": encoder, "batch": batch, "images": n,
+              "threads": torch.get_num_threads(), "wall_s": wall, "images_per_s": n / wall,
+              "user_s": r1.ru_utime - r0.ru_utime, "system_s": r1.ru_stime - r0.ru_stime,
+              "minor_faults": r1.ru_minflt - r0.ru_minflt}
+    if mode == "after":
+        model.train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        xb = torch.from_numpy(x[:128])
+        steps, t0 = 40, time.perf_counter()
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            model(xb).pow(2).mean().backward()
+            opt.step()
+        report["train_images_per_s"] = steps * 128 / (time.perf_counter() - t0)
+        report["inference_over_training"] = report["images_per_s"] / report["train_images_per_s"]
+    return report
+
+
+def inference() -> dict:
+    """Before/after figures, each from a fresh interpreter (allocator settings are global)."""
+    runs = {}
+    for mode in ("before", "after"):
+        done = subprocess.run([sys.executable, __file__, "--inference-probe", mode],
+                              capture_output=True, text=True, check=True)
+        runs[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+    before, after = runs["before"], runs["after"]
+    return {**runs, "speed_up": after["images_per_s"] / before["images_per_s"],
+            "system_s_before_after": [before["system_s"], after["system_s"]],
+            "minor_faults_before_after": [before["minor_faults"], after["minor_faults"]]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/bench/grid.json"))
@@ -93,9 +159,15 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--default-grid", action="store_true")
     parser.add_argument("--fashion-run", action="store_true")
+    parser.add_argument("--inference-probe", choices=("before", "after"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    report = {"machine": {"cpu_count": os.cpu_count()},
-              "stage1_grid_digits": stage1_grid(args.epochs, args.jobs)}
+    if args.inference_probe:
+        print(json.dumps(inference_probe(args.inference_probe)))
+        return
+    report = {"machine": {"cpu_count": os.cpu_count(), "load_average": os.getloadavg()},
+              "inference_cpu": inference()}
+    print(json.dumps(report["inference_cpu"], indent=1))
+    report["stage1_grid_digits"] = stage1_grid(args.epochs, args.jobs)
     print(json.dumps(report["stage1_grid_digits"], indent=1))
     if args.default_grid:
         report["default_grid_digits"] = default_grid(2)
