@@ -15,7 +15,6 @@ import torch
 from qbench.codes import signs_to_bits
 from qbench.errors import QbenchError
 
-
 SMALL_PROBLEM = 1 << 21
 """Training sets of at most this many floats (n * d) are fitted on one OpenMP thread."""
 

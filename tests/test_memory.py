@@ -35,8 +35,8 @@ def test_cpu_batch_keeps_the_largest_activation_under_the_budget():
 
 
 def test_embedding_does_not_depend_on_the_batch_size():
-    from tests.test_engine import _digits_ctx, _params
     from qbench.engine import Trainer
+    from tests.test_engine import _digits_ctx, _params
 
     trainer = Trainer(_digits_ctx(), _params(epochs=1), dim=8).fit()
     x = trainer.ctx.x("val")
