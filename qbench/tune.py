@@ -213,6 +213,22 @@ def _check_identity(study, identity: dict, storage_text: str) -> None:
                 f"{stored.get(key)!r}, not {value!r}; give another --study or --storage")
 
 
+def _completed_with(trial, params: dict):
+    """An earlier complete trial of ``trial``'s study with exactly ``params``, or None.
+
+    A trial's value is a function of its parameters (the seed, split and epochs are fixed
+    per study), so a repeated point -- common in small discrete spaces, e.g. a single
+    choice -- is not run again: the trial is told the earlier value and counts towards the
+    budget as a complete trial.
+    """
+    from optuna.trial import TrialState
+
+    for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if other.number != trial.number and other.params == params:
+            return other
+    return None
+
+
 def _budget_callback(trials: int, echo: Callable[[str], None] | None, *,
                      stop: bool = True) -> Callable:
     """After each trial: one line to ``echo``, and (``stop``) stop ``study.optimize`` once
@@ -234,7 +250,9 @@ def _budget_callback(trials: int, echo: Callable[[str], None] | None, *,
                            for k, v in trial.params.items())
         if trial.state == TrialState.COMPLETE:
             best = max(t.value for t in finished if t.state == TrialState.COMPLETE)
-            echo(f"{head}: {trial.value:.4f} (best {best:.4f}) [{params}]")
+            same = trial.user_attrs.get("same_params_as")
+            again = "" if same is None else f"; same parameters as trial {same}, not rerun"
+            echo(f"{head}: {trial.value:.4f} (best {best:.4f}{again}) [{params}]")
         elif trial.state == TrialState.PRUNED:
             echo(f"{head}: pruned at epoch {trial.last_step} [{params}]")
         else:
@@ -362,6 +380,12 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
 
     def run_trial(trial) -> float:
         params = {k: _suggest(trial, k, p) for k, p in space.items()}
+        earlier = _completed_with(trial, params)
+        if earlier is not None:  # TPE repeats points of small discrete spaces: reuse
+            trial.set_user_attr("same_params_as", earlier.number)
+            for step, value in earlier.intermediate_values.items():
+                trial.report(value, step)
+            return earlier.value
         pruned_at: list[int] = []
 
         def report(epoch: int, value: float) -> bool:

@@ -212,6 +212,23 @@ def test_fixed_parameters_leave_the_space_and_reach_the_summary(tmp_path):
     assert record["fixed"] == {"law": "gravity", "k": 2, "epochs": 3}
 
 
+def test_a_repeated_point_of_a_discrete_space_is_not_run_again(tmp_path):
+    calls = []
+
+    def objective(params, report):
+        calls.append(params["law"])
+        report(0, 0.5)
+        return 0.9 if params["law"] == "gravity" else 0.4
+
+    lines = []
+    _, record = tune(template(tmp_path, method_params={"lam": "0.1", "k": "2"}), trials=6,
+                     objective=objective, echo=lines.append)
+    assert record["trials"]["complete"] == 6
+    assert len(calls) == len(set(calls)) <= 2  # each choice ran once
+    assert sum("not rerun" in line for line in lines) == 6 - len(calls)
+    assert record["best_value"] == (0.9 if "gravity" in calls else 0.4)
+
+
 def test_a_method_without_a_space_is_refused_naming_those_with_one(tmp_path):
     with pytest.raises(QbenchError, match="method toy-plain has no own search space; methods "
                                           "with one: .*toy-tuned"):
