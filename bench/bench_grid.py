@@ -12,8 +12,9 @@
 3. ``--fashion-run``: the per-phase breakdown of one Fashion-MNIST two-stage-pq run at the
    CPU defaults (needs Debian's dataset-fashion-mnist).
 4. Always: inference on 20,000 Fashion-MNIST-sized images (1x28x28) with the CPU default
-   CNN, in two fresh processes: before (glibc's allocator defaults, batch 1024, as qbench
-   did until the fix) and after (:mod:`qbench.memory`: fixed thresholds, sized batches),
+   CNN, in three fresh processes: before (glibc's allocator defaults, batch 1024, as qbench
+   did until the fix), batch-only (the sized batch, glibc's defaults) and after
+   (:mod:`qbench.memory`: fixed thresholds and sized batches),
    with images/s, user and system time and minor page faults; and training throughput
    (forward, backward and Adam step, batch 128) in the same process as "after".
 Figures go to ``--out`` as JSON; nothing here is a pass/fail test.
@@ -113,6 +114,7 @@ def inference_probe(mode: str, encoder: str = "cnn", n: int = 20_000) -> dict:
     x = np.random.default_rng(0).random((n, 1, 28, 28), dtype=np.float32)
     if mode == "after":
         keep_freed_memory()
+    if mode in ("after", "batch-only"):
         batch = inference_batch(model, torch.from_numpy(x[:1]), torch.device("cpu"))
     else:
         batch = 1024
@@ -148,7 +150,7 @@ def inference_probe(mode: str, encoder: str = "cnn", n: int = 20_000) -> dict:
 def inference() -> dict:
     """Before/after figures, each from a fresh interpreter (allocator settings are global)."""
     runs = {}
-    for mode in ("before", "after"):
+    for mode in ("before", "batch-only", "after"):
         done = subprocess.run([sys.executable, __file__, "--inference-probe", mode],
                               capture_output=True, text=True, check=True)
         runs[mode] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -165,10 +167,15 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--default-grid", action="store_true")
     parser.add_argument("--default-grid-seeds", type=int, default=None,
-                        help="only the first N seeds of the default grid")
+                        help="the default grid on its first N seeds (implies --default-grid)")
     parser.add_argument("--fashion-run", action="store_true")
-    parser.add_argument("--inference-probe", choices=("before", "after"), help=argparse.SUPPRESS)
+    parser.add_argument("--inference-probe", choices=("before", "batch-only", "after"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.default_grid_seeds is not None:
+        if args.default_grid_seeds < 1:
+            parser.error(f"--default-grid-seeds must be >= 1, got {args.default_grid_seeds}")
+        args.default_grid = True
     if args.inference_probe:
         print(json.dumps(inference_probe(args.inference_probe)))
         return

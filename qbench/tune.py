@@ -229,6 +229,17 @@ def _completed_with(trial, params: dict):
     return None
 
 
+def _replay(trial, earlier) -> int | None:
+    """Give ``trial`` the curve of ``earlier`` (same parameters), as its objective would have
+    reported it; the epoch where the pruner stops it (as it would stop a rerun), or None."""
+    trial.set_user_attr("same_params_as", earlier.number)
+    for step, value in sorted(earlier.intermediate_values.items()):
+        trial.report(value, step)
+        if trial.should_prune():
+            return step
+    return None
+
+
 def _budget_callback(trials: int, echo: Callable[[str], None] | None, *,
                      stop: bool = True) -> Callable:
     """After each trial: one line to ``echo``, and (``stop``) stop ``study.optimize`` once
@@ -382,9 +393,9 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
         params = {k: _suggest(trial, k, p) for k, p in space.items()}
         earlier = _completed_with(trial, params)
         if earlier is not None:  # TPE repeats points of small discrete spaces: reuse
-            trial.set_user_attr("same_params_as", earlier.number)
-            for step, value in earlier.intermediate_values.items():
-                trial.report(value, step)
+            pruned = _replay(trial, earlier)
+            if pruned is not None:
+                raise optuna.TrialPruned(f"pruned at epoch {pruned}")
             return earlier.value
         pruned_at: list[int] = []
 
@@ -494,13 +505,22 @@ def _optimize_on_ray(study, space: dict, template, remaining: int, *, timeout: f
     asked = [0]
 
     def ask():
-        if asked[0] >= remaining or (deadline is not None and time.monotonic() > deadline):
-            return None
-        asked[0] += 1
-        with warnings.catch_warnings():  # ask-and-tell: this driver is the heartbeat
-            warnings.filterwarnings("ignore", "Heartbeat of storage")
-            trial = study.ask()
-        return trial, {k: _suggest(trial, k, p) for k, p in space.items()}
+        while True:
+            if asked[0] >= remaining or (deadline is not None and time.monotonic() > deadline):
+                return None
+            asked[0] += 1
+            with warnings.catch_warnings():  # ask-and-tell: this driver is the heartbeat
+                warnings.filterwarnings("ignore", "Heartbeat of storage")
+                trial = study.ask()
+            params = {k: _suggest(trial, k, p) for k, p in space.items()}
+            earlier = _completed_with(trial, params)
+            if earlier is None:
+                return trial, params
+            if _replay(trial, earlier) is not None:  # told at once, no task
+                study.tell(trial, state=state.PRUNED)
+            else:
+                study.tell(trial, earlier.value)
+            callback(study, study.get_trials(deepcopy=False)[trial.number])
 
     def tell(trial, selection, error) -> None:
         if error is not None:

@@ -1,6 +1,7 @@
 """CPU inference without page-fault churn: the allocator thresholds and the batch size."""
 
-import resource
+import os
+import subprocess
 import sys
 
 import numpy as np
@@ -10,8 +11,9 @@ import torch
 from qbench.encoders import build_encoder
 from qbench.memory import (
     ACTIVATION_BUDGET,
+    USER_SETTINGS,
     inference_batch,
-    keep_freed_memory,
+    is_glibc,
     largest_activation_bytes,
 )
 
@@ -46,16 +48,45 @@ def test_embedding_does_not_depend_on_the_batch_size():
     assert trainer.embed(x[:0]).shape == (0, 8)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
-def test_freed_activations_are_reused_without_new_page_faults():
-    assert keep_freed_memory() is True
-    assert keep_freed_memory() is True  # idempotent
-    # A 24 MiB buffer (under the fixed 32 MiB mmap threshold) allocated and freed
-    # repeatedly: after the first round its pages stay in the process.
-    for _ in range(2):
-        torch.ones(6 * 1024 * 1024)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(20):
-        torch.ones(6 * 1024 * 1024)
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    assert faults < 20 * 6 * 1024 * 1024 * 4 // 4096 // 10  # < a tenth of one fault per page
+PROBE = """
+import resource, sys, numpy as np, torch
+from qbench.encoders import build_encoder
+from qbench.memory import inference_batch, keep_freed_memory
+torch.set_num_threads(1)
+kept = sys.argv[1] == "kept"
+if kept:
+    assert keep_freed_memory()
+model = build_encoder("cnn", (1, 28, 28), 16).eval()
+x = torch.rand(1500, 1, 28, 28)
+bs = inference_batch(model, x[:1], torch.device("cpu"))
+def embed():
+    with torch.inference_mode():
+        for start in range(0, len(x), bs):
+            model(x[start:start + bs])
+for _ in range(3):
+    embed()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+embed()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not is_glibc(), reason="glibc's allocator only")
+def test_kept_memory_removes_the_page_faults_of_cpu_inference():
+    """The same embedding, in two fresh processes: glibc's defaults vs the thresholds."""
+    env = {k: v for k, v in os.environ.items() if k not in USER_SETTINGS}
+    faults = {}
+    for mode in ("default", "kept"):
+        done = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True,
+                              text=True, env=env, check=True)
+        faults[mode] = int(done.stdout.split()[-1])
+    assert faults["kept"] * 5 < faults["default"], faults
+
+
+def test_user_allocator_settings_win(monkeypatch):
+    import qbench.memory as memory
+
+    monkeypatch.setattr(memory, "_applied", None)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    assert memory.keep_freed_memory() is False
+    monkeypatch.setattr(memory, "_applied", None)  # the next caller decides afresh

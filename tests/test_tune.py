@@ -229,6 +229,50 @@ def test_a_repeated_point_of_a_discrete_space_is_not_run_again(tmp_path):
     assert record["best_value"] == (0.9 if "gravity" in calls else 0.4)
 
 
+def test_repeated_points_are_not_run_again_on_the_ask_and_tell_path(tmp_path, monkeypatch):
+    """The Ray path (ask, run as a task, tell), with an in-process stand-in for Ray."""
+    import qbench.pipeline
+    import qbench.ray_backend
+
+    evaluated = []
+
+    def fake_run_selection(req):
+        law = req.method_params["law"]
+        evaluated.append(law)
+        return {"epochs": [1], "values": [0.5], "chosen_epoch": 1,
+                "chosen_value": 0.9 if law == "gravity" else 0.4}
+
+    def run_trials(ask, evaluate, tell, **_):
+        while (asked := ask()) is not None:
+            token, params = asked
+            tell(token, evaluate(params), None)
+
+    monkeypatch.setattr(qbench.pipeline, "run_selection", fake_run_selection, raising=False)
+    monkeypatch.setattr(qbench.ray_backend, "run_trials", run_trials)
+    lines = []
+    _, record = tune(template(tmp_path, method_params={"lam": "0.1", "k": "2"}), trials=6,
+                     backend="ray", echo=lines.append)
+    assert record["trials"] == {"complete": 6, "pruned": 0, "failed": 0}
+    assert len(evaluated) == len(set(evaluated)) <= 2
+    assert sum("not rerun" in line for line in lines) == 6 - len(evaluated)
+
+
+def test_a_repeated_point_is_pruned_when_a_rerun_would_have_been(tmp_path):
+    def objective(params, report):
+        value = 0.9 if params["law"] == "gravity" else 0.1
+        for epoch in range(3):
+            if report(epoch, value):
+                break
+        return value
+
+    _, record = tune(template(tmp_path, method_params={"lam": "0.1", "k": "2"}), trials=12,
+                     pruner="median", objective=objective)
+    # the poor choice is pruned from the curve once the pruner has its 5 startup trials,
+    # whether the trial ran or repeated an earlier one
+    assert record["trials"]["pruned"] > 0 and record["trials"]["failed"] == 0
+    assert record["trials"]["complete"] + record["trials"]["pruned"] == 12
+
+
 def test_a_method_without_a_space_is_refused_naming_those_with_one(tmp_path):
     with pytest.raises(QbenchError, match="method toy-plain has no own search space; methods "
                                           "with one: .*toy-tuned"):
