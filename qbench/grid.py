@@ -528,7 +528,8 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", jobs: int = 1,
     if tune_spec is not None and not dry_run:
         cells = tune_cells(tune_spec, cells, lambda cell: cell.request(
             out, data_dir, device, cache_dir=cache_root, use_cache=use_cache),
-            echo=None if progress is False else print)
+            echo=None if progress is False else print,
+            jobs=jobs if backend == "local" else 1)
     plan = plan_grid(cells, out, data_dir, cache_root)
     if dry_run:
         note = ("\n(the grid tunes first: cells are listed with default parameters; run it "

@@ -46,12 +46,49 @@ def _tuning_record(path: Path, cell, shared_params: dict) -> tuple[dict, dict]:
     return params, {**tuning, "best_params": {**shared_params, **tuning["best_params"]}}
 
 
+def _tune_study(template, trials: int, study: str, verbose: bool) -> Path:
+    """One study in a worker process (module level, so that it pickles); its lines are
+    prefixed with the study's name."""
+    from qbench.tune import tune
+
+    echo = (lambda line: print(f"[{study}] {line}", flush=True)) if verbose else None
+    path, _ = tune(template, trials=trials, study_name=study, echo=echo)
+    return path
+
+
+def _run_studies(todo: list, trials: int, jobs: int, echo) -> dict:
+    """{key: summary path} of the studies ``todo`` ((key, template, study) triples): one
+    after another in this process, or ``jobs`` at a time in spawned worker processes with
+    cores // jobs threads each (the trials of one study stay sequential: TPE learns from
+    each)."""
+    if jobs <= 1 or len(todo) <= 1:
+        from qbench.tune import tune
+
+        return {key: tune(template, trials=trials, study_name=study, echo=echo)[0]
+                for key, template, study in todo}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from qbench.local_backend import worker_threads
+    from qbench.worker import set_worker_threads
+
+    workers = min(jobs, len(todo))
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=set_worker_threads,
+                             initargs=(worker_threads(jobs),)) as pool:
+        futures = {key: pool.submit(_tune_study, template, trials, study, echo is not None)
+                   for key, template, study in todo}
+        return {key: future.result() for key, future in futures.items()}
+
+
 def tune_cells(spec: dict, cells: list, request: Callable, *,
-               echo: Callable[[str], None] | None = None) -> list:
+               echo: Callable[[str], None] | None = None, jobs: int = 1) -> list:
     """The grid's final cells after tuning: every cell not on ``spec["seed"]``, with the
     best parameters and the ``tuning`` record. ``request(cell)`` builds a cell's
     :class:`qbench.pipeline.RunRequest` (output folder, cache and device of the grid).
-    Studies live under ``<out>/tune/`` and resume: a rerun adds only missing trials."""
+    Studies live under ``<out>/tune/`` and resume: a rerun adds only missing trials.
+    ``jobs`` > 1: after the shared stage-1 study, that many studies run at once (each in
+    its own process, its trials in order)."""
     from qbench.registry import METHODS, space_of
     from qbench.tune import tune
 
@@ -73,9 +110,10 @@ def tune_cells(spec: dict, cells: list, request: Callable, *,
         shared_params, shared_tuning = _tuning_record(path, replace(first, method="float"), {})
 
     tuned: dict[tuple[str, int], tuple[dict, dict | None]] = {}
+    todo, firsts = [], {}
     for cell in finals:
         key = (cell.name, cell.bits)
-        if key in tuned:
+        if key in tuned or key in firsts:
             continue
         declared = {p.name for p in METHODS.get(cell.method).params}
         base = {k: v for k, v in shared_params.items() if k in declared}
@@ -85,7 +123,10 @@ def tune_cells(spec: dict, cells: list, request: Callable, *,
             continue
         trial_cell = replace(cell, seed=seed, params={**cell.params, **base})
         study = f"{cell.dataset}-{cell.protocol}-{cell.name}-{cell.bits}b-seed{seed}"
-        path, _ = tune(request(trial_cell), trials=trials, study_name=study, echo=echo)
+        todo.append((key, request(trial_cell), study))
+        firsts[key] = (cell, base)
+    for key, path in _run_studies(todo, trials, jobs, echo).items():
+        cell, base = firsts[key]
         params, record = _tuning_record(path, cell, base)
         tuned[key] = ({**base, **params}, record)
     return [replace(c, params={**c.params, **tuned[(c.name, c.bits)][0]},

@@ -385,3 +385,17 @@ def test_parallel_workers_get_cells_of_different_seeds_side_by_side():
     cells.append(Cell("digits", "standard", "sign", "sign", 12, 0))
     order = [(c.name, c.seed) for c in interleave_seeds(cells)]
     assert order == [("float", 0), ("float", 1), ("itq", 0), ("itq", 1), ("sign", 0)]
+
+
+def test_tuned_grid_with_jobs_runs_studies_side_by_side_with_the_same_outcome(tmp_path):
+    grid = write_grid(tmp_path, methods=["dqn", "householder"], bits=[12], seeds=[0, 2],
+                      tune={"trials": 2, "seed": 2}, params={"householder": {"rot_epochs": 2}})
+    tunings = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        summary = run_grid(grid, out=out, jobs=jobs, progress=False)
+        assert not summary.failed and len(summary.done) == 2
+        tunings[jobs] = {p.name: load_result(p)["tuning"] for p in out.glob("*.json")}
+    assert tunings[1] == tunings[2]  # the same seeded studies, in workers or not
+    assert {t["study"] for t in tunings[2].values()} == {
+        "digits-standard-dqn-12b-seed2", "digits-standard-householder-12b-seed2"}
