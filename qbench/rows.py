@@ -6,8 +6,8 @@ The bottom layer of ``qbench compare``: :mod:`qbench.stats`, :mod:`qbench.tables
 Row label
     The method name plus the parameters that differ from the method's declared defaults
     (``dqn[loss=ip]``: the *variant*). Training-budget parameters (``epochs``, ``encoder``,
-    ``weights``, ``augment``) appear only when they differ between runs of the same method on the same
-    dataset and protocol, since a grid sets them per dataset for every method. A tuned run
+    ``weights``, ``augment``) appear only when they differ between runs of the same method
+    on the same dataset and protocol, since a grid sets them per dataset for every method. A tuned run
     (top-level ``tuning`` not null) gets the suffix ``(tuned)``: tuned and untuned runs of
     one method are never averaged. Its tuned parameters (those with a declared search
     space, ``Param.tune``, and ``tuning.best_params`` when recorded) stay out of its
