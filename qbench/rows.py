@@ -7,12 +7,12 @@ Row label
     The method name plus the parameters that differ from the method's declared defaults
     (``dqn[loss=ip]``: the *variant*). Training-budget parameters (``epochs``, ``encoder``,
     ``weights``, ``augment``) appear only when they differ between runs of the same method
-    on the same dataset and protocol, since a grid sets them per dataset for every method. A tuned run
-    (top-level ``tuning`` not null) gets the suffix ``(tuned)``: tuned and untuned runs of
-    one method are never averaged. Its tuned parameters (those with a declared search
-    space, ``Param.tune``, and ``tuning.best_params`` when recorded) stay out of its
-    variant: ``dqn[loss=ip] (tuned)`` is the tuned ``dqn[loss=ip]`` whatever values its study
-    chose. When runs of one method were selected by different criteria
+    on the same dataset and protocol, since a grid sets them per dataset for every method.
+    A tuned run (top-level ``tuning`` not null) gets the suffix ``(tuned)``: tuned and
+    untuned runs of one method are never averaged. Its tuned parameters (those with a
+    declared search space, ``Param.tune``, and ``tuning.best_params`` when recorded) stay
+    out of its variant: ``dqn[loss=ip] (tuned)`` is the tuned ``dqn[loss=ip]`` whatever
+    values its study chose. When runs of one method were selected by different criteria
     (``selection.criterion``: cosine, ADC, tie-aware Hamming), the label names it too:
     ``dqn (selected by cosine)``.
 
