@@ -216,10 +216,11 @@ def _check_identity(study, identity: dict, storage_text: str) -> None:
 def _completed_with(trial, params: dict):
     """An earlier complete trial of ``trial``'s study with exactly ``params``, or None.
 
-    A trial's value is a function of its parameters (the seed, split and epochs are fixed
-    per study), so a repeated point -- common in small discrete spaces, e.g. a single
-    choice -- is not run again: the trial is told the earlier value and counts towards the
-    budget as a complete trial.
+    A trial's value is a function of its parameters up to nondeterminism (the seed, split
+    and epochs are fixed per study), so a repeated point -- common in small discrete spaces,
+    e.g. a single choice -- is not run again: the trial is told the earlier value and counts
+    towards the budget as a complete trial (its wall time, near zero, is what the summary's
+    compute adds for it).
     """
     from optuna.trial import TrialState
 
