@@ -15,7 +15,6 @@ imported only then.
 
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qbench import metrics as M
+from qbench.cores import cpu_share
 from qbench.errors import QbenchError
 from qbench.search import (
     BlockRanking,
@@ -217,9 +217,7 @@ def _workers(device: str) -> int:
     ``OMP_NUM_THREADS`` says so (grid workers set it to cores // jobs)."""
     if device != "cpu":
         return 1
-    share = os.environ.get("OMP_NUM_THREADS", "")
-    cores = int(share) if share.isdigit() and int(share) > 0 else (os.cpu_count() or 1)
-    return max(1, min(MAX_WORKERS, cores))
+    return max(1, min(MAX_WORKERS, cpu_share()))
 
 
 def _block_size(search, n_query: int, n_db: int, block_size: int | None, torch: bool,

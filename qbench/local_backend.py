@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qbench.backends import CellOptions
+from qbench.cores import available_cores
 from qbench.worker import Outcome, execute_cell, set_worker_device, set_worker_threads
 
 if TYPE_CHECKING:
@@ -29,11 +30,7 @@ if TYPE_CHECKING:
 def worker_threads(jobs: int) -> int:
     """Threads per worker: the usable cores shared out, at least 1 (1 each for 2 jobs on 2
     cores; oversubscribed OpenMP threads spin and slow small runs down many times)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, cores // jobs)
+    return max(1, available_cores() // jobs)
 
 
 MAX_ATTEMPTS = 2

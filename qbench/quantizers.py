@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import faiss
 import numpy as np
 import torch
 
 from qbench.codes import signs_to_bits
+from qbench.cores import cpu_share
 from qbench.errors import QbenchError
 
 SMALL_PROBLEM = 1 << 21
@@ -37,6 +39,30 @@ def fit_threads(x: np.ndarray) -> Iterator[None]:
     finally:
         if small:
             faiss.omp_set_num_threads(threads)
+
+
+def fit_workers(size: int, fits: int) -> int:
+    """How many fits of ``size`` floats each to run side by side: one per core of this
+    process's share (:func:`qbench.cores.cpu_share`) when they are small, else 1 (one at a
+    time, each on every thread)."""
+    if size > SMALL_PROBLEM:
+        return 1
+    return max(1, min(fits, cpu_share()))
+
+
+@contextlib.contextmanager
+def side_by_side(workers: int) -> Iterator[ThreadPoolExecutor]:
+    """A pool of ``workers`` threads for small independent fits, BLAS held to one thread.
+
+    Small fits run on one OpenMP thread each (:func:`fit_threads`; the setting is per
+    thread), so two fits on two threads overlap without OpenMP barriers between them, and
+    share busy cores gracefully. faiss and numpy release the GIL in their loops. Each fit
+    is seeded, so results do not depend on the order the threads finish in.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        yield pool
 
 
 def kmeans(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 25,

@@ -15,6 +15,7 @@ whatever it fitted), and :class:`Selection`, the record every result carries.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -149,20 +150,39 @@ def select(encoder, train: np.ndarray, pool: SelectionPool, labels: np.ndarray,
     val_labels, pool_labels = labels[pool.val], labels[pool.pool]
     scored = epochs if rule == "best" else epochs[-1:]
     record = Selection(rule, "", pool.summary())
-    best: tuple[float, int, object, float] | None = None
-    for epoch in scored:
-        emb = [encoder.embeddings(epoch, idx) for idx in (train, pool.val, pool.pool)]
+
+    def embedded(epoch: int) -> list[np.ndarray]:
+        return [encoder.embeddings(epoch, idx) for idx in (train, pool.val, pool.pool)]
+
+    def fit_and_score(emb: list[np.ndarray]) -> tuple[str, float, object, float]:
         t0 = time.perf_counter()
         codes, fitted = represent(*emb)
         fit_s = time.perf_counter() - t0
-        value = score(codes, val_labels, pool_labels)
-        record.criterion = criterion(codes)
-        record.epochs.append(int(epoch))
-        record.values.append(float(value))
-        if on_value is not None:
-            on_value(epoch, value)
-        if best is None or value >= best[0]:
-            best = (value, epoch, fitted, fit_s)
+        return criterion(codes), score(codes, val_labels, pool_labels), fitted, fit_s
+
+    # Embedding runs in torch, one candidate after another; small fits (PQ, OPQ, ITQ on a
+    # few thousand vectors) then run side by side, one thread each.
+    from qbench.quantizers import fit_workers, side_by_side
+
+    first = embedded(scored[0])
+    workers = fit_workers(first[0].size, len(scored))
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            embeddings = [first] + [embedded(epoch) for epoch in scored[1:]]
+            outcomes = stack.enter_context(side_by_side(workers)).map(fit_and_score,
+                                                                       embeddings)
+        else:
+            outcomes = (fit_and_score(first if i == 0 else embedded(epoch))
+                        for i, epoch in enumerate(scored))
+        best: tuple[float, int, object, float] | None = None
+        for epoch, (crit, value, fitted, fit_s) in zip(scored, outcomes):
+            record.criterion = crit
+            record.epochs.append(int(epoch))
+            record.values.append(float(value))
+            if on_value is not None:
+                on_value(epoch, value)
+            if best is None or value >= best[0]:
+                best = (value, epoch, fitted, fit_s)
     value, epoch, fitted, fit_s = best
     record.chosen_epoch, record.chosen_value = int(epoch), float(value)
     return Choice(record, int(epoch), fitted, fit_s,

@@ -87,6 +87,36 @@ def test_best_picks_the_highest_validation_map_and_last_the_last_epoch():
         select(encoder, splits.train, pool, y, _cosine, "median")
 
 
+def _opq_represent(train, val, pool):
+    from qbench.quantizers import OPQ
+
+    q = OPQ(2, 3, iters=5, seed=0).fit(train)
+    return PQCodes(q.transform(val), q.encode(pool), q.codebooks), (q, q.rotation.copy())
+
+
+@pytest.mark.parametrize("share", ["1", "2", "3"])
+def test_fits_side_by_side_give_the_same_selection_as_one_after_another(monkeypatch, share):
+    """Small candidate fits run on a thread each (one per core of the process's share);
+    every value, the choice and the chosen fit equal those of a sequential selection."""
+    import qbench.quantizers as Q
+
+    splits, y = _splits()
+    pool = selection_pool(splits, y, cap=0)
+    encoder = FakeEncoder(y, {0: 0.3, 1: 2.0, 2: 0.8, 3: 1.5})
+    monkeypatch.setenv("OMP_NUM_THREADS", share)
+    assert Q.fit_workers(60 * 4, 4) == int(share)
+    assert Q.fit_workers(Q.SMALL_PROBLEM + 1, 4) == 1
+    seen = []
+    parallel = select(encoder, splits.train, pool, y, _opq_represent, "best",
+                      on_value=lambda e, v: seen.append(e))
+    monkeypatch.setattr(Q, "fit_workers", lambda size, fits: 1)
+    sequential = select(encoder, splits.train, pool, y, _opq_represent, "best")
+    assert seen == [0, 1, 2, 3]  # on_value in epoch order
+    assert parallel.selection.to_dict() == sequential.selection.to_dict()
+    assert parallel.epoch == sequential.epoch
+    np.testing.assert_array_equal(parallel.fitted[1], sequential.fitted[1])
+
+
 @pytest.mark.parametrize("method", ["two-stage-pq", "sign", "float", "dqn"])
 def test_every_trained_method_records_a_selection_that_does_not_saturate(tmp_path, method):
     _, result = run_experiment(RunRequest(method=method, bits=12 if method == "sign" else 32,
