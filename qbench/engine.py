@@ -52,7 +52,8 @@ ENGINE_PARAMS = (
     Param("augment", bool, True, "random flip + crop for images"),
     Param("precision", str, "fp32", "fp32, or bf16 autocast for the network on a GPU",
           choices=("fp32", "bf16")),
-    Param("channels_last", bool, False, "channels-last memory format for image networks"),
+    Param("channels_last", bool, True, "channels-last memory format for image networks "
+          "(results equal up to float rounding; CPU inference about 1.3x faster)"),
 )
 
 STAGE1_KEYS = tuple(p.name for p in ENGINE_PARAMS)

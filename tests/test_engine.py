@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from qbench.data import Dataset
 from qbench.encoders import build_encoder, resolve_encoder
 from qbench.engine import (
     ENGINE_PARAMS,
@@ -210,3 +211,26 @@ def test_bf16_autocast_trains_and_embeds_in_float32():
     emb = trainer.embed(ctx.x("val"))
     assert emb.dtype == np.float32 and np.isfinite(emb).all()
     assert np.isfinite(trainer.loss_curve).all()
+
+
+def test_channels_last_is_the_image_default_and_changes_only_the_layout():
+    plugin = DATASETS.get("digits")({}, None)
+    digits = plugin.load()
+    images = Dataset("digit-images", (digits.X.reshape(-1, 1, 8, 8) / 16).astype(np.float32),
+                     digits.y, "image")
+    ctx = RunContext(images, make_splits(images, plugin.protocol("standard"), 0), bits=32)
+    assert _params()["channels_last"] is True
+    untrained, trained = {}, {}
+    for layout in (True, False):
+        params = _params(epochs=1, encoder="lightcnn", augment=False, channels_last=layout)
+        trainer = Trainer(ctx, params, dim=8)
+        convs = [m.weight for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert convs and all(w.is_contiguous(memory_format=torch.channels_last) == layout
+                             for w in convs if w.shape[1] > 1)
+        untrained[layout] = trainer.embed(ctx.x("val"))
+        trained[layout] = trainer.fit().embed(ctx.x("val"))
+    # the same weights give the same embeddings up to float rounding; after training the
+    # rounding differences have grown a little, the directions stay the same
+    np.testing.assert_allclose(untrained[True], untrained[False], rtol=1e-5, atol=1e-6)
+    a, b = (t / np.linalg.norm(t, axis=1, keepdims=True) for t in trained.values())
+    assert (a * b).sum(axis=1).min() > 0.999
