@@ -2,6 +2,7 @@
 
     python bench/bench_grid.py --out results/bench/grid.json [--epochs 300] [--default-grid]
                                [--default-grid-seeds N] [--fashion-run]
+                               [--fashion-default-grid-seeds N] [--skip-digits]
 
 1. The stage-1 methods (float, two-stage-pq, two-stage-opq, itq) x 12/24/32/48 bits, one seed,
    on digits at ``--epochs`` (300): wall time with the encoder cache and with ``--no-cache``,
@@ -9,9 +10,11 @@
    run without the cache) against the number of distinct encoder keys.
 2. ``--default-grid``: the digits default grid (grids/default.json, every method, 5 seeds)
    with and without the cache, ``--jobs 2``.
-3. ``--fashion-run``: the per-phase breakdown of one Fashion-MNIST two-stage-pq run at the
+3. ``--fashion-default-grid-seeds N``: the Fashion-MNIST default grid on its first N seeds
+   with the cache, ``--jobs 2``: wall time, trainings, run time per phase and per method.
+   ``--fashion-run``: the per-phase breakdown of one Fashion-MNIST two-stage-pq run at the
    CPU defaults (needs Debian's dataset-fashion-mnist).
-4. Always: inference on 20,000 Fashion-MNIST-sized images (1x28x28) with the CPU default
+4. Unless ``--skip-digits`` (which also skips 1.): inference on 20,000 Fashion-MNIST-sized images (1x28x28) with the CPU default
    CNN, in three fresh processes: before (glibc's allocator defaults, batch 1024, as qbench
    did until the fix), batch-only (the sized batch, glibc's defaults) and after
    (:mod:`qbench.memory`: fixed thresholds and sized batches),
@@ -58,8 +61,17 @@ def _timed_grid(grid: Path, out: Path, *, use_cache: bool, jobs: int,
     statuses = [r.get("encoder_cache") for r in results]
     keys = {r["encoder_key"] for r in results if r.get("encoder_key")}
     trained = statuses.count("miss") if use_cache else sum(1 for s in statuses if s == "off")
+    phases = ("load_s", "train_s", "select_s", "fit_s", "encode_s", "eval_s", "total_s")
+    run_time = {k: sum(r["timings"].get(k) or 0.0 for r in results) for k in phases}
+    run_time["stage1_train_s"] = sum(
+        ((r.get("method_info") or {}).get("warm_start") or {}).get("stage1_train_s") or 0.0
+        for r in results)
+    per_method: dict[str, float] = {}
+    for r in results:
+        per_method[r["method"]] = per_method.get(r["method"], 0.0) + r["timings"]["total_s"]
     return {"wall_s": wall, "runs": len(summary.done), "failed": len(summary.failed),
-            "stage1_trainings": trained, "distinct_encoder_keys": len(keys)}
+            "stage1_trainings": trained, "distinct_encoder_keys": len(keys),
+            "run_time_s": run_time, "run_time_by_method_s": per_method}
 
 
 def stage1_grid(epochs: int, jobs: int) -> dict:
@@ -86,6 +98,21 @@ def default_grid(jobs: int, seeds: int | None = None) -> dict:
         plain = _timed_grid(grid, tmp / "plain", use_cache=False, jobs=jobs)
     return {"jobs": jobs, "seeds": seeds or "all", "cache": cached, "no_cache": plain,
             "speed_up": plain["wall_s"] / cached["wall_s"]}
+
+
+def fashion_default_grid(jobs: int, seeds: int) -> dict:
+    """The Fashion-MNIST default grid on its first ``seeds`` training seeds, with the cache
+    only (the CPU defaults of grids/default.json; needs Debian's dataset-fashion-mnist)."""
+    grid = Path(__file__).resolve().parents[1] / "grids" / "default.json"
+    spec = json.loads(grid.read_text())
+    spec["seeds"] = spec["seeds"][:seeds]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "default.json").write_text(json.dumps(spec))
+        cached = _timed_grid(tmp / "default.json", tmp / "cached", use_cache=True, jobs=jobs,
+                             dataset="fashion-mnist")
+    return {"jobs": jobs, "seeds": seeds, "of_seeds": len(json.loads(grid.read_text())["seeds"]),
+            "params": spec["datasets"]["fashion-mnist"], "cache": cached}
 
 
 def fashion_run() -> dict:
@@ -208,6 +235,11 @@ def main() -> None:
     parser.add_argument("--default-grid-seeds", type=int, default=None,
                         help="the default grid on its first N seeds (implies --default-grid)")
     parser.add_argument("--fashion-run", action="store_true")
+    parser.add_argument("--fashion-default-grid-seeds", type=int, default=None,
+                        help="the Fashion-MNIST default grid on its first N seeds, with the "
+                        "cache, --jobs 2 (needs dataset-fashion-mnist)")
+    parser.add_argument("--skip-digits", action="store_true",
+                        help="skip the inference probes and the digits stage-1 grid")
     parser.add_argument("--inference-probe", choices=("before", "batch-only", "after"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -218,14 +250,21 @@ def main() -> None:
     if args.inference_probe:
         print(json.dumps(inference_probe(args.inference_probe)))
         return
-    report = {"machine": {"cpu_count": os.cpu_count(), "load_average": os.getloadavg()},
-              "inference_cpu": inference()}
-    print(json.dumps(report["inference_cpu"], indent=1))
-    report["stage1_grid_digits"] = stage1_grid(args.epochs, args.jobs)
-    print(json.dumps(report["stage1_grid_digits"], indent=1))
+    report = {"machine": {"cpu_count": os.cpu_count(), "load_average": os.getloadavg()}}
+    if not args.skip_digits:
+        report["inference_cpu"] = inference()
+        print(json.dumps(report["inference_cpu"], indent=1))
+        report["stage1_grid_digits"] = stage1_grid(args.epochs, args.jobs)
+        print(json.dumps(report["stage1_grid_digits"], indent=1))
     if args.default_grid:
         report["default_grid_digits"] = default_grid(2, args.default_grid_seeds)
         print(json.dumps(report["default_grid_digits"], indent=1))
+    if args.fashion_default_grid_seeds is not None:
+        if args.fashion_default_grid_seeds < 1:
+            parser.error("--fashion-default-grid-seeds must be >= 1, got "
+                         f"{args.fashion_default_grid_seeds}")
+        report["fashion_default_grid"] = fashion_default_grid(2, args.fashion_default_grid_seeds)
+        print(json.dumps(report["fashion_default_grid"], indent=1))
     if args.fashion_run:
         report["fashion_mnist_run"] = fashion_run()
         print(json.dumps(report["fashion_mnist_run"], indent=1))
