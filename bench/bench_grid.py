@@ -14,14 +14,15 @@
    with the cache, ``--jobs 2``: wall time, trainings, run time per phase and per method.
    ``--fashion-run``: the per-phase breakdown of one Fashion-MNIST two-stage-pq run at the
    CPU defaults (needs Debian's dataset-fashion-mnist).
-4. Unless ``--skip-digits`` (which also skips 1.): inference on 20,000 Fashion-MNIST-sized images (1x28x28) with the CPU default
-   CNN, in three fresh processes: before (glibc's allocator defaults, batch 1024, as qbench
-   did until the fix), batch-only (the sized batch, glibc's defaults) and after
-   (:mod:`qbench.memory`: fixed thresholds and sized batches),
-   with images/s, user and system time and minor page faults; and, in the same process as
-   "after", training throughput of a bare step (forward, backward and Adam, batch 128) and
-   of qbench's own loops (``Trainer.fit`` with the default engine parameters against
-   ``Trainer.embed``): the issue's "inference >= 3x training" is read from the latter.
+4. Unless ``--skip-digits`` (which also skips 1.): inference on 20,000 Fashion-MNIST-sized
+   images (1x28x28) with the CPU default CNN, in three fresh processes: before (glibc's
+   allocator defaults, batch 1024, as qbench did until the fix), batch-only (the sized
+   batch, glibc's defaults) and after (:mod:`qbench.memory`: fixed thresholds and sized
+   batches), with images/s, user and system time and minor page faults; and, in the same
+   process as "after", training throughput of a bare step (forward, backward and Adam,
+   batch 128) and of qbench's own loops (``Trainer.fit`` with the default engine
+   parameters against ``Trainer.embed``): the issue's "inference >= 3x training" is read
+   from the latter.
 Figures go to ``--out`` as JSON; nothing here is a pass/fail test.
 """
 

@@ -1,6 +1,6 @@
 """Where a grid's runs execute: one module per backend behind one small interface.
 
-A backend gets the cells left to run (:class:`qbench.grid.Cell`), how to run them
+A backend gets the cells left to run (:class:`qbench.gridfile.Cell`), how to run them
 (:class:`CellOptions`) and a ``report`` callback. It submits every cell -- and, where it
 schedules them, the stage-1 encoder job that cells depend on -- and hands each cell's
 :class:`qbench.worker.Outcome` to ``report`` in the driver process as it comes in. The
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 from qbench.errors import choice_error
 
 if TYPE_CHECKING:
-    from qbench.grid import Cell
+    from qbench.gridfile import Cell
     from qbench.worker import Outcome
 
 BACKENDS = ("local", "ray")

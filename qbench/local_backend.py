@@ -24,7 +24,7 @@ from qbench.cores import available_cores
 from qbench.worker import Outcome, execute_cell, set_worker_device, set_worker_threads
 
 if TYPE_CHECKING:
-    from qbench.grid import Cell
+    from qbench.gridfile import Cell
 
 
 def worker_threads(jobs: int) -> int:

@@ -46,7 +46,7 @@ from qbench.results import read_json
 from qbench.worker import Outcome, execute_cell, set_worker_threads, stage1_group
 
 if TYPE_CHECKING:
-    from qbench.grid import Cell
+    from qbench.gridfile import Cell
 
 MAX_RETRIES = 3
 """How often Ray reruns a task whose worker process died (killed, out of memory)."""

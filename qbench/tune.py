@@ -49,18 +49,10 @@ import numpy as np
 from qbench import __version__
 from qbench.errors import QbenchError, choice_error, one_line
 from qbench.registry import METHODS, Param, space_of
+from qbench.studies import open_storage, optuna_module, redacted, save_study_plots, write_ahead_log
 
 STARTUP_TRIALS = 10
 """TPE's first trials sample the space at random before the model of good values is used."""
-
-HEARTBEAT_S = 30
-"""Seconds between a running trial's heartbeats in the storage."""
-
-GRACE_S = 120
-"""Seconds without a heartbeat after which a RUNNING trial counts as killed (failed)."""
-
-MAX_RETRY = 2
-"""How often a killed trial's parameters are retried."""
 
 PRUNERS = ("none", "median")
 
@@ -68,16 +60,6 @@ Report = Callable[[int, float], bool]
 Objective = Callable[[dict, Report], float]
 
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-
-
-def _optuna():
-    """The optuna module, or a one-line error saying how to install it."""
-    try:
-        import optuna
-    except ImportError:
-        raise QbenchError("qbench tune needs optuna; install it: pip install 'optuna>=4.9'") \
-            from None
-    return optuna
 
 
 def default_study_name(dataset: str, protocol: str, method: str, bits: int, seed: int, *,
@@ -132,54 +114,8 @@ def _suggest(trial, name: str, param: Param) -> Any:
     return trial.suggest_float(name, space.low, space.high, log=space.log)
 
 
-def _open_storage(url: str):
-    """An Optuna RDB storage with heartbeats and retries of killed trials, or a one-line error."""
-    optuna = _optuna()
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-
-    try:
-        make_url(url)
-    except ArgumentError:
-        raise QbenchError(f"--storage {url!r} is not a database URL; expected e.g. "
-                          "sqlite:///path/study.db or postgresql://user@host/db") from None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=MAX_RETRY),
-            )
-    except (SQLAlchemyError, ImportError, ValueError) as exc:
-        raise QbenchError(f"--storage {_redacted(url)} cannot be opened: {one_line(exc)}") \
-            from None
-
-
-def _write_ahead_log(rdb) -> None:
-    """Switch the SQLite file qbench created to write-ahead logging: the heartbeat thread and
-    readers no longer block the writer (measured: half the storage time per trial). Commits
-    then sync only at checkpoints (``synchronous=NORMAL``, set on every connection): a killed
-    process loses nothing, a power cut at most the last trials, never the file's integrity."""
-    from sqlalchemy import event
-
-    def relaxed_sync(dbapi_connection, _record) -> None:
-        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
-
-    event.listen(rdb.engine, "connect", relaxed_sync)
-    rdb.engine.dispose()  # pooled connections were opened before the listener
-    with rdb.engine.connect() as connection:
-        connection.exec_driver_sql("PRAGMA journal_mode=WAL")
-
-
-def _redacted(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
 def _make_pruner(name: str):
-    optuna = _optuna()
+    optuna = optuna_module()
     if name not in PRUNERS:
         raise choice_error("pruner", name, PRUNERS)
     if name == "median":
@@ -273,42 +209,6 @@ def _budget_callback(trials: int, echo: Callable[[str], None] | None, *,
     return callback
 
 
-def _save_plots(study, folder: Path, name: str, space: list[str]) -> dict[str, str | None]:
-    """Optimisation history and parameter importances as PNG; None where not drawable."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import optuna
-    from optuna.visualization import matplotlib as vis
-
-    from qbench.atomic import atomic_write
-
-    def save(ax, path: Path) -> str:
-        fig = ax.figure
-        fig.tight_layout()
-        with atomic_write(path) as fh:
-            fig.savefig(fh, format="png", dpi=120)
-        plt.close(fig)
-        return str(path)
-
-    out: dict[str, str | None] = {"history": None, "importance": None}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        out["history"] = save(vis.plot_optimization_history(study),
-                              folder / f"{name}-history.png")
-        if _counts(study)["complete"] >= 2 and space:
-            try:
-                ax = vis.plot_param_importances(
-                    study, params=space,
-                    evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
-            except (ValueError, RuntimeError):
-                plt.close("all")  # too few distinct values to attribute importance
-            else:
-                out["importance"] = save(ax, folder / f"{name}-importance.png")
-    return out
-
-
 def tune(template, *, trials: int, shared: bool = False, storage: str | None = None,
          study_name: str | None = None, timeout: float | None = None, pruner: str = "none",
          objective: Objective | None = None,
@@ -333,7 +233,7 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
     from qbench.pipeline import prepare
     from qbench.results import SCHEMA_VERSION, environment, write_json_atomic
 
-    optuna = _optuna()
+    optuna = optuna_module()
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise QbenchError(f"--trials must be a positive integer, got {trials!r}")
     if timeout is not None and not timeout > 0:
@@ -364,7 +264,7 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
     if default_storage:
         folder.mkdir(parents=True, exist_ok=True)
         storage = f"sqlite:///{(folder / f'{name}.db').resolve()}"
-    storage_text = _redacted(storage) if "://" in storage else storage
+    storage_text = redacted(storage) if "://" in storage else storage
     identity = {
         "scope": "shared" if shared else "method", "method": template.method,
         "dataset": template.dataset, "dataset_params": dict(template.dataset_params),
@@ -375,9 +275,9 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
         "space": {k: p.tune.as_dict() for k, p in space.items()},
     }
 
-    rdb = _open_storage(storage)
+    rdb = open_storage(storage)
     if default_storage:
-        _write_ahead_log(rdb)
+        write_ahead_log(rdb)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(storage=rdb, pruner=study_pruner, study_name=name,
                                 direction="maximize", load_if_exists=True)
@@ -473,7 +373,7 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
         "env": environment(device),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    record["plots"] = _save_plots(study, folder, name, list(space))
+    record["plots"] = save_study_plots(study, folder, name, list(space))
     path = write_json_atomic(folder / f"{name}.json", record)
     return path, record
 
@@ -498,7 +398,7 @@ def _optimize_on_ray(study, space: dict, template, remaining: int, *, timeout: f
     from qbench.backends import RunResources
     from qbench.ray_backend import run_device, run_trials
 
-    optuna = _optuna()
+    optuna = optuna_module()
     state = optuna.trial.TrialState
     resources = RunResources(cpu=1, gpu=gpus_per_run or 0.0)
     run_template = replace(template, device=run_device(template.device, resources))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from qbench.results import load_result
 
 if TYPE_CHECKING:
-    from qbench.grid import Cell
+    from qbench.gridfile import Cell
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 

@@ -12,7 +12,8 @@ from test_compare import make_result
 
 from qbench import grid as grid_module
 from qbench.errors import QbenchError
-from qbench.grid import expand_grid, load_grid, run_grid
+from qbench.grid import run_grid
+from qbench.gridfile import expand_grid, load_grid
 from qbench.pipeline import prepare
 from qbench.protocols import materialise
 from qbench.results import code_version, load_result, write_json_atomic
@@ -378,7 +379,7 @@ def test_workers_spread_over_the_visible_gpus(monkeypatch):
 
 
 def test_parallel_workers_get_cells_of_different_seeds_side_by_side():
-    from qbench.grid import Cell
+    from qbench.gridfile import Cell
     from qbench.local_backend import interleave_seeds
 
     cells = [Cell("digits", "standard", m, m, 12, s) for s in (0, 1) for m in ("float", "itq")]

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 import qbench.tune as tune_module
+from qbench import studies
 from qbench.cli import cli
 from qbench.errors import QbenchError
 from qbench.method import Method
@@ -45,7 +46,7 @@ class ToyPlain(Method):
     params = (Param("x", int, 1, "x"),)
 
 
-DRAW_PLOTS = tune_module._save_plots
+DRAW_PLOTS = tune_module.save_study_plots
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +55,7 @@ def toys(monkeypatch):
     METHODS.names()  # load the built-in plugins first
     for cls in (ToyTuned, ToyOther, ToyPlain):
         monkeypatch.setitem(METHODS._plugins, cls.name, cls)
-    monkeypatch.setattr(tune_module, "_save_plots", lambda *args: {})
+    monkeypatch.setattr(tune_module, "save_study_plots", lambda *args: {})
 
 
 def score(params: dict) -> float:
@@ -88,7 +89,7 @@ def template(tmp_path, **kw):
 
 def test_tune_writes_the_summary_with_best_params_counts_space_and_compute(tmp_path,
                                                                           monkeypatch):
-    monkeypatch.setattr(tune_module, "_save_plots", DRAW_PLOTS)
+    monkeypatch.setattr(tune_module, "save_study_plots", DRAW_PLOTS)
     path, record = tune(template(tmp_path), trials=6, objective=Counting())
     assert path == tmp_path / "tune" / "digits-standard-toy-tuned-32b-seed0.json"
     on_disk = json.loads(path.read_text())
@@ -303,11 +304,11 @@ def test_the_seeded_sampler_suggests_the_same_parameters_twice(tmp_path):
 def test_a_killed_trial_is_failed_after_its_heartbeat_stops_and_retried(tmp_path, monkeypatch):
     import optuna
 
-    monkeypatch.setattr(tune_module, "HEARTBEAT_S", 1)
-    monkeypatch.setattr(tune_module, "GRACE_S", 1)
+    monkeypatch.setattr(studies, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(studies, "GRACE_S", 1)
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     tune(template(tmp_path), trials=1, storage=storage, study_name="s", objective=Counting())
-    rdb = tune_module._open_storage(storage)
+    rdb = studies.open_storage(storage)
     study = optuna.load_study(study_name="s", storage=rdb)
     with pytest.warns(UserWarning, match="Heartbeat"):  # a worker outside Study.optimize
         killed = study.ask({
