@@ -58,7 +58,8 @@ def _timed_grid(grid: Path, out: Path, *, use_cache: bool, jobs: int,
     summary = run_grid(grid, dataset=dataset, out=out, jobs=jobs, use_cache=use_cache,
                        progress=False)
     wall = time.perf_counter() - start
-    results = [load_result(p) for p in sorted(out.glob("*.json"))]
+    paths = sorted(out.glob("*.json"))
+    results = [load_result(p) for p in paths]
     statuses = [r.get("encoder_cache") for r in results]
     keys = {r["encoder_key"] for r in results if r.get("encoder_key")}
     trained = statuses.count("miss") if use_cache else sum(1 for s in statuses if s == "off")
@@ -68,8 +69,9 @@ def _timed_grid(grid: Path, out: Path, *, use_cache: bool, jobs: int,
         ((r.get("method_info") or {}).get("warm_start") or {}).get("stage1_train_s") or 0.0
         for r in results)
     per_method: dict[str, float] = {}
-    for r in results:
-        per_method[r["method"]] = per_method.get(r["method"], 0.0) + r["timings"]["total_s"]
+    for path, r in zip(paths, results):  # by cell name: a variant (dqn-ip) on its own
+        name = path.stem.removeprefix(f"{r['dataset']}-{r['protocol']}-").rsplit("-", 2)[0]
+        per_method[name] = per_method.get(name, 0.0) + r["timings"]["total_s"]
     return {"wall_s": wall, "runs": len(summary.done), "failed": len(summary.failed),
             "stage1_trainings": trained, "distinct_encoder_keys": len(keys),
             "run_time_s": run_time, "run_time_by_method_s": per_method}
@@ -175,12 +177,15 @@ def inference_probe(mode: str, encoder: str = "cnn", n: int = 20_000) -> dict:
         report["train_images_per_s"] = steps * 128 / (time.perf_counter() - t0)
         report["inference_over_training"] = report["images_per_s"] / report["train_images_per_s"]
         report["qbench_loop"] = qbench_loop(encoder)
+        report["qbench_loop_no_augment"] = qbench_loop(encoder, augment=False)
     return report
 
 
-def qbench_loop(encoder: str, epochs: int = 2, n_embed: int = 20_000) -> dict:
+def qbench_loop(encoder: str, epochs: int = 2, n_embed: int = 20_000, *,
+                augment: bool = True) -> dict:
     """Throughput of qbench's own loops on the same machine: ``Trainer.fit`` (the default
-    engine parameters: batch 128, flip-and-crop augmentation, the similarity loss, Adam) on
+    engine parameters: batch 128, the similarity loss, Adam; flip-and-crop augmentation
+    unless ``augment`` is False, as in the Fashion-MNIST default grid) on
     the Fashion-MNIST protocol's 5,000 training images, then ``Trainer.embed`` of
     ``n_embed`` images. Synthetic 1x28x28 uint8 images with 10 labels stand in for the data
     (throughput does not depend on pixel values)."""
@@ -199,7 +204,7 @@ def qbench_loop(encoder: str, epochs: int = 2, n_embed: int = 20_000) -> dict:
     spec = DATASETS.get("fashion-mnist")({}, None).protocol("standard")
     ctx = RunContext(ds, make_splits(ds, spec, seed=0), bits=32, seed=0)
     params = {p.name: p.default for p in ENGINE_PARAMS}
-    params.update(encoder=encoder, epochs=epochs)
+    params.update(encoder=encoder, epochs=epochs, augment=augment)
     trainer = Trainer(ctx, params, 64).fit()
     train_rate = epochs * len(ctx.splits.train) / trainer.train_s
     images = ds.X[:n_embed]

@@ -52,17 +52,22 @@ def fit_workers(size: int, fits: int) -> int:
 
 @contextlib.contextmanager
 def side_by_side(workers: int) -> Iterator[ThreadPoolExecutor]:
-    """A pool of ``workers`` threads for small independent fits, BLAS held to one thread.
+    """A pool of ``workers`` threads for small independent fits, faiss on one OpenMP thread
+    in each (the setting is per thread).
 
-    Small fits run on one OpenMP thread each (:func:`fit_threads`; the setting is per
-    thread), so two fits on two threads overlap without OpenMP barriers between them, and
-    share busy cores gracefully. faiss and numpy release the GIL in their loops. Each fit
-    is seeded, so results do not depend on the order the threads finish in.
+    Two fits on two threads then overlap without OpenMP barriers between them, and share
+    busy cores gracefully; faiss and numpy release the GIL in their loops. Each fit is
+    seeded and BLAS keeps its thread count, so results equal those of one fit after
+    another. On an error, fits not yet started are cancelled.
     """
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+    pool = ThreadPoolExecutor(workers, initializer=faiss.omp_set_num_threads, initargs=(1,))
+    try:
         yield pool
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 def kmeans(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 25,

@@ -139,7 +139,9 @@ def select(encoder, train: np.ndarray, pool: SelectionPool, labels: np.ndarray,
 
     ``encoder``: a :class:`qbench.engine.TrainedEncoder` (``candidates`` and
     ``embeddings(epoch, idx)``); ``train``: the training split's indices; ``labels``: the
-    dataset's labels. ``on_value(epoch, value)`` is called after each score.
+    dataset's labels. ``on_value(epoch, value)`` is called after each score, in epoch
+    order; where small fits run side by side, every candidate is embedded first, so
+    raising from it stops the fits not yet started but no embedding.
     """
     epochs = encoder.candidates
     if rule not in RULES:

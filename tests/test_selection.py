@@ -95,7 +95,9 @@ def _opq_represent(train, val, pool):
 
 
 @pytest.mark.parametrize("share", ["1", "2", "3"])
-def test_fits_side_by_side_give_the_same_selection_as_one_after_another(monkeypatch, share):
+@pytest.mark.parametrize("represent", [_opq_represent, _cosine], ids=["opq", "cosine"])
+def test_fits_side_by_side_give_the_same_selection_as_one_after_another(monkeypatch, share,
+                                                                         represent):
     """Small candidate fits run on a thread each (one per core of the process's share);
     every value, the choice and the chosen fit equal those of a sequential selection."""
     import qbench.quantizers as Q
@@ -107,14 +109,31 @@ def test_fits_side_by_side_give_the_same_selection_as_one_after_another(monkeypa
     assert Q.fit_workers(60 * 4, 4) == int(share)
     assert Q.fit_workers(Q.SMALL_PROBLEM + 1, 4) == 1
     seen = []
-    parallel = select(encoder, splits.train, pool, y, _opq_represent, "best",
+    parallel = select(encoder, splits.train, pool, y, represent, "best",
                       on_value=lambda e, v: seen.append(e))
     monkeypatch.setattr(Q, "fit_workers", lambda size, fits: 1)
-    sequential = select(encoder, splits.train, pool, y, _opq_represent, "best")
+    sequential = select(encoder, splits.train, pool, y, represent, "best")
     assert seen == [0, 1, 2, 3]  # on_value in epoch order
     assert parallel.selection.to_dict() == sequential.selection.to_dict()
     assert parallel.epoch == sequential.epoch
-    np.testing.assert_array_equal(parallel.fitted[1], sequential.fitted[1])
+    if represent is _opq_represent:
+        np.testing.assert_array_equal(parallel.fitted[1], sequential.fitted[1])
+
+
+def test_an_error_in_one_side_by_side_fit_stops_the_selection(monkeypatch):
+    splits, y = _splits()
+    pool = selection_pool(splits, y, cap=0)
+    encoder = FakeEncoder(y, {e: 1.0 for e in range(6)})
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    calls = []
+
+    def failing(train, val, pool_emb):
+        calls.append(1)
+        raise ValueError("fit failed")
+
+    with pytest.raises(ValueError, match="fit failed"):
+        select(encoder, splits.train, pool, y, failing, "best")
+    assert 1 <= len(calls) <= 6
 
 
 @pytest.mark.parametrize("method", ["two-stage-pq", "sign", "float", "dqn"])
