@@ -42,27 +42,31 @@ def fit_threads(x: np.ndarray) -> Iterator[None]:
 
 
 def fit_workers(size: int, fits: int) -> int:
-    """How many fits of ``size`` floats each to run side by side: one per core of this
-    process's share (:func:`qbench.cores.cpu_share`) when they are small, else 1 (one at a
-    time, each on every thread)."""
+    """How many fits of ``size`` floats each to run side by side (:func:`side_by_side`):
+    one per core of this process's share (:func:`qbench.cores.cpu_share`) when they are
+    small; 0 when they are not (one at a time in the caller, each on every thread)."""
     if size > SMALL_PROBLEM:
-        return 1
+        return 0
     return max(1, min(fits, cpu_share()))
 
 
 @contextlib.contextmanager
 def side_by_side(workers: int) -> Iterator[ThreadPoolExecutor]:
-    """A pool of ``workers`` threads for small independent fits, faiss on one OpenMP thread
-    in each (the setting is per thread).
+    """A pool of ``workers`` threads for small independent fits: faiss (per thread) and
+    BLAS (for the block) on one thread each.
 
-    Two fits on two threads then overlap without OpenMP barriers between them, and share
-    busy cores gracefully; faiss and numpy release the GIL in their loops. Each fit is
-    seeded and BLAS keeps its thread count, so results equal those of one fit after
-    another. On an error, fits not yet started are cancelled.
+    Two fits on two threads then overlap without thread barriers between them, and share
+    busy cores gracefully; faiss and numpy release the GIL in their loops. Every fit runs
+    single-threaded and seeded whatever ``workers`` is, so results do not depend on the
+    pool's size or on the order fits finish in. On an error, fits not yet started are
+    cancelled.
     """
+    from threadpoolctl import threadpool_limits
+
     pool = ThreadPoolExecutor(workers, initializer=faiss.omp_set_num_threads, initargs=(1,))
     try:
-        yield pool
+        with threadpool_limits(1, user_api="blas"):
+            yield pool
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise

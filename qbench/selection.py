@@ -163,13 +163,14 @@ def select(encoder, train: np.ndarray, pool: SelectionPool, labels: np.ndarray,
         return criterion(codes), score(codes, val_labels, pool_labels), fitted, fit_s
 
     # Embedding runs in torch, one candidate after another; small fits (PQ, OPQ, ITQ on a
-    # few thousand vectors) then run side by side, one thread each.
+    # few thousand vectors) then run side by side, single-threaded each (under either rule,
+    # so an epoch scores the same under best and last); large ones one at a time.
     from qbench.quantizers import fit_workers, side_by_side
 
     first = embedded(scored[0])
     workers = fit_workers(first[0].size, len(scored))
     with contextlib.ExitStack() as stack:
-        if workers > 1:
+        if workers:
             embeddings = [first] + [embedded(epoch) for epoch in scored[1:]]
             outcomes = stack.enter_context(side_by_side(workers)).map(fit_and_score,
                                                                        embeddings)
