@@ -9,6 +9,9 @@ OpenMP runtime, so a run that sets torch to one thread also sets faiss to one.
 from __future__ import annotations
 
 import os
+import threading
+
+_thread = threading.local()
 
 
 def available_cores() -> int:
@@ -19,8 +22,17 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def keep_to_one_core() -> None:
+    """Make :func:`cpu_share` answer 1 in the calling thread (a worker thread of a pool
+    that already spreads work over the cores, e.g. :func:`qbench.quantizers.side_by_side`),
+    so that nothing it calls starts threads of its own."""
+    _thread.one_core = True
+
+
 def cpu_share() -> int:
-    """This process's share of the cores: ``OMP_NUM_THREADS`` when set to a positive
-    integer, else :func:`available_cores`."""
+    """This process's share of the cores: 1 in a thread marked by :func:`keep_to_one_core`,
+    else ``OMP_NUM_THREADS`` when set to a positive integer, else :func:`available_cores`."""
+    if getattr(_thread, "one_core", False):
+        return 1
     share = os.environ.get("OMP_NUM_THREADS", "")
     return int(share) if share.isdigit() and int(share) > 0 else available_cores()

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from qbench.codes import signs_to_bits
-from qbench.cores import cpu_share
+from qbench.cores import cpu_share, keep_to_one_core
 from qbench.errors import QbenchError
 
 SMALL_PROBLEM = 1 << 21
@@ -50,10 +50,15 @@ def fit_workers(size: int, fits: int) -> int:
     return max(1, min(fits, cpu_share()))
 
 
+def _one_thread_each() -> None:
+    faiss.omp_set_num_threads(1)
+    keep_to_one_core()  # the evaluator scoring a fit opens no thread pool of its own
+
+
 @contextlib.contextmanager
 def side_by_side(workers: int) -> Iterator[ThreadPoolExecutor]:
-    """A pool of ``workers`` threads for small independent fits: faiss (per thread) and
-    BLAS (for the block) on one thread each.
+    """A pool of ``workers`` threads for small independent fits: faiss and the evaluator
+    (per thread) and BLAS (for the block) on one thread each.
 
     Two fits on two threads then overlap without thread barriers between them, and share
     busy cores gracefully; faiss and numpy release the GIL in their loops. Every fit runs
@@ -63,7 +68,7 @@ def side_by_side(workers: int) -> Iterator[ThreadPoolExecutor]:
     """
     from threadpoolctl import threadpool_limits
 
-    pool = ThreadPoolExecutor(workers, initializer=faiss.omp_set_num_threads, initargs=(1,))
+    pool = ThreadPoolExecutor(workers, initializer=_one_thread_each)
     try:
         with threadpool_limits(1, user_api="blas"):
             yield pool

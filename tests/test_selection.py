@@ -123,6 +123,16 @@ def test_fits_side_by_side_give_the_same_selection_whatever_the_share(monkeypatc
         np.testing.assert_array_equal(parallel.fitted[1], sequential.fitted[1])
 
 
+def test_side_by_side_threads_count_as_one_core(monkeypatch):
+    from qbench.cores import cpu_share
+    from qbench.quantizers import side_by_side
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    with side_by_side(2) as pool:
+        inside = list(pool.map(lambda _: cpu_share(), range(4)))
+    assert inside == [1, 1, 1, 1] and cpu_share() == 4
+
+
 def test_an_error_in_one_side_by_side_fit_stops_the_selection(monkeypatch):
     splits, y = _splits()
     pool = selection_pool(splits, y, cap=0)
