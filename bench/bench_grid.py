@@ -87,16 +87,25 @@ def stage1_grid(epochs: int, jobs: int) -> dict:
             "speed_up": plain["wall_s"] / cached["wall_s"]}
 
 
+DEFAULT_GRID = Path(__file__).resolve().parents[1] / "grids" / "default.json"
+
+
+def _first_seeds(folder: Path, seeds: int | None) -> Path:
+    """grids/default.json, or a copy in ``folder`` cut to its first ``seeds`` seeds."""
+    if seeds is None:
+        return DEFAULT_GRID
+    spec = json.loads(DEFAULT_GRID.read_text())
+    spec["seeds"] = spec["seeds"][:seeds]
+    path = folder / "default.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
 def default_grid(jobs: int, seeds: int | None = None) -> dict:
     """The digits default grid; ``seeds``: only its first that many training seeds."""
-    grid = Path(__file__).resolve().parents[1] / "grids" / "default.json"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        if seeds is not None:
-            spec = json.loads(grid.read_text())
-            spec["seeds"] = spec["seeds"][:seeds]
-            grid = tmp / "default.json"
-            grid.write_text(json.dumps(spec))
+        grid = _first_seeds(tmp, seeds)
         cached = _timed_grid(grid, tmp / "cached", use_cache=True, jobs=jobs)
         plain = _timed_grid(grid, tmp / "plain", use_cache=False, jobs=jobs)
     return {"jobs": jobs, "seeds": seeds or "all", "cache": cached, "no_cache": plain,
@@ -106,15 +115,12 @@ def default_grid(jobs: int, seeds: int | None = None) -> dict:
 def fashion_default_grid(jobs: int, seeds: int) -> dict:
     """The Fashion-MNIST default grid on its first ``seeds`` training seeds, with the cache
     only (the CPU defaults of grids/default.json; needs Debian's dataset-fashion-mnist)."""
-    grid = Path(__file__).resolve().parents[1] / "grids" / "default.json"
-    spec = json.loads(grid.read_text())
-    spec["seeds"] = spec["seeds"][:seeds]
+    spec = json.loads(DEFAULT_GRID.read_text())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        (tmp / "default.json").write_text(json.dumps(spec))
-        cached = _timed_grid(tmp / "default.json", tmp / "cached", use_cache=True, jobs=jobs,
-                             dataset="fashion-mnist")
-    return {"jobs": jobs, "seeds": seeds, "of_seeds": len(json.loads(grid.read_text())["seeds"]),
+        cached = _timed_grid(_first_seeds(tmp, seeds), tmp / "cached", use_cache=True,
+                             jobs=jobs, dataset="fashion-mnist")
+    return {"jobs": jobs, "seeds": seeds, "of_seeds": len(spec["seeds"]),
             "params": spec["datasets"]["fashion-mnist"], "cache": cached}
 
 

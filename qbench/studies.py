@@ -75,6 +75,16 @@ def redacted(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def trial_counts(study) -> dict[str, int]:
+    """Complete, pruned and failed trials of ``study``."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    return {key: sum(t.state == state for t in trials) for key, state in
+            (("complete", TrialState.COMPLETE), ("pruned", TrialState.PRUNED),
+             ("failed", TrialState.FAIL))}
+
+
 def save_study_plots(study, folder: Path, name: str, space: list[str]) -> dict[str, str | None]:
     """Optimisation history and parameter importances as PNG; None where not drawable."""
     import matplotlib
@@ -99,9 +109,7 @@ def save_study_plots(study, folder: Path, name: str, space: list[str]) -> dict[s
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         out["history"] = save(vis.plot_optimization_history(study),
                               folder / f"{name}-history.png")
-        complete = sum(t.state == optuna.trial.TrialState.COMPLETE
-                       for t in study.get_trials(deepcopy=False))
-        if complete >= 2 and space:
+        if trial_counts(study)["complete"] >= 2 and space:
             try:
                 ax = vis.plot_param_importances(
                     study, params=space,

@@ -49,7 +49,14 @@ import numpy as np
 from qbench import __version__
 from qbench.errors import QbenchError, choice_error, one_line
 from qbench.registry import METHODS, Param, space_of
-from qbench.studies import open_storage, optuna_module, redacted, save_study_plots, write_ahead_log
+from qbench.studies import (
+    open_storage,
+    optuna_module,
+    redacted,
+    save_study_plots,
+    trial_counts,
+    write_ahead_log,
+)
 
 STARTUP_TRIALS = 10
 """TPE's first trials sample the space at random before the model of good values is used."""
@@ -122,15 +129,6 @@ def _make_pruner(name: str):
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0), {
             "name": "MedianPruner", "n_startup_trials": 5, "n_warmup_steps": 0}
     return optuna.pruners.NopPruner(), {"name": "none"}
-
-
-def _counts(study) -> dict[str, int]:
-    from optuna.trial import TrialState
-
-    trials = study.get_trials(deepcopy=False)
-    return {key: sum(t.state == state for t in trials) for key, state in
-            (("complete", TrialState.COMPLETE), ("pruned", TrialState.PRUNED),
-             ("failed", TrialState.FAIL))}
 
 
 def _check_identity(study, identity: dict, storage_text: str) -> None:
@@ -318,7 +316,7 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
             return float("nan")
         return float(value)
 
-    counts = _counts(study)
+    counts = trial_counts(study)
     remaining = trials - counts["complete"] - counts["pruned"]
     if remaining > 0 and backend == "ray":
         _optimize_on_ray(study, space, template, remaining, timeout=timeout,
@@ -327,7 +325,7 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
     elif remaining > 0:
         study.optimize(run_trial, n_trials=remaining, timeout=timeout, catch=(Exception,),
                        callbacks=[_budget_callback(trials, echo)])
-    counts = _counts(study)
+    counts = trial_counts(study)
     if counts["complete"] == 0:
         reasons = [t.user_attrs["fail_reason"] for t in study.get_trials(deepcopy=False)
                    if "fail_reason" in t.user_attrs]
