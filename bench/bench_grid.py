@@ -69,12 +69,14 @@ def _timed_grid(grid: Path, out: Path, *, use_cache: bool, jobs: int,
         ((r.get("method_info") or {}).get("warm_start") or {}).get("stage1_train_s") or 0.0
         for r in results)
     per_method: dict[str, float] = {}
+    maps: dict[str, dict[str, float]] = {}
     for path, r in zip(paths, results):  # by cell name: a variant (dqn-ip) on its own
         name = path.stem.removeprefix(f"{r['dataset']}-{r['protocol']}-").rsplit("-", 2)[0]
         per_method[name] = per_method.get(name, 0.0) + r["timings"]["total_s"]
+        maps.setdefault(name, {})[f"{r['bits']}b-seed{r['seed']}"] = r["metrics"]["map_all"]
     return {"wall_s": wall, "runs": len(summary.done), "failed": len(summary.failed),
             "stage1_trainings": trained, "distinct_encoder_keys": len(keys),
-            "run_time_s": run_time, "run_time_by_method_s": per_method}
+            "run_time_s": run_time, "run_time_by_method_s": per_method, "map_all": maps}
 
 
 def stage1_grid(epochs: int, jobs: int) -> dict:

@@ -2,6 +2,10 @@
 
 - ``mlp``: vectors (digits, feature files).
 - ``cnn``: a 6-layer convolutional network for small images, trained from scratch.
+- ``cnn5``: ``cnn`` without its second full-resolution layer (32-64-64-128-128), the CPU
+  default for images: on 2 CPU cores 1.3x as fast per run as ``cnn`` at about the same
+  accuracy (Fashion-MNIST, 15 epochs without augmentation, float MAP@all 0.808 / 0.800 on
+  seeds 0 / 1 against 0.805 / 0.808 for ``cnn``).
 - ``lightcnn``: three conv layers (32-64-128 channels), about twice as fast as ``cnn`` on a
   CPU (measured on Fashion-MNIST, 2 busy cores: 12 s vs 30 s per epoch) but weaker (float
   MAP@all 0.759 after 20 epochs vs 0.806 for ``cnn`` after 15, both without augmentation).
@@ -20,7 +24,7 @@ from torch.nn import functional as F
 
 from qbench.errors import QbenchError
 
-ENCODERS = ("auto", "mlp", "lightcnn", "cnn", "resnet18", "alexnet", "vgg16")
+ENCODERS = ("auto", "mlp", "lightcnn", "cnn5", "cnn", "resnet18", "alexnet", "vgg16")
 
 
 class MLP(nn.Module):
@@ -62,8 +66,10 @@ class ConvNet(nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
-CNN_STAGES = {"cnn": ((32, 32), (64, 64), (128, 128)), "lightcnn": ((32,), (64,), (128,))}
-"""``cnn``: six layers 32-32-64-64-128-128; ``lightcnn``: three layers 32-64-128."""
+CNN_STAGES = {"cnn": ((32, 32), (64, 64), (128, 128)), "cnn5": ((32,), (64, 64), (128, 128)),
+              "lightcnn": ((32,), (64,), (128,))}
+"""``cnn``: six layers 32-32-64-64-128-128; ``cnn5``: five, 32-64-64-128-128; ``lightcnn``:
+three, 32-64-128."""
 
 
 class _Block(nn.Module):
@@ -139,13 +145,13 @@ class TorchvisionBackbone(nn.Module):
 
 
 def resolve_encoder(name: str, modality: str, device: str) -> str:
-    """'auto' -> mlp for vectors, resnet18 for images on a GPU, cnn for images on a CPU."""
+    """'auto' -> mlp for vectors, resnet18 for images on a GPU, cnn5 for images on a CPU."""
     if name not in ENCODERS:
         raise QbenchError(f"unknown encoder {name!r}; allowed: {', '.join(ENCODERS)}")
     if name == "auto":
         if modality == "vector":
             return "mlp"
-        return "resnet18" if device.startswith("cuda") else "cnn"
+        return "resnet18" if device.startswith("cuda") else "cnn5"
     if modality == "vector" and name != "mlp":
         raise QbenchError(f"encoder {name!r} needs images; vector datasets use encoder=mlp")
     return name

@@ -36,8 +36,9 @@ from qbench.registry import Param, Space
 DEFAULT_EPOCHS = {"vector": 60, "image": 30}
 
 ENGINE_PARAMS = (
-    Param("encoder", str, "auto", "network: auto (mlp for vectors; resnet18 on GPU / cnn on "
-          "CPU for images), mlp, cnn, resnet18, alexnet, vgg16", choices=ENCODERS),
+    Param("encoder", str, "auto", "network: auto (mlp for vectors; resnet18 on GPU / cnn5 on "
+          "CPU for images), mlp, lightcnn, cnn5, cnn, resnet18, alexnet, vgg16",
+          choices=ENCODERS),
     Param("weights", str, "none", "backbone weights for alexnet/vgg16: none or imagenet",
           choices=("none", "imagenet")),
     Param("epochs", int, 0, "training epochs (0: 60 for vectors, 30 for images)", minimum=0),
@@ -164,6 +165,8 @@ class Trainer:
         self.start_epoch = 0
         self.train_s = 0.0
         self.infer_batch: int | None = None  # chosen on the first embed()
+        self.train_tables: dict[int, np.ndarray] = {}  # see embed_train()
+        self._at_candidate: int | None = None  # the candidate the current weights are
 
     # -- inputs ---------------------------------------------------------------------
     def _fit_input_scaling(self, x_train: np.ndarray) -> None:
@@ -217,6 +220,7 @@ class Trainer:
             if snapshot_at == epoch:
                 self.snapshot = self._snapshot(epoch, opt, sched)
             self.hooks.on_epoch_start(epoch, self)
+            self._at_candidate = None  # the steps below change the weights
             self.model.train()
             order = self.rng.permutation(n)
             total = torch.zeros((), device=self.device)
@@ -235,6 +239,7 @@ class Trainer:
             self.loss_curve.append(float(total) / steps if steps else float("nan"))
             if epoch in keep and self.hooks.selectable(epoch):
                 self.candidates[epoch] = _cpu_state(self.model)
+                self._at_candidate = epoch
         if snapshot_at == stop:
             self.snapshot = self._snapshot(stop, opt, sched)
         self.start_epoch = stop
@@ -307,6 +312,18 @@ class Trainer:
                 start = stop
         return out
 
+    def embed_train(self) -> np.ndarray:
+        """(n_train, D) embeddings of the training split with the current weights (eval mode).
+
+        When the weights are a candidate's (a hook embedding at the start of the epoch after
+        a candidate epoch, e.g. a codebook refit), they are kept in ``train_tables[epoch]``:
+        model selection then uses them instead of embedding the split again.
+        """
+        emb = self.embed(self.ctx.x("train"))
+        if self._at_candidate is not None:
+            self.train_tables[self._at_candidate] = emb
+        return emb
+
     def summary(self) -> dict:
         """JSON-ready training record."""
         return {
@@ -355,6 +372,11 @@ class TrainedEncoder:
             if stored is None:
                 n = len(self.trainer.ctx.dataset)
                 stored = (np.zeros((n, self.dim), dtype=np.float32), np.zeros(n, dtype=bool))
+            kept = self.trainer.train_tables.get(epoch)
+            if kept is not None:  # embedded during training with this epoch's weights
+                train = self.trainer.ctx.splits.train
+                stored[0][train] = kept
+                stored[1][train] = True
             self._tables[epoch] = stored
         return self._tables[epoch]
 

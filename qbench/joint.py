@@ -157,7 +157,7 @@ class CodebookHooks(Hooks):
 
     def refit(self, trainer: Trainer) -> None:
         """Refit C and h on the current training embeddings (eval mode)."""
-        train = self.to_space_np(trainer.embed(trainer.ctx.x("train")))
+        train = self.to_space_np(trainer.embed_train())
         self.fit_codebooks(pad_columns(train, self.subspaces), trainer.device)
 
     def _fit_pq(self, x: np.ndarray) -> ProductQuantizer:

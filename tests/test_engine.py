@@ -59,7 +59,7 @@ def test_pair_targets_and_inner_product_loss():
 
 
 @pytest.mark.parametrize("name, shape", [("mlp", (64,)), ("cnn", (1, 28, 28)),
-                                         ("lightcnn", (1, 28, 28)),
+                                         ("lightcnn", (1, 28, 28)), ("cnn5", (1, 28, 28)),
                                          ("resnet18", (3, 32, 32))])
 def test_encoders_produce_embeddings_of_width_d(name, shape):
     net = build_encoder(name, shape, dim=24, tanh=True).eval()
@@ -68,9 +68,17 @@ def test_encoders_produce_embeddings_of_width_d(name, shape):
     assert out.abs().max() < 1
 
 
+@pytest.mark.parametrize("name, widths", [("cnn", [32, 32, 64, 64, 128, 128]),
+                                           ("cnn5", [32, 64, 64, 128, 128]),
+                                           ("lightcnn", [32, 64, 128])])
+def test_small_image_networks_have_their_documented_conv_widths(name, widths):
+    net = build_encoder(name, (1, 28, 28), dim=8)
+    assert [m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d)] == widths
+
+
 def test_encoder_resolution_and_mismatch_errors():
     assert resolve_encoder("auto", "vector", "cpu") == "mlp"
-    assert resolve_encoder("auto", "image", "cpu") == "cnn"
+    assert resolve_encoder("auto", "image", "cpu") == "cnn5"
     assert resolve_encoder("auto", "image", "cuda") == "resnet18"
     with pytest.raises(QbenchError, match="needs images"):
         resolve_encoder("cnn", "vector", "cpu")

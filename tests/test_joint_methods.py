@@ -8,7 +8,7 @@ import torch
 from sklearn.cluster import KMeans
 
 from qbench.codes import FloatCodes, PQCodes
-from qbench.engine import ENGINE_PARAMS, Trainer
+from qbench.engine import ENGINE_PARAMS, TrainedEncoder, Trainer
 from qbench.errors import QbenchError
 from qbench.joint import CodebookHooks, joint_layout
 from qbench.method import RunContext, l2_normalise
@@ -93,6 +93,26 @@ def test_refit_is_per_subspace_kmeans_with_nearest_assignments(digits):
                     for m in range(4)) / len(x)
     assert distortion <= 1.05 * reference
     assert distortion < 0.5 * ((x - x.mean(0)) ** 2).sum(1).mean()
+
+
+def test_selection_reuses_the_training_embeddings_of_refits_at_candidate_weights(digits):
+    ctx = digits_ctx(digits)
+    hooks = CodebookHooks(4, 5, normalise=True, warmup=1, refit_every=1, seed=0)
+    trainer = Trainer(ctx, engine_params(epochs=4), 64, hooks=hooks).fit()
+    assert sorted(trainer.candidates) == [1, 2, 3]
+    # refits before epochs 1, 2, 3 see the weights after 0 (warm-up, no candidate), 1 and 2
+    assert hooks.refits == 3 and sorted(trainer.train_tables) == [1, 2]
+    encoder = TrainedEncoder(trainer, trainer.candidates, trainer.summary(), trainer.train_s)
+    embed, embedded = trainer.embed, []
+    trainer.embed = lambda x, **kw: (embedded.append(len(x)), embed(x, **kw))[1]
+    train = ctx.splits.train
+    kept = {epoch: encoder.embeddings(epoch, train) for epoch in (1, 2)}
+    assert embedded == []  # no second embedding of the split with the same weights
+    for epoch, values in kept.items():
+        trainer.model.load_state_dict(trainer.candidates[epoch])
+        np.testing.assert_allclose(values, embed(ctx.x("train")), rtol=1e-5, atol=1e-6)
+    encoder.embeddings(3, train)  # no refit after the last epoch: embedded here
+    assert embedded == [len(train)]
 
 
 # ---------------------------------------------------------------------------- SSM
