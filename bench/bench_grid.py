@@ -15,7 +15,7 @@
    ``--fashion-run``: the per-phase breakdown of one Fashion-MNIST two-stage-pq run at the
    CPU defaults (needs Debian's dataset-fashion-mnist).
 4. Unless ``--skip-digits`` (which also skips 1.): inference on 20,000 Fashion-MNIST-sized
-   images (1x28x28) with the CPU default CNN, in three fresh processes: before (glibc's
+   images (1x28x28) with the 6-layer CNN (``cnn``), in three fresh processes: before (glibc's
    allocator defaults, batch 1024, as qbench did until the fix), batch-only (the sized
    batch, glibc's defaults) and after (:mod:`qbench.memory`: fixed thresholds and sized
    batches), with images/s, user and system time and minor page faults; and, in the same

@@ -258,6 +258,7 @@ class Trainer:
         self.rng.bit_generator.state = snap.numpy_rng
         torch.set_rng_state(snap.torch_rng)
         self.loss_curve = list(snap.loss)
+        self._at_candidate = None
         self.start_epoch = snap.epoch
 
     def _step(self, opt, x: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
@@ -312,6 +313,11 @@ class Trainer:
                 start = stop
         return out
 
+    def load_weights(self, state: dict) -> None:
+        """Load ``state`` (e.g. a candidate's weights) into the model."""
+        self.model.load_state_dict(state)
+        self._at_candidate = None  # no longer the weights training left
+
     def embed_train(self) -> np.ndarray:
         """(n_train, D) embeddings of the training split with the current weights (eval mode).
 
@@ -321,6 +327,7 @@ class Trainer:
         """
         emb = self.embed(self.ctx.x("train"))
         if self._at_candidate is not None:
+            emb.setflags(write=False)  # kept for selection: nobody may change it in place
             self.train_tables[self._at_candidate] = emb
         return emb
 
@@ -372,7 +379,7 @@ class TrainedEncoder:
             if stored is None:
                 n = len(self.trainer.ctx.dataset)
                 stored = (np.zeros((n, self.dim), dtype=np.float32), np.zeros(n, dtype=bool))
-            kept = self.trainer.train_tables.get(epoch)
+            kept = self.trainer.train_tables.pop(epoch, None)
             if kept is not None:  # embedded during training with this epoch's weights
                 train = self.trainer.ctx.splits.train
                 stored[0][train] = kept
@@ -388,7 +395,7 @@ class TrainedEncoder:
         missing = np.unique(idx[~have[idx]])
         if len(missing):
             if self._loaded != epoch:
-                self.trainer.model.load_state_dict(self.states[epoch])
+                self.trainer.load_weights(self.states[epoch])
                 self._loaded = epoch
             x = self.trainer.ctx.dataset.X
             bar = tqdm(total=len(missing), desc=f"embed (epoch {epoch})", unit="item",

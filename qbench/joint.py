@@ -196,7 +196,7 @@ class CodebookHooks(Hooks):
 
 
 class JointMethod(Method):
-    """Base of the joint methods: train with hooks, refit once more, encode with PQ.
+    """Base of the joint methods: train with hooks, select, encode with PQ.
 
     Subclasses implement :meth:`build_hooks` and may override :meth:`use_tanh`.
     """

@@ -98,21 +98,24 @@ def test_refit_is_per_subspace_kmeans_with_nearest_assignments(digits):
 def test_selection_reuses_the_training_embeddings_of_refits_at_candidate_weights(digits):
     ctx = digits_ctx(digits)
     hooks = CodebookHooks(4, 5, normalise=True, warmup=1, refit_every=1, seed=0)
-    trainer = Trainer(ctx, engine_params(epochs=4), 64, hooks=hooks).fit()
-    assert sorted(trainer.candidates) == [1, 2, 3]
-    # refits before epochs 1, 2, 3 see the weights after 0 (warm-up, no candidate), 1 and 2
-    assert hooks.refits == 3 and sorted(trainer.train_tables) == [1, 2]
+    trainer = Trainer(ctx, engine_params(epochs=20), 64, hooks=hooks).fit()
+    candidates = sorted(trainer.candidates)
+    assert candidates == list(range(1, 20, 2))  # every second epoch after the warm-up
+    # a refit before epoch e sees the weights after e - 1: kept where those are a candidate's
+    assert hooks.refits == 19 and sorted(trainer.train_tables) == candidates[:-1]
     encoder = TrainedEncoder(trainer, trainer.candidates, trainer.summary(), trainer.train_s)
     embed, embedded = trainer.embed, []
     trainer.embed = lambda x, **kw: (embedded.append(len(x)), embed(x, **kw))[1]
-    train = ctx.splits.train
-    kept = {epoch: encoder.embeddings(epoch, train) for epoch in (1, 2)}
+    train, pool = ctx.splits.train, ctx.pool.pool
+    kept = {epoch: encoder.embeddings(epoch, train) for epoch in candidates[:-1]}
     assert embedded == []  # no second embedding of the split with the same weights
+    encoder.embeddings(candidates[0], pool)
+    assert embedded == [len(pool)]  # only the split was filled in
     for epoch, values in kept.items():
         trainer.model.load_state_dict(trainer.candidates[epoch])
         np.testing.assert_allclose(values, embed(ctx.x("train")), rtol=1e-5, atol=1e-6)
-    encoder.embeddings(3, train)  # no refit after the last epoch: embedded here
-    assert embedded == [len(train)]
+    encoder.embeddings(candidates[-1], train)  # no refit after the last epoch: embedded here
+    assert embedded == [len(pool), len(train)]
 
 
 # ---------------------------------------------------------------------------- SSM
