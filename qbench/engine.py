@@ -166,7 +166,7 @@ class Trainer:
         self.train_s = 0.0
         self.infer_batch: int | None = None  # chosen on the first embed()
         self.train_tables: dict[int, np.ndarray] = {}  # see embed_train()
-        self._at_candidate: int | None = None  # the candidate the current weights are
+        self._at_candidate: int | None = None  # the candidate epoch whose weights it holds
 
     # -- inputs ---------------------------------------------------------------------
     def _fit_input_scaling(self, x_train: np.ndarray) -> None:
