@@ -4,8 +4,8 @@
 - ``cnn``: a 6-layer convolutional network for small images, trained from scratch.
 - ``cnn5``: ``cnn`` without its second full-resolution layer (32-64-64-128-128), the CPU
   default for images: on 2 CPU cores about 1.4x as fast per run as ``cnn`` at about the
-  same accuracy (Fashion-MNIST, 15 epochs without augmentation, float MAP@all 0.808 / 0.800
-  on seeds 0 / 1 against 0.805 / 0.808 for ``cnn``).
+  same accuracy (Fashion-MNIST, 15 epochs without augmentation, float MAP@all 0.8076 /
+  0.7995 on seeds 0 / 1 against 0.8045 / 0.8075 for ``cnn``).
 - ``lightcnn``: three conv layers (32-64-128 channels), about twice as fast as ``cnn`` on a
   CPU (measured on Fashion-MNIST, 2 busy cores: 12 s vs 30 s per epoch) but weaker (float
   MAP@all 0.759 after 20 epochs vs 0.806 for ``cnn`` after 15, both without augmentation).
