@@ -14,7 +14,7 @@ this one run, on the same codes, each the best of 3 runs:
    cumulative precision at the relevant ranks; MAP@all only), and against the popcount
    floor (XOR and ``np.bitwise_count`` of all n_query x n_db pairs, nothing else). The
    loop's ties fall in quicksort order, so its MAP@all must lie within qbench's tie-aware
-   bounds. Hamming goes through the compiled numba kernel (``qbench.kernels``); its
+   bounds. Hamming goes through the compiled numba kernel (``qbench.eval.kernels``); its
    one-time costs are reported apart and kept out of the best of 3: the JIT compile (a
    fresh process with an empty numba cache) and the first call of a fresh process with the
    cache (numba import and cache load), and the kernels are warmed up before timing. The
@@ -47,10 +47,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qbench import kernels  # noqa: E402
-from qbench.codes import BinaryCodes, PQCodes  # noqa: E402
-from qbench.evaluator import Evaluation, _run, evaluate  # noqa: E402
-from qbench.search import make_distances  # noqa: E402
+from qbench.core.codes import BinaryCodes, PQCodes  # noqa: E402
+from qbench.eval import kernels  # noqa: E402
+from qbench.eval.evaluator import Evaluation, _run, evaluate  # noqa: E402
+from qbench.eval.search import make_distances  # noqa: E402
 
 N_CLASSES = 10
 REPEATS = 3
@@ -174,7 +174,7 @@ def kernel_start_up() -> dict:
     """One-time costs of the compiled kernels, each in a fresh process: the JIT compile
     with an empty numba cache, and numba's import plus the cache load with the usual cache
     (what the first Hamming evaluation of a process pays on top of eval_s)."""
-    code = ("import time; t = time.perf_counter(); from qbench import kernels; "
+    code = ("import time; t = time.perf_counter(); from qbench.eval import kernels; "
             "kernels.warm_up(); print(time.perf_counter() - t)")
     root = str(Path(__file__).resolve().parents[1])
 

@@ -17,7 +17,7 @@
 4. Unless ``--skip-digits`` (which also skips 1.): inference on 20,000 Fashion-MNIST-sized
    images (1x28x28) with the 6-layer CNN (``cnn``), in three fresh processes: before (glibc's
    allocator defaults, batch 1024, as qbench did until the fix), batch-only (the sized
-   batch, glibc's defaults) and after (:mod:`qbench.memory`: fixed thresholds and sized
+   batch, glibc's defaults) and after (:mod:`qbench.core.memory`: fixed thresholds and sized
    batches), with images/s, user and system time and minor page faults; and, in the same
    process as "after", training throughput of a bare step (forward, backward and Adam,
    batch 128) and of qbench's own loops (``Trainer.fit`` with the default engine
@@ -38,8 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from qbench.grid import run_grid
-from qbench.results import load_result, write_json_atomic
+from qbench.grid.runner import run_grid
+from qbench.run.results import load_result, write_json_atomic
 
 STAGE1_METHODS = ["float", "two-stage-pq", "two-stage-opq", "itq"]
 
@@ -127,7 +127,7 @@ def fashion_default_grid(jobs: int, seeds: int) -> dict:
 
 
 def fashion_run() -> dict:
-    from qbench.pipeline import RunRequest, run_experiment
+    from qbench.run.pipeline import RunRequest, run_experiment
 
     with tempfile.TemporaryDirectory() as tmp:
         _, result = run_experiment(RunRequest(method="two-stage-pq", dataset="fashion-mnist",
@@ -146,8 +146,8 @@ def inference_probe(mode: str, encoder: str = "cnn", n: int = 20_000) -> dict:
     import numpy as np
     import torch
 
-    from qbench.encoders import build_encoder
-    from qbench.memory import inference_batch, keep_freed_memory
+    from qbench.core.memory import inference_batch, keep_freed_memory
+    from qbench.train.encoders import build_encoder
 
     torch.manual_seed(0)
     model = build_encoder(encoder, (1, 28, 28), 64).eval()
@@ -199,11 +199,11 @@ def qbench_loop(encoder: str, epochs: int = 2, n_embed: int = 20_000, *,
     (throughput does not depend on pixel values)."""
     import numpy as np
 
-    from qbench.data import Dataset
-    from qbench.engine import ENGINE_PARAMS, Trainer
-    from qbench.method import RunContext
-    from qbench.protocols import make_splits
+    from qbench.data.dataset import Dataset
+    from qbench.data.protocols import make_splits
+    from qbench.methods import RunContext
     from qbench.registry import DATASETS
+    from qbench.train.engine import ENGINE_PARAMS, Trainer
 
     rng = np.random.default_rng(0)
     n = 27_000

@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qbench.grid import run_grid  # noqa: E402
-from qbench.results import write_json_atomic  # noqa: E402
+from qbench.grid.runner import run_grid  # noqa: E402
+from qbench.run.results import write_json_atomic  # noqa: E402
 
 GRID = Path(__file__).resolve().parents[1] / "grids" / "default.json"
 

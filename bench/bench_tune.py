@@ -14,7 +14,7 @@ apart. On a shared machine wall times move with the load (recorded); the CPU tim
 trial, marginal between two study sizes, moves less.
 
 The reference is the wall time of one digits trial: ``--trial-s`` or, by default, a
-measured one: :func:`qbench.pipeline.run_selection` (a tuning trial's objective) of
+measured one: :func:`qbench.run.pipeline.run_selection` (a tuning trial's objective) of
 ``dqn`` on digits at 32 bits with the default epochs, run twice in one cache folder; the
 second run is the trial time (a study's trials share the cached stage-1 encoder; the first
 run, which trains it, is reported as ``first_trial_s``). Optuna's imports and TPE's first
@@ -34,11 +34,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qbench.method import Method  # noqa: E402
-from qbench.pipeline import RunRequest  # noqa: E402
+from qbench.grid.tune import tune  # noqa: E402
+from qbench.methods import Method  # noqa: E402
 from qbench.registry import METHODS, Param, Space  # noqa: E402
-from qbench.results import write_json_atomic  # noqa: E402
-from qbench.tune import tune  # noqa: E402
+from qbench.run.pipeline import RunRequest  # noqa: E402
+from qbench.run.results import write_json_atomic  # noqa: E402
 
 TARGET = 0.02
 
@@ -58,7 +58,7 @@ class NoOpTuned(Method):
 
 def digits_trial_s() -> dict:
     """Wall and CPU seconds of the first and of a later digits trial (dqn, 32 bits)."""
-    from qbench.pipeline import run_selection
+    from qbench.run.pipeline import run_selection
 
     times = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,7 +12,7 @@ Without ``--data-dir`` and with nothing in the cache, the python archive is down
 from the official URL and md5-checked. An archive whose md5 is not the official one is
 refused; an extracted folder is read without an md5 check.
 
-Through :meth:`qbench.data.DatasetPlugin.load_cached`, the md5 check and the decoding run
+Through :meth:`qbench.data.dataset.DatasetPlugin.load_cached`, the md5 check and the decoding run
 once per machine: later loads memory-map the cached arrays while the archive (or the
 folder's batch files) keeps its size, mtime, ctime and inode.
 
@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from qbench.data import Dataset, DatasetPlugin, ProtocolSpec
-from qbench.download import cache_dir, download, verify_md5
-from qbench.errors import QbenchError
+from qbench.core.errors import QbenchError
+from qbench.data.dataset import Dataset, DatasetPlugin, ProtocolSpec
+from qbench.data.download import cache_dir, download, verify_md5
 from qbench.registry import DATASETS
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"

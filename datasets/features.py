@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from qbench.data import Dataset, DatasetPlugin, ProtocolSpec
-from qbench.errors import QbenchError
-from qbench.labels import as_labels
+from qbench.core.errors import QbenchError
+from qbench.core.labels import as_labels
+from qbench.data.dataset import Dataset, DatasetPlugin, ProtocolSpec
 from qbench.registry import DATASETS, Param
 
 

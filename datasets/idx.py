@@ -11,12 +11,12 @@ Where the files are looked for, in order:
 - fashion-mnist only: ``/usr/share/datasets/fashion-mnist`` (Debian package
   ``dataset-fashion-mnist``, which ships the four ``.gz`` files, recompressed: their md5
   differs from the official files, so local files are checked by structure, not md5);
-- the download cache ``~/.cache/qbench/<name>`` (see :func:`qbench.download.cache_dir`);
+- the download cache ``~/.cache/qbench/<name>`` (see :func:`qbench.data.download.cache_dir`);
 - otherwise the official ``.gz`` files are downloaded there, each checked against its
   published md5. MNIST's original host (yann.lecun.com) often refuses downloads, so the
   PyTorch team's S3 copy is tried first and the original host second.
 
-Through :meth:`qbench.data.DatasetPlugin.load_cached`, the four files are decompressed and
+Through :meth:`qbench.data.dataset.DatasetPlugin.load_cached`, the four files are decompressed and
 checked once per machine; later loads memory-map the cached arrays while the files keep
 their size, mtime, ctime and inode.
 """
@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from qbench.data import Dataset, DatasetPlugin, ProtocolSpec
-from qbench.download import cache_dir, download
-from qbench.errors import QbenchError
+from qbench.core.errors import QbenchError
+from qbench.data.dataset import Dataset, DatasetPlugin, ProtocolSpec
+from qbench.data.download import cache_dir, download
 from qbench.registry import DATASETS
 
 IDX_UBYTE = 0x08

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qbench.data import Dataset, DatasetPlugin, ProtocolSpec
-from qbench.errors import QbenchError
+from qbench.core.errors import QbenchError
+from qbench.data.dataset import Dataset, DatasetPlugin, ProtocolSpec
 from qbench.registry import DATASETS, Param
 
 from .features import check_labels, check_vectors, load_npz

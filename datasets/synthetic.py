@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qbench.data import Dataset, DatasetPlugin, ProtocolSpec
+from qbench.data.dataset import Dataset, DatasetPlugin, ProtocolSpec
 from qbench.registry import DATASETS, Param
 
 

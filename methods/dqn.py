@@ -4,7 +4,7 @@ min L + lambda * Q with Q = sum_m |z_im - C_m h_im|^2 (block-diagonal codebooks 
 assignments h). The first ``warmup`` epochs train with lambda = 0; afterwards network steps
 see C and h fixed (the gradient of Q reaches z through the engine's ``extra_loss``), and
 every ``refit_every`` epochs C is refit by per-subspace k-means on the current training
-embeddings and h reassigned to the nearest codewords (:class:`qbench.joint.CodebookHooks`).
+embeddings and h reassigned to the nearest codewords (:class:`qbench.methods._joint.CodebookHooks`).
 
 Scale of lambda. Our similarity loss L is a *mean* over the in-batch pairs and the penalty
 here is a mean over the batch, lambda * mean_i Q_i. The reference code summed both: L_sum =
@@ -18,7 +18,7 @@ digits (5 seeds, 12 and 32 bits) lambda in {0.1, 0.3, 0.5, 1} is within noise of
 another, 3 and 10 cost 0.5-1.5 MAP points; the default is 0.3.
 
 Quantization space: the L2-normalised outputs with the cosine loss (the default), the raw
-outputs with the inner-product loss (see :mod:`qbench.joint`). ``tanh`` bounds the outputs
+outputs with the inner-product loss (see :mod:`qbench.methods._joint`). ``tanh`` bounds the outputs
 as the reference did; the suite's default is off, with D from the suite's layout rather than
 the reference's 300.
 """
@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from qbench.joint import JOINT_PARAMS, CodebookHooks, JointMethod
-from qbench.method import RunContext
+from qbench.methods import JOINT_PARAMS, CodebookHooks, JointMethod, RunContext
 from qbench.registry import METHODS, Param, Space
 
 

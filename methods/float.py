@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from qbench.codes import FloatCodes
-from qbench.encoder_cache import stage1_encoder
-from qbench.engine import ENGINE_PARAMS
-from qbench.method import DEFAULT_DIM, Method, MethodOutput, RunContext, l2_normalise
+from qbench.core.codes import FloatCodes
+from qbench.methods import (
+    DEFAULT_DIM,
+    Method,
+    MethodOutput,
+    RunContext,
+    l2_normalise,
+    select_and_encode,
+)
 from qbench.registry import METHODS, Param
-from qbench.trained import select_and_encode
+from qbench.train.encoder_cache import stage1_encoder
+from qbench.train.engine import ENGINE_PARAMS
 
 
 def cosine_codes(query, db) -> FloatCodes:

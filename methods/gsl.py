@@ -17,7 +17,7 @@ for the similarity loss, with the codebook and the network optimised alternately
 What is this suite's design (SPEC §3, knobs exposed): the candidate set (k nearest
 codewords), the choice of c* by cosine alignment with the descent direction, the convex
 blend with weight alpha that keeps |g| per subspace, and the refit schedule shared with DQN
-and SSM (:mod:`qbench.joint`). With the cosine loss the quantization space is the unit
+and SSM (:mod:`qbench.methods._joint`). With the cosine loss the quantization space is the unit
 sphere: the part of g along z (which cannot move z/|z|) passes through, the tangential part
 is snapped on the sphere and the snapping correction is projected onto the tangent plane,
 so <g~, g> > 0 still holds for every g != 0. Defaults (alpha = 0.5, k = 3) from digits,
@@ -29,8 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from qbench.joint import JOINT_PARAMS, CodebookHooks, JointMethod, tangent_part
-from qbench.method import RunContext
+from qbench.methods import JOINT_PARAMS, CodebookHooks, JointMethod, RunContext, tangent_part
 from qbench.registry import METHODS, Param, Space
 
 

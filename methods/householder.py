@@ -16,14 +16,14 @@ import time
 
 import numpy as np
 
-from qbench.codes import BinaryCodes, FloatCodes
-from qbench.encoder_cache import stage1_encoder
-from qbench.engine import ENGINE_PARAMS
-from qbench.method import Method, MethodOutput, RunContext, l2_normalise
+from qbench.core.codes import BinaryCodes, FloatCodes
+from qbench.methods import Method, MethodOutput, RunContext, l2_normalise
 from qbench.methods.sign import sign_codes
-from qbench.quantizers import HouseholderRotation, rescale_to_sqrt_dim
+from qbench.quant.quantizers import HouseholderRotation, rescale_to_sqrt_dim
 from qbench.registry import METHODS, Param, Space
-from qbench.selection import score, select
+from qbench.train.encoder_cache import stage1_encoder
+from qbench.train.engine import ENGINE_PARAMS
+from qbench.train.selection import score, select
 
 
 @METHODS.register

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from qbench.codes import BinaryCodes
-from qbench.encoder_cache import stage1_encoder
-from qbench.engine import ENGINE_PARAMS
-from qbench.errors import QbenchError
-from qbench.method import DEFAULT_DIM, Method, MethodOutput, RunContext, l2_normalise
-from qbench.quantizers import ITQ
+from qbench.core.codes import BinaryCodes
+from qbench.core.errors import QbenchError
+from qbench.methods import (
+    DEFAULT_DIM,
+    Method,
+    MethodOutput,
+    RunContext,
+    l2_normalise,
+    select_and_encode,
+)
+from qbench.quant.quantizers import ITQ
 from qbench.registry import METHODS, Param, Space
-from qbench.trained import select_and_encode
+from qbench.train.encoder_cache import stage1_encoder
+from qbench.train.engine import ENGINE_PARAMS
 
 
 @METHODS.register

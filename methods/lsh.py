@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from qbench.codes import BinaryCodes, FloatCodes
-from qbench.method import Method, MethodOutput, RunContext
-from qbench.quantizers import LSH
+from qbench.core.codes import BinaryCodes, FloatCodes
+from qbench.methods import Method, MethodOutput, RunContext
+from qbench.quant.quantizers import LSH
 from qbench.registry import METHODS, Param
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 
-from qbench.codes import FloatCodes, PQCodes
-from qbench.method import Method, MethodOutput, RunContext, pad_columns, pq_layout
-from qbench.quantizers import OPQ, ProductQuantizer
+from qbench.core.codes import FloatCodes, PQCodes
+from qbench.methods import Method, MethodOutput, RunContext, pad_columns, pq_layout
+from qbench.quant.quantizers import OPQ, ProductQuantizer
 from qbench.registry import METHODS, Param
 
 

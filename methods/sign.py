@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from qbench.codes import BinaryCodes
-from qbench.encoder_cache import stage1_encoder
-from qbench.engine import ENGINE_PARAMS
-from qbench.method import Method, MethodOutput, RunContext
-from qbench.quantizers import SignQuantizer
+from qbench.core.codes import BinaryCodes
+from qbench.methods import Method, MethodOutput, RunContext, select_and_encode
+from qbench.quant.quantizers import SignQuantizer
 from qbench.registry import METHODS
-from qbench.trained import select_and_encode
+from qbench.train.encoder_cache import stage1_encoder
+from qbench.train.engine import ENGINE_PARAMS
 
 
 def sign_codes(query, db) -> BinaryCodes:

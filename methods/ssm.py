@@ -17,7 +17,7 @@ its velocity is used as the gradient for back-propagation.
 What is this suite's design (SPEC §3, knobs exposed): the force law, ``spring`` w(r) = 1 or
 ``gravity`` w(r) = 1 / (r^2 + eps); attraction by the k nearest codewords of each subspace;
 the constants below; the codebook refit schedule shared with DQN (``warmup`` epochs without
-codewords, then per-subspace k-means every ``refit_every`` epochs, :mod:`qbench.joint`).
+codewords, then per-subspace k-means every ``refit_every`` epochs, :mod:`qbench.methods._joint`).
 F is computed in the quantization space (unit-norm outputs with the cosine loss) and mapped
 to the output as the negative gradient of the force's potential, (I - q q^T) F / |z|.
 
@@ -41,10 +41,9 @@ from __future__ import annotations
 
 import torch
 
-from qbench.engine import Trainer
-from qbench.joint import JOINT_PARAMS, CodebookHooks, JointMethod
-from qbench.method import RunContext
+from qbench.methods import JOINT_PARAMS, CodebookHooks, JointMethod, RunContext
 from qbench.registry import METHODS, Param, Space
+from qbench.train.engine import Trainer
 
 FORCE_LAWS = ("spring", "gravity")
 

@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from qbench.encoder_cache import stage1_encoder
-from qbench.engine import ENGINE_PARAMS
-from qbench.method import DEFAULT_DIM, Method, MethodOutput, RunContext, l2_normalise, pq_layout
-from qbench.quantizers import OPQ, ProductQuantizer
+from qbench.methods import (
+    DEFAULT_DIM,
+    Method,
+    MethodOutput,
+    PQRepresentation,
+    RunContext,
+    l2_normalise,
+    pq_layout,
+    select_and_encode,
+)
+from qbench.quant.quantizers import OPQ, ProductQuantizer
 from qbench.registry import METHODS, Param, Space
-from qbench.trained import PQRepresentation, select_and_encode
+from qbench.train.encoder_cache import stage1_encoder
+from qbench.train.engine import ENGINE_PARAMS
 
 
 class _TwoStage(Method):

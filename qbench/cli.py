@@ -1,6 +1,6 @@
 """The qbench command line: thin wrappers that parse, call the library and print.
 
-Every user error (:class:`qbench.errors.QbenchError` or a click usage error) is printed as
+Every user error (:class:`qbench.core.errors.QbenchError` or a click usage error) is printed as
 one line on stderr, ``error: ...``, with exit code 2 and no traceback.
 """
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import click
 
 from qbench import __version__
-from qbench.errors import QbenchError
+from qbench.core.errors import QbenchError
+from qbench.data.pool import DEFAULT_POOL_SIZE
 from qbench.registry import DATASETS, METHODS, parse_key_values
-from qbench.selection import DEFAULT_POOL_SIZE
 
 
 class QbenchGroup(click.Group):
@@ -106,12 +106,12 @@ def run_command(method, dataset, bits, seed, protocol, epochs, device, out, data
                 data_params, quiet, split_seed, select, pool_size, cache_dir, no_cache,
                 deterministic, params_from) -> None:
     """Train, encode, search and evaluate one method; write results/<run>.json."""
-    from qbench.pipeline import RunRequest, run_experiment
+    from qbench.run.pipeline import RunRequest, run_experiment
 
     method_params = parse_key_values(params)
     tuning = None
     if params_from is not None:
-        from qbench.tune import load_tuned_params
+        from qbench.grid.tune import load_tuned_params
 
         tuned, tuning = load_tuned_params(params_from, method, dataset, bits)
         if set(method_params) & set(tuning["best_params"]):
@@ -158,11 +158,11 @@ def run_command(method, dataset, bits, seed, protocol, epochs, device, out, data
 def evaluate_command(codes_file: Path, out: Path | None, k: int | None, normaliser: str,
                      float_metric: str, sdc: bool, device: str) -> None:
     """Score codes or embeddings produced elsewhere (.npz) with the qbench evaluator."""
-    from qbench.codes import FloatCodes, PQCodes
-    from qbench.codesfile import load_codes_npz
-    from qbench.evaluator import evaluate
-    from qbench.pipeline import check_writable, resolve_device
-    from qbench.results import SCHEMA_VERSION, write_json_atomic
+    from qbench.core.codes import FloatCodes, PQCodes
+    from qbench.eval.codesfile import load_codes_npz
+    from qbench.eval.evaluator import evaluate
+    from qbench.run.pipeline import check_writable, resolve_device
+    from qbench.run.results import SCHEMA_VERSION, write_json_atomic
 
     if float_metric not in ("l2", "cosine"):
         raise QbenchError(f"--metric {float_metric!r} is not allowed; allowed: cosine, l2")
@@ -211,7 +211,7 @@ def compare_command(files, fmt: str, out: Path | None, metric: str,
                     baseline: str | None) -> None:
     """Aggregate result files: mean, std and 95% CI over seeds, paired t-tests, claims,
     tables and plots."""
-    from qbench.compare import run_compare
+    from qbench.report.compare import run_compare
 
     click.echo(run_compare(list(files), fmt=fmt, out=out, metric=metric, baseline=baseline))
 
@@ -246,7 +246,7 @@ def grid_command(grid_file: Path, dataset: str, jobs: int, out: Path, data_dir: 
     """Run a grid of methods x bits x seeds; finished runs are skipped, stale ones rerun,
     failures recorded. With --backend ray, --out and the cache must be on storage every
     node reaches."""
-    from qbench.grid import run_grid
+    from qbench.grid.runner import run_grid
 
     seed_list = None
     if seeds:
@@ -276,7 +276,7 @@ def cache_group() -> None:
               help="Cache folder (default: $QBENCH_CACHE, else results/cache).")
 def cache_list_command(cache_dir: Path | None) -> None:
     """One line per cached encoder: key, dataset, seed, D, epochs, size."""
-    from qbench.encoder_cache import default_cache_dir, list_entries
+    from qbench.train.encoder_cache import default_cache_dir, list_entries
 
     root = cache_dir or default_cache_dir(Path("results"))
     rows = list_entries(root)
@@ -290,7 +290,7 @@ def cache_list_command(cache_dir: Path | None) -> None:
               help="Cache folder (default: $QBENCH_CACHE, else results/cache).")
 def cache_clear_command(cache_dir: Path | None) -> None:
     """Remove every cached encoder and decoded dataset (downloads are kept)."""
-    from qbench.encoder_cache import clear_cache, default_cache_dir
+    from qbench.train.encoder_cache import clear_cache, default_cache_dir
 
     root = cache_dir or default_cache_dir(Path("results"))
     click.echo(f"removed {clear_cache(root)} entries from {root}")
@@ -335,8 +335,8 @@ def tune_command(method, dataset, bits, seed, protocol, epochs, device, out, dat
 
     -p and --params-from values are fixed (e.g. the stage-1 knobs of a --shared study).
     """
-    from qbench.pipeline import RunRequest
-    from qbench.tune import load_tuned_params, tune
+    from qbench.grid.tune import load_tuned_params, tune
+    from qbench.run.pipeline import RunRequest
 
     method_params = parse_key_values(params)
     if params_from is not None:

@@ -132,7 +132,7 @@ def test_data_dir_without_the_dataset_files_is_a_clean_error(tmp_path):
 
 
 def test_truncated_idx_file_is_a_clean_error(tmp_path):
-    from test_datasets import write_idx_set
+    from tests.data.test_datasets import write_idx_set
 
     data = tmp_path / "fm"
     write_idx_set(data, 30, 10)

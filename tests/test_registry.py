@@ -1,7 +1,7 @@
 import pytest
 
-from qbench.errors import QbenchError
-from qbench.method import pq_layout
+from qbench.core.errors import QbenchError
+from qbench.methods import pq_layout
 from qbench.registry import DATASETS, METHODS, Param, Registry, Space, parse_key_values, space_of
 
 

@@ -1,0 +1,418 @@
+"""Retrieval metrics computed from rankings, one block of queries at a time.
+
+The evaluator reduces each query's ranking of the database to two compact descriptions,
+and every metric here is computed from them without touching the full ranking again:
+
+- **relevant positions**: for each query, the 0-based ranks of its relevant database items
+  in the deterministic order (ascending distance, ties by database index). A block of
+  ``b`` queries stores them flat, row after row, each row ascending: ``rel_pos`` (T,) int64
+  with ``row_ptr`` (b + 1,) int64 so that row i is ``rel_pos[row_ptr[i]:row_ptr[i + 1]]``.
+- **tie groups**: for each query, runs of items at equal distance in rank order, as flat
+  ``group_row``, ``group_start`` (items ranked before the run, N_<d) and ``group_size`` (n_d),
+  (G,) int64 each, sorted by (row, start). Every run of two or more items must be listed;
+  single items may be (they are never ambiguous). Together with the relevant positions they
+  give the per-distance counts n_d, r_d of SPEC section 4 for any distance.
+
+The compiled Hamming kernel (:mod:`qbench.eval.kernels`) keeps no positions: :class:`LevelRanks`
+answers the same questions from its per-level counts and its sums at the cut-offs the
+metrics ask for, and every metric below runs unchanged on either.
+
+Tie-aware values are expectations under a uniformly random order within every tie group,
+with the optimistic (relevant items first within each group) and pessimistic (relevant
+last) orders as bounds. Conventions (recorded in the metric card): a query with no relevant
+item (in the top K) scores AP = 0 and recall = 0, and is counted in every mean. Ranks and
+cut-offs are 1-based counts ("top c").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import gammaln
+
+NORMALISERS = ("rk", "min_k_r", "r")
+"""AP@K normalisers: relevant items in the top K | min(K, R) | R (all relevant items)."""
+
+VARIANTS = ("expected", "optimistic", "pessimistic")
+"""Tie-aware values: expectation over random order within ties, and its two bounds."""
+
+PR11_RECALL = tuple(i / 10 for i in range(11))
+"""Recall levels of the 11-point interpolated precision."""
+
+
+def pr_cutoffs(n_db: int, points: int = 64) -> np.ndarray:
+    """Rank cut-offs of the precision-recall curve: ``points`` geometrically spaced ranks
+    from 1 to n_db, rounded and deduplicated (dense at the low-recall end).
+
+    Returns a strictly increasing int64 array starting at 1 and ending at n_db.
+    """
+    cut = np.rint(np.geomspace(1, n_db, points)).astype(np.int64)
+    return np.unique(np.clip(cut, 1, n_db))
+
+
+def top_r_cutoffs(n_db: int) -> np.ndarray:
+    """The Precision@top-R cut-offs R = 100, 200, ..., 1000 that do not exceed n_db."""
+    r = np.arange(100, 1001, 100, dtype=np.int64)
+    return r[r <= n_db]
+
+
+def harmonic_table(n: int) -> np.ndarray:
+    """H[0..n] with H[m] = sum_{j<=m} 1/j, in extended precision (np.longdouble), shape (n+1,)."""
+    h = np.zeros(n + 1, dtype=np.longdouble)
+    np.cumsum(1.0 / np.arange(1, n + 1, dtype=np.longdouble), out=h[1:])
+    return h
+
+
+def safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den elementwise as float64, 0 where den == 0."""
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    out = np.zeros(np.broadcast(num, den).shape, dtype=np.float64)
+    np.divide(num, den, out=out, where=den != 0)
+    return out
+
+
+class _RankQueries:
+    """What the metrics ask of a block's index-order ranking: ``n_db``, ``n_queries``,
+    ``n_rel`` (b,), ``count_below``, ``terms_below``, ``total_terms`` and
+    ``interpolated_precision``; the rest follows from those."""
+
+    n_db: int
+    n_queries: int
+    n_rel: np.ndarray
+
+    def count_below(self, rows: np.ndarray, cut: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def terms_below(self, rows: np.ndarray, cut: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def total_terms(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def hits_at(self, cutoffs: np.ndarray) -> np.ndarray:
+        """(b, C) int64: relevant items in the top c, per query and cut-off c in [0, n_db]."""
+        cut = np.asarray(cutoffs, dtype=np.int64)[None, :]
+        rows = np.arange(self.n_queries, dtype=np.int64)[:, None]
+        return self.count_below(*np.broadcast_arrays(rows, cut))
+
+    def normaliser(self, k: int, normaliser: str, hits_k: np.ndarray) -> np.ndarray:
+        """(b,) the AP@K denominator: hits_k ("rk"), min(K, R) or R."""
+        if normaliser not in NORMALISERS:
+            raise ValueError(f"unknown normaliser {normaliser!r}")
+        return {"rk": hits_k, "min_k_r": np.minimum(k, self.n_rel), "r": self.n_rel}[normaliser]
+
+    def average_precision(self, k: int | None = None, normaliser: str = "rk") -> np.ndarray:
+        """AP@K of every query, (b,) float64.
+
+        AP@K = (1/norm) sum_{r <= K} P@r rel_r with norm = R_K (relevant in the top K, "rk"),
+        min(K, R) ("min_k_r") or R ("r"); 0 when no relevant item is in the top K. k=None
+        means K = n_db, where all three normalisers give the textbook AP.
+        """
+        kk = self.n_db if k is None else min(int(k), self.n_db)
+        rows = np.arange(self.n_queries, dtype=np.int64)
+        if kk >= self.n_db:
+            hits, total = self.n_rel, self.total_terms()
+        else:
+            hits = self.count_below(rows, np.full(self.n_queries, kk))
+            total = self.terms_below(rows, np.full(self.n_queries, kk))
+        return safe_ratio(total, self.normaliser(kk, normaliser, hits))
+
+
+class Ranks(_RankQueries):
+    """The relevant positions of one block of queries (see the module doc).
+
+    rel_pos: (T,) int64, row_ptr: (b + 1,) int64, n_db: database size. ``terms`` (T,) holds
+    each relevant item's precision at its own rank, t / (p + 1) for the t-th relevant item
+    of its row at 0-based rank p.
+    """
+
+    def __init__(self, rel_pos: np.ndarray, row_ptr: np.ndarray, n_db: int):
+        self.rel_pos = np.asarray(rel_pos, dtype=np.int64)
+        self.row_ptr = np.asarray(row_ptr, dtype=np.int64)
+        self.n_db = int(n_db)
+        self.n_queries = len(self.row_ptr) - 1
+        self.n_rel = np.diff(self.row_ptr)
+        rows_of = np.repeat(np.arange(self.n_queries, dtype=np.int64), self.n_rel)
+        # row i's positions shifted by i * n_db: ascending over the whole block, so that
+        # one searchsorted answers "how many in the top c" for any (row, c <= n_db)
+        self._keys = rows_of * self.n_db + self.rel_pos
+        rel_rank = np.arange(1, len(self.rel_pos) + 1, dtype=np.int64) - self.row_ptr[rows_of]
+        self.terms = rel_rank / (self.rel_pos + 1.0)
+        self._prefix = np.concatenate([[0.0], np.cumsum(self.terms)])
+
+    def count_below(self, rows: np.ndarray, cut: np.ndarray) -> np.ndarray:
+        """Relevant items in the top ``cut[j]`` of query ``rows[j]``.
+
+        rows, cut: int arrays of one shape, cut in [0, n_db]. Returns int64 of that shape.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        target = rows * self.n_db + cut
+        return np.searchsorted(self._keys, target, side="left") - self.row_ptr[rows]
+
+    def terms_below(self, rows: np.ndarray, cut: np.ndarray) -> np.ndarray:
+        """Sum of ``terms`` of query ``rows[j]``'s relevant items in its top ``cut[j]``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        first = self.row_ptr[rows]
+        return self._prefix[first + self.count_below(rows, cut)] - self._prefix[first]
+
+    def total_terms(self) -> np.ndarray:
+        """(b,) the sum of every query's ``terms``."""
+        return self._prefix[self.row_ptr[1:]] - self._prefix[self.row_ptr[:-1]]
+
+    def interpolated_precision(self) -> np.ndarray:
+        """(b, 11) float64: the 11-point interpolated precision of every query.
+
+        At recall level r in PR11_RECALL: the highest precision at any rank whose recall is
+        >= r, read exactly from the whole ranking (the maximum is reached at a relevant
+        rank: at the t-th relevant item, for t >= ceil(r R)). 0 for a query without
+        relevant items.
+        """
+        levels = len(PR11_RECALL)
+        out = np.zeros((self.n_queries, levels), dtype=np.float64)
+        has = np.flatnonzero(self.n_rel > 0)
+        if len(has) == 0:
+            return out
+        n_rel = self.n_rel[has][:, None]
+        steps = np.arange(levels, dtype=np.int64)[None, :]
+        first = np.maximum(1, -(-steps * n_rel // (levels - 1)))  # ceil(r R), at least 1
+        starts = self.row_ptr[has][:, None] + first - 1
+        ends = np.broadcast_to(self.row_ptr[has + 1][:, None], starts.shape)
+        pairs = np.stack([starts, ends], axis=-1).ravel()
+        # maximum over terms[start:end] for every (query, level): reduceat over start/end
+        # pairs, the even results; the sentinel makes an end equal to T a valid index
+        maxima = np.maximum.reduceat(np.append(self.terms, 0.0), pairs)[0::2]
+        out[has] = maxima.reshape(starts.shape)
+        return out
+
+
+class LevelRanks(_RankQueries):
+    """A block's index-order ranking as the compiled Hamming kernel reduces it
+    (:class:`qbench.eval.kernels.LevelRanking`): no positions, only what the metrics read.
+
+    level_hist, level_rel (b, L) int64: items and relevant items per distance level;
+    level_terms (b, L + 1) float64: sum of the precision terms of the relevant items ranked
+    before each level boundary N_<d; cuts (C,) ascending, cut_hits (b, C), cut_terms (b, C):
+    relevant items and their term sum in the top c; pr11 (b, 11). ``count_below`` and
+    ``terms_below`` answer at the level boundaries (every tie group's ends, the Hamming
+    radii) and at the kernel's cut-offs; any other cut-off raises ValueError.
+    """
+
+    def __init__(self, level_hist, level_rel, level_terms, cuts, cut_hits, cut_terms, pr11,
+                 n_db: int):
+        self.n_db = int(n_db)
+        self.n_queries = len(level_hist)
+        b, levels = np.shape(level_hist)
+        self.n_rel = np.asarray(level_rel, dtype=np.int64).sum(axis=1)
+        self.cuts = np.asarray(cuts, dtype=np.int64)
+        self.cut_hits = np.asarray(cut_hits, dtype=np.int64)
+        self.cut_terms = np.asarray(cut_terms, dtype=np.float64)
+        self.level_terms = np.asarray(level_terms, dtype=np.float64)
+        self.pr11 = np.asarray(pr11, dtype=np.float64)
+        # level boundaries N_<d (d = 0..L) and R_<d, flat and shifted by row * (n_db + 1):
+        # ascending over the block, so one searchsorted finds any (row, boundary)
+        cum = np.zeros((b, levels + 1), dtype=np.int64)
+        np.cumsum(level_hist, axis=1, out=cum[:, 1:])
+        self.rel_cum = np.zeros((b, levels + 1), dtype=np.int64)
+        np.cumsum(level_rel, axis=1, out=self.rel_cum[:, 1:])
+        self._bounds = (np.arange(b, dtype=np.int64)[:, None] * (self.n_db + 1) + cum).ravel()
+
+    def _lookup(self, rows, cut, at_levels: np.ndarray, at_cuts: np.ndarray) -> np.ndarray:
+        rows, cut = np.broadcast_arrays(np.asarray(rows, dtype=np.int64),
+                                        np.asarray(cut, dtype=np.int64))
+        out = np.empty(cut.shape, dtype=at_levels.dtype)
+        if len(self.cuts):
+            j = np.minimum(np.searchsorted(self.cuts, cut), len(self.cuts) - 1)
+            listed = self.cuts[j] == cut
+            out[listed] = at_cuts[rows[listed], j[listed]]
+            rest = ~listed
+        else:
+            rest = np.ones(cut.shape, dtype=bool)
+        if rest.any():
+            target = rows[rest] * (self.n_db + 1) + cut[rest]
+            k = np.minimum(np.searchsorted(self._bounds, target), len(self._bounds) - 1)
+            if not np.array_equal(self._bounds[k], target):
+                raise ValueError("cut-off neither at a distance-level boundary nor among "
+                                 "the kernel's cut-offs")
+            out[rest] = at_levels.ravel()[k]
+        return out
+
+    def count_below(self, rows: np.ndarray, cut: np.ndarray) -> np.ndarray:
+        """Relevant items in the top ``cut[j]`` of query ``rows[j]`` (int64)."""
+        return self._lookup(rows, cut, self.rel_cum, self.cut_hits)
+
+    def terms_below(self, rows: np.ndarray, cut: np.ndarray) -> np.ndarray:
+        """Sum of the precision terms of query ``rows[j]``'s relevant items in its top
+        ``cut[j]``."""
+        return self._lookup(rows, cut, self.level_terms, self.cut_terms)
+
+    def total_terms(self) -> np.ndarray:
+        return self.level_terms[:, -1]
+
+    def interpolated_precision(self) -> np.ndarray:
+        """(b, 11) float64, as :meth:`Ranks.interpolated_precision` (computed by the kernel)."""
+        return self.pr11
+
+
+def _group_terms(a, n, r, rb, m, harmonic) -> dict[str, np.ndarray]:
+    """Sum of precisions at the relevant ranks among the first m slots of tie groups.
+
+    a: items ranked before the group, n: its size, r: relevant items in it, rb: relevant
+    items before it, m in [1, n]: slots counted (m = n: the whole group). Arrays of one
+    shape; returns float64 arrays of that shape for each of VARIANTS. With
+    c = (r - 1)/(n - 1) (0 when n = 1) and dH(x, y) = H(y) - H(x):
+    expected    sum_{j=1..m} (r/n) [rb + 1 + (j - 1) c] / (a + j)
+                = (r/n) [(rb + 1 - c (a + 1)) dH(a, a + m) + c m]
+    optimistic  (relevant first; x = min(m, r) of them in the slots)
+                sum_{t=1..x} (rb + t)/(a + t) = x - (a - rb) dH(a, a + x)
+    pessimistic (relevant last; x = max(0, m - (n - r)) of them in the slots)
+                x - (a + n - r - rb) dH(a + n - r, a + n - r + x)
+    """
+    def d_harmonic(lo, count):  # H(lo + count) - H(lo), differenced in extended precision
+        return (harmonic[lo + count] - harmonic[lo]).astype(np.float64)
+
+    c = np.zeros(np.shape(n), dtype=np.float64)
+    many = np.asarray(n) > 1
+    c[many] = (r[many] - 1) / (n[many] - 1)
+    expected = (r / n) * ((rb + 1 - c * (a + 1)) * d_harmonic(a, m) + c * m)
+    x = np.minimum(m, r)
+    optimistic = x - (a - rb) * d_harmonic(a, x)
+    x = np.maximum(0, m - (n - r))
+    low = a + n - r
+    pessimistic = x - (low - rb) * d_harmonic(low, x)
+    return {"expected": expected, "optimistic": optimistic, "pessimistic": pessimistic}
+
+
+def _log_comb(n: np.ndarray, k: np.ndarray) -> np.ndarray:
+    return gammaln(n + 1.0) - gammaln(k + 1.0) - gammaln(n - k + 1.0)
+
+
+class TieGroups:
+    """Runs of equal distance of one block of queries, with their relevant counts.
+
+    group_row, group_start, group_size: (G,) int64, see the module doc; ranks: the block's
+    relevant positions. Derived per group: ``rel_before`` (R_<d), ``rel`` (r_d) and
+    ``exact`` (the sum of ``ranks.terms`` over its relevant items, in index order). Only
+    groups mixing relevant and other items are kept: the others have one order.
+    """
+
+    def __init__(self, group_row: np.ndarray, group_start: np.ndarray, group_size: np.ndarray,
+                 ranks: Ranks):
+        self.ranks = ranks
+        self.n_db = ranks.n_db
+        self.n_queries = ranks.n_queries
+        row = np.asarray(group_row, dtype=np.int64)
+        start = np.asarray(group_start, dtype=np.int64)
+        size = np.asarray(group_size, dtype=np.int64)
+        rel_before = ranks.count_below(row, start)
+        rel = ranks.count_below(row, start + size) - rel_before
+        # a group holding only relevant or only other items has one order: exact values hold
+        mixed = (rel > 0) & (rel < size)
+        self.row, self.start, self.size = row[mixed], start[mixed], size[mixed]
+        self.rel_before, self.rel = rel_before[mixed], rel[mixed]
+        self.end = self.start + self.size
+        self.exact = (ranks.terms_below(self.row, self.end)
+                      - ranks.terms_below(self.row, self.start))
+
+    def _cut_group(self, cut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For cut-offs (b, C): index of the group that each cut c splits (start < c < end)
+        and a mask of where there is one (elsewhere the exact counts hold)."""
+        stride = self.n_db + 1
+        rows = np.arange(self.n_queries, dtype=np.int64)[:, None]
+        g = np.searchsorted(self.row * stride + self.end, rows * stride + cut + 1, side="left")
+        g = np.minimum(g, max(len(self.row) - 1, 0))
+        if len(self.row) == 0:
+            return g, np.zeros(np.broadcast(rows, cut).shape, dtype=bool)
+        inside = (self.row[g] == rows) & (self.start[g] < cut) & (self.end[g] > cut)
+        return g, inside
+
+    def hits(self, cutoffs: np.ndarray) -> dict[str, np.ndarray]:
+        """Relevant items in the top c under random order within ties, (b, C) float64 each
+        for VARIANTS. With d* the group that rank c cuts: expected R_<d* + (c - N_<d*)
+        r_d*/n_d*, optimistic R_<d* + min(c - N_<d*, r_d*), pessimistic
+        R_<d* + max(0, c - N_<d* - (n_d* - r_d*)). cutoffs in [0, n_db]."""
+        cut = np.asarray(cutoffs, dtype=np.int64)[None, :]
+        exact = self.ranks.hits_at(cutoffs).astype(np.float64)
+        g, inside = self._cut_group(cut)
+        if not inside.any():
+            return {v: exact for v in VARIANTS}
+        rb, r, n = self.rel_before[g], self.rel[g], self.size[g]
+        into = cut - self.start[g]
+        values = {"expected": rb + into * (r / np.maximum(n, 1)),
+                  "optimistic": rb + np.minimum(into, r),
+                  "pessimistic": rb + np.maximum(0, into - (n - r))}
+        return {v: np.where(inside, values[v], exact) for v in VARIANTS}
+
+    def average_precision(self, harmonic: np.ndarray, k: int | None = None,
+                          normaliser: str = "rk") -> dict[str, np.ndarray]:
+        """Tie-aware AP@K per query, (b,) float64 for each of VARIANTS.
+
+        harmonic: ``harmonic_table(n_db)``. Groups wholly inside the top K contribute their
+        expected (or bound) sums of precisions (:func:`_group_terms`). The group that K cuts
+        (a items before it, n in it, r relevant, m = K - a of its slots in the top K)
+        contributes X relevant items, X hypergeometric (m draws from n holding r); with the
+        "rk" normaliser R_K = R_<d + X is random too, so the expectation is taken of the
+        ratio: sum_x P(X = x) (S + s(x)) / (R_<d + x), with s(x) the expected sum of the
+        x relevant precisions among the m slots and terms with R_<d + x = 0 scoring 0. The
+        bounds place the cut group's relevant items first (x = min(m, r)) or last.
+        k=None: K = n_db, the tie-aware AP of SPEC section 4.
+        """
+        kk = self.n_db if k is None else min(int(k), self.n_db)
+        b = self.n_queries
+        rows = np.arange(b, dtype=np.int64)
+        g, cut_mask = self._cut_group(np.full((b, 1), kk, dtype=np.int64))
+        g, cut_mask = g[:, 0], cut_mask[:, 0]
+        # items whose places in the top K are decided: all before the cut group
+        before = np.where(cut_mask, self.start[g], kk) if len(self.start) else np.full(b, kk)
+        full = self.end <= before[self.row]
+        whole = _group_terms(self.start[full], self.size[full], self.rel[full],
+                             self.rel_before[full], self.size[full], harmonic)
+        exact_prefix = self.ranks.terms_below(rows, before)
+        hits_before = self.ranks.count_below(rows, before)
+        out = {}
+        cut_rows = np.flatnonzero(cut_mask)
+        gc = g[cut_rows]
+        a, n, r, rb = self.start[gc], self.size[gc], self.rel[gc], self.rel_before[gc]
+        m = kk - a
+        partial = _group_terms(a, n, r, rb, m, harmonic)
+        for v in VARIANTS:
+            s_pre = exact_prefix + np.bincount(self.row[full], weights=whole[v] - self.exact[full],
+                                               minlength=b)
+            if normaliser != "rk":
+                total = s_pre.copy()
+                total[cut_rows] += partial[v]
+                out[v] = safe_ratio(total, self.ranks.normaliser(kk, normaliser, hits_before))
+                continue
+            ap = safe_ratio(s_pre, hits_before)
+            if v == "expected":
+                ap[cut_rows] = self._expected_ratio(a, n, r, rb, m, s_pre[cut_rows], harmonic)
+            else:
+                x = np.minimum(m, r) if v == "optimistic" else np.maximum(0, m - (n - r))
+                ap[cut_rows] = safe_ratio(s_pre[cut_rows] + partial[v], rb + x)
+            out[v] = ap
+        return out
+
+    @staticmethod
+    def _expected_ratio(a, n, r, rb, m, s_pre, harmonic) -> np.ndarray:
+        """E[(s_pre + s(X)) / (rb + X)] over X ~ Hypergeometric(n, r, m) for each cut group."""
+        lo, hi = np.maximum(0, m - (n - r)), np.minimum(m, r)
+        counts = hi - lo + 1
+        which = np.repeat(np.arange(len(a)), counts)
+        x = lo[which] + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        a_, n_, r_, rb_, m_ = a[which], n[which], r[which], rb[which], m[which]
+        log_p = (_log_comb(r_, x) + _log_comb(n_ - r_, m_ - x) - _log_comb(n_, m_))
+        # given x relevant among the m slots, each slot holds one with probability x/m
+        s = _group_terms(a_, m_, x, rb_, m_, harmonic)["expected"]
+        value = safe_ratio(s_pre[which] + s, rb_ + x)
+        return np.bincount(which, weights=np.exp(log_p) * value, minlength=len(a))
+
+
+def radius_counts(level_hist: np.ndarray, ranks: Ranks) -> tuple[np.ndarray, np.ndarray]:
+    """Items and relevant items within each Hamming radius.
+
+    level_hist: (b, B + 1) int, items at distance d = 0..B. Returns (n_le, r_le), both
+    (b, B + 1) int64: items with distance <= r and relevant ones among them. Because items
+    come in ascending distance, the items within radius r are exactly the top n_le[r].
+    """
+    n_le = np.cumsum(level_hist, axis=1, dtype=np.int64)
+    rows = np.broadcast_to(np.arange(len(n_le), dtype=np.int64)[:, None], n_le.shape)
+    return n_le, ranks.count_below(rows, n_le)

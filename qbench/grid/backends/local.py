@@ -1,0 +1,180 @@
+"""The local backend: cells run in this process, or in ``jobs`` spawned worker processes.
+
+Each worker gets cores // jobs threads for torch, faiss and BLAS (:func:`worker_threads`)
+and calls :func:`qbench.grid.worker.execute_cell`; the runner writes the result file itself
+(atomically), since every worker shares this machine's ``--out``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from qbench.core.cores import available_cores
+from qbench.grid.backends.base import CellOptions
+from qbench.grid.worker import Outcome, execute_cell, set_worker_device, set_worker_threads
+
+if TYPE_CHECKING:
+    from qbench.grid.gridfile import Cell
+
+
+def worker_threads(jobs: int) -> int:
+    """Threads per worker: the usable cores shared out, at least 1 (1 each for 2 jobs on 2
+    cores; oversubscribed OpenMP threads spin and slow small runs down many times)."""
+    return max(1, available_cores() // jobs)
+
+
+MAX_ATTEMPTS = 2
+"""Times a cell is tried when worker processes die under it: in the pool, then alone."""
+
+
+def interleave_seeds(cells: list[Cell]) -> list[Cell]:
+    """``cells`` reordered round-robin over training seeds (seed 0's first cell, seed 1's
+    first cell, ..., then each seed's second cell): neighbouring cells then need different
+    stage-1 encoders, so parallel workers train them at once instead of one waiting on the
+    other's cache lock."""
+    by_seed: dict[int, list[Cell]] = {}
+    for cell in cells:
+        by_seed.setdefault(cell.seed, []).append(cell)
+    queues = list(by_seed.values())
+    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
+
+
+def worker_devices(device: str, jobs: int) -> list[str] | None:
+    """The device of each of ``jobs`` workers: with ``cuda`` (or ``auto`` on a CUDA machine)
+    the workers are spread over the visible GPUs round-robin; None: leave runs as asked."""
+    if device not in ("cuda", "auto"):
+        return None
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not count:
+        return None
+    return [f"cuda:{i % count}" for i in range(jobs)]
+
+
+def _init_worker(threads: int, devices: list[str] | None, counter) -> None:
+    """Worker initializer: threads (:func:`qbench.grid.worker.set_worker_threads`), its GPU (one
+    of ``devices``, by the order workers start, with a share of its memory), signals and a
+    watch on the parent process.
+
+    Ctrl-C is left to the parent, which stops the workers; a worker whose parent was
+    killed exits (its run's result, written atomically, is never half there).
+    """
+    set_worker_threads(threads)
+    if devices:
+        with counter.get_lock():
+            index = counter.value
+            counter.value += 1
+        device = devices[index % len(devices)]
+        set_worker_device(device, share=1.0 / devices.count(device))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch_parent, name="qbench-parent-watch", daemon=True).start()
+
+
+class LocalBackend:
+    """Cells in this process (``jobs`` = 1 or a single cell) or a ``spawn`` process pool."""
+
+    def __init__(self, jobs: int):
+        self.jobs = jobs  # checked by qbench.grid.runner.run_grid
+
+    def run(self, cells: list[Cell], options: CellOptions,
+            report: Callable[[Outcome], None]) -> None:
+        """Run ``cells``; ``report`` each outcome as it comes in."""
+        if self.jobs == 1 or len(cells) <= 1:
+            for cell in cells:
+                report(execute_cell(cell, options.out, options.data_dir, options.device,
+                                    options.runner, options.cache_dir, options.use_cache))
+        else:
+            self._run_parallel(cells, options, report)
+
+    def _run_parallel(self, cells: list[Cell], options: CellOptions,
+                      report: Callable[[Outcome], None]) -> None:
+        """A pool of ``jobs`` workers. A worker that dies (killed, out of memory, a crash)
+        breaks the pool and every unfinished future with it. The cells that had started
+        (a marker file per running cell tells) are retried one at a time, each in a pool of
+        its own, so that only a run under which a worker dies again is recorded as failed;
+        the cells that had not started go to a fresh pool of ``jobs`` workers."""
+        context = multiprocessing.get_context("spawn")
+        devices = worker_devices(options.device, self.jobs)
+        with tempfile.TemporaryDirectory(prefix="qbench-running-") as running:
+            todo, suspects = interleave_seeds(cells), []
+            while todo:
+                unstarted = []
+                for cell, outcome in self._pool_pass(todo, options, devices, context,
+                                                     self.jobs, running):
+                    if outcome is not None:
+                        report(outcome)
+                    elif (Path(running) / cell.stem).exists():
+                        suspects.append(cell)
+                    else:
+                        unstarted.append(cell)
+                todo = unstarted
+            for cell in suspects:  # one at a time: a death is this cell's own
+                (_, outcome), = self._pool_pass([cell], options, devices, context, 1, running)
+                report(outcome or Outcome(
+                    cell.stem, False, 0.0, error_type="BrokenProcessPool",
+                    message=f"a worker process died under this run {MAX_ATTEMPTS} times "
+                            "(killed, out of memory or a crash)"))
+
+    def _pool_pass(self, cells: list[Cell], options: CellOptions, devices, context,
+                   workers: int, running: str):
+        """Yield (cell, outcome) as cells finish; outcome None when the pool broke under it."""
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                   initializer=_init_worker,
+                                   initargs=(worker_threads(self.jobs), devices,
+                                             context.Value("i", 0)))
+        try:
+            futures = {pool.submit(_tracked_cell, running, c, options): c for c in cells}
+            remaining = set(futures)
+            while remaining:
+                finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    try:
+                        yield futures[fut], fut.result()
+                    except BrokenProcessPool:
+                        yield futures[fut], None
+        except BaseException:
+            _stop_workers(pool)
+            raise
+        pool.shutdown(wait=True)
+
+
+def _tracked_cell(running: str, cell: Cell, options: CellOptions) -> Outcome:
+    """:func:`qbench.grid.worker.execute_cell` with a marker file in ``running`` while it runs."""
+    marker = Path(running) / cell.stem
+    marker.touch()
+    outcome = execute_cell(cell, options.out, options.data_dir, options.device,
+                           options.runner, options.cache_dir, options.use_cache)
+    marker.unlink()
+    return outcome
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancel queued cells and terminate the workers now (Ctrl-C, kill, an error here).
+
+    Their unfinished runs are dropped; finished results were written atomically.
+    """
+    processes = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=10)

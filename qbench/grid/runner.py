@@ -1,0 +1,307 @@
+"""The resumable grid runner: expand a grid file, skip finished runs, isolate failures.
+
+The grid file's format, checks and expansion into cells are :mod:`qbench.grid.gridfile`.
+
+Running
+-------
+Cells are (method or variant, bits, seed) for the chosen dataset, expanded seed by seed
+(the local backend submits them round-robin over seeds, so that parallel workers train
+different stage-1 encoders). Each cell's result goes to
+``<out>/<result_filename(dataset, protocol, name, bits, seed, split_seed)>``. A cell is
+skipped only when that file is current (:func:`cell_status`: same schema, resolved
+parameters, selection rule, pool size, split seed, split and dataset checksums, tuning
+record and code version); otherwise it runs (an invalid or stale file is overwritten).
+A run that raises any :class:`Exception` (including :class:`QbenchError`) is recorded in
+``<out>/failed/<result name>.failed.json`` (error type, message, traceback, cell) and the
+grid goes on; failed cells run again on the next invocation and a success removes the
+record.
+
+Where cells run is the backend's business (:mod:`qbench.grid.backends.base`): ``local`` (the
+default) runs them in this process or, with ``jobs`` > 1, in that many worker processes
+(each with cores // jobs threads for torch, faiss and BLAS); ``ray`` runs each as a Ray
+task on a cluster, after one task per distinct stage-1 encoder
+(:func:`qbench.grid.worker.stage1_group`).
+This module plans, records outcomes and writes failure records, the same for every
+backend. KeyboardInterrupt / SystemExit stop the grid; results are written atomically, so
+rerunning the same command resumes without redoing finished runs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from qbench.core.errors import QbenchError
+from qbench.grid.backends.base import CellOptions, make_backend
+from qbench.grid.gridfile import Cell, expand_grid, grid_resources, is_int, load_grid
+from qbench.grid.tuning import tune_cells
+from qbench.grid.worker import Outcome, prepare_dataset_params, run_pipeline
+from qbench.run.results import (
+    FAILURE_SUFFIX,
+    code_version,
+    load_result,
+    write_json_atomic,
+)
+
+FAILED_DIR = "failed"
+
+
+@dataclass
+class GridSummary:
+    """Result names of the cells run now (done), skipped as finished, and failed."""
+
+    grid_file: Path
+    dataset: str
+    out: Path
+    jobs: int
+    backend: str = "local"
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+    run_s: float = 0.0
+    stale: int = 0  # cells rerun because their result was stale
+
+    def describe(self) -> str:
+        """One paragraph: counts, time, where results and failures are."""
+        total = len(self.done) + len(self.skipped) + len(self.failed)
+        if total and len(self.skipped) == total:
+            return (f"Grid {self.grid_file} on {self.dataset}: all {total} runs are already "
+                    f"finished in {self.out}; nothing to run.")
+        minutes, seconds = divmod(self.wall_s, 60)
+        text = (f"Grid {self.grid_file} on {self.dataset}: {total} runs — {len(self.done)} "
+                f"done now ({self.stale} of them were stale), {len(self.skipped)} skipped "
+                f"(already finished), "
+                f"{len(self.failed)} failed; {int(minutes)} min {seconds:.1f} s wall time "
+                + (f"with {self.jobs} job{'s' if self.jobs != 1 else ''}"
+                   if self.backend == "local" else f"on {self.backend}")
+                + f" (the runs took {self.run_s:.1f} s together). Results are in {self.out}.")
+        if self.failed:
+            text += (f" Failures are recorded in {Path(self.out) / FAILED_DIR}/ "
+                     f"(e.g. {self.failed[0]}{FAILURE_SUFFIX}); rerun the same command to "
+                     "retry them without redoing finished runs.")
+        return text
+
+
+# -- one cell ------------------------------------------------------------------------------
+
+
+def cell_status(cell: Cell, out: Path,
+                checksums: tuple[str, str] | None = None) -> tuple[str, str]:
+    """("done", "") when the cell's result exists and is current; else ("to-run", why) or
+    ("stale", why).
+
+    Current means: it validates (same schema version), records the cell's dataset,
+    protocol, method, bits, seed, split seed, selection rule and pool size, the same
+    *resolved* parameters (defaults included), the same split and dataset checksums
+    (``checksums``, when given) and the
+    same code version (:func:`qbench.run.results.code_version`).
+    """
+    from qbench.run.pipeline import prepare
+
+    path = Path(out) / cell.filename
+    if not path.is_file():
+        return "to-run", "no result yet"
+    try:
+        res = load_result(path)
+    except QbenchError as exc:
+        return "stale", str(exc).removeprefix(f"{path}: ")
+    recorded = (res["dataset"], res["protocol"], res["method"], res["bits"], res["seed"],
+                res["split_seed"])
+    wanted = (cell.dataset, cell.protocol, cell.method, cell.bits, cell.seed, cell.split_seed)
+    if recorded != wanted:
+        return "stale", f"records {recorded}, the cell is {wanted}"
+    selection = res.get("selection") or {}
+    if selection.get("rule", cell.select) != cell.select:
+        return "stale", f"selected by {selection.get('rule')!r}, the grid asks {cell.select!r}"
+    if selection.get("pool_size", cell.pool_size) != cell.pool_size:
+        return "stale", f"pool size {selection.get('pool_size')}, the grid asks {cell.pool_size}"
+    if res.get("tuning") != cell.tuning:
+        return "stale", "its tuning record differs from the grid's studies"
+    try:
+        params = prepare(cell.request(out, None, "cpu")).method.params
+    except QbenchError as exc:
+        return "stale", str(exc)
+    changed = sorted(k for k in set(params) | set(res["params"])
+                     if params.get(k) != res["params"].get(k))
+    if changed:
+        k = changed[0]
+        return "stale", f"parameter {k}: recorded {res['params'].get(k)!r}, now {params.get(k)!r}"
+    if (res.get("dataset_params") or {}) != prepare_dataset_params(cell):
+        return "stale", "dataset parameters changed"
+    if checksums is not None and res["splits"].get("checksum") != checksums[0]:
+        return "stale", "the split changed (checksum differs)"
+    if checksums is not None and res.get("dataset_checksum") != checksums[1]:
+        return "stale", "the data changed (dataset checksum differs)"
+    if res["code_version"] != code_version():
+        return "stale", f"made by other code (version {res['code_version']}, now {code_version()})"
+    return "done", ""
+
+
+def data_checksums(cell: Cell, out: Path, data_dir: Path | None,
+                   cache_dir: Path | None) -> tuple[str, str]:
+    """(split checksum, dataset checksum) of the data the grid's cells use (loads it once)."""
+    from qbench.data.protocols import materialise
+    from qbench.run.pipeline import prepare
+
+    prep = prepare(cell.request(out, data_dir, "cpu", cache_dir=cache_dir))
+    dataset = prep.dataset_plugin.load_cached(cache_dir)
+    splits = materialise(dataset, prep.protocol_spec, cell.split_seed, Path(out) / "splits")
+    return splits.checksum, dataset.checksum
+
+
+def failure_path(out: Path, cell: Cell) -> Path:
+    """Where the failure record of ``cell`` lives."""
+    return Path(out) / FAILED_DIR / f"{cell.stem}{FAILURE_SUFFIX}"
+
+
+def record_failure(out: Path, cell: Cell, outcome: Outcome, grid_file: Path) -> Path:
+    """Write the failure record of ``cell`` atomically; return its path."""
+    return write_json_atomic(failure_path(out, cell), {
+        "kind": "qbench-grid-failure",
+        "grid_file": str(grid_file),
+        "cell": asdict(cell),
+        "result_file": cell.filename,
+        "error_type": outcome.error_type,
+        "message": outcome.message,
+        "traceback": outcome.traceback,
+        "seconds": outcome.seconds,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    })
+
+
+# -- the grid ------------------------------------------------------------------------------
+
+def _check_options(jobs: int, out: Path, data_dir: Path | None, device: str,
+                   backend: str) -> None:
+    if not is_int(jobs) or jobs < 1:
+        raise QbenchError(f"--jobs must be a positive integer, got {jobs!r}")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise QbenchError(f"--data-dir {data_dir} is not a directory")
+    from qbench.run.pipeline import DEVICES, resolve_device
+
+    if backend == "local":
+        resolve_device(device)
+    elif device not in DEVICES:  # a cluster's workers, not this machine, have the devices
+        raise QbenchError(f"--device {device!r} with --backend ray: allowed auto, cpu, cuda "
+                          "(Ray gives each run its GPU share)")
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise QbenchError(f"--out {out} cannot be created: {exc.strerror or exc}") from None
+
+
+def plan_grid(cells: list[Cell], out: Path, data_dir: Path | None, cache_dir: Path | None,
+              ) -> list[tuple[Cell, str, str]]:
+    """(cell, status, reason) for every cell: "done", "to-run" or "stale" (see
+    :func:`cell_status`); the data's checksums are computed once per split seed."""
+    checksums: dict[int, tuple[str, str]] = {}
+    plan = []
+    for cell in cells:
+        path = Path(out) / cell.filename
+        if path.is_file() and cell.split_seed not in checksums:
+            checksums[cell.split_seed] = data_checksums(cell, out, data_dir, cache_dir)
+        plan.append((cell, *cell_status(cell, out, checksums.get(cell.split_seed))))
+    return plan
+
+
+def describe_plan(plan: list[tuple[Cell, str, str]]) -> str:
+    """One line per cell (status, cell, reason), then the counts: ``qbench grid --dry-run``."""
+    lines = [f"{status:7} {cell.describe()}" + (f": {reason}" if reason else "")
+             for cell, status, reason in plan]
+    counts = {s: sum(1 for _, st, _ in plan if st == s) for s in ("done", "to-run", "stale")}
+    lines.append(f"{len(plan)} cells: {counts['done']} done, {counts['to-run']} to run, "
+                 f"{counts['stale']} stale (rerun)")
+    return "\n".join(lines)
+
+
+def run_grid(grid_file: Path, *, dataset: str = "digits", jobs: int = 1,
+             out: Path = Path("results"), data_dir: Path | None = None, device: str = "auto",
+             seeds: list[int] | None = None, runner: Callable | None = None,
+             progress: bool | None = None, cache_dir: Path | None = None,
+             use_cache: bool = True, dry_run: bool = False, backend: str = "local",
+             address: str | None = None, gpus_per_run: float | None = None,
+             ) -> GridSummary | str:
+    """Run every unfinished or stale cell of ``grid_file`` for ``dataset``; see the module
+    docstring. With ``dry_run`` nothing runs: the plan (:func:`describe_plan`) is returned.
+
+    runner: called with a RunRequest, returns (path, result); default
+        :func:`run_pipeline`. With jobs > 1 or on Ray it must be picklable (a module-level
+        function).
+    progress: show the tqdm bar (None: only on a terminal).
+    cache_dir / use_cache: the encoder and dataset cache (default: $QBENCH_CACHE or
+        <out>/cache), or none.
+    backend: "local" (``jobs`` processes) or "ray" (``address``: None joins the local
+        cluster or starts one, "auto", "HOST:PORT" or "ray://HOST:PORT"; each run asks for
+        the dataset block's ``resources``, its GPU share replaced by ``gpus_per_run``).
+    """
+    from tqdm.auto import tqdm
+
+    from qbench.train.encoder_cache import EncoderCache, default_cache_dir
+
+    grid_file, out = Path(grid_file), Path(out)
+    grid = load_grid(grid_file)
+    _check_options(jobs, out, data_dir, device, backend)
+    executor = make_backend(backend, jobs=jobs, address=address,
+                            resources=grid_resources(grid, dataset, gpus_per_run))
+    cells = expand_grid(grid, dataset, seeds=seeds, data_dir=data_dir, source=str(grid_file))
+    cache_root = (Path(cache_dir) if cache_dir else default_cache_dir(out)) if use_cache else None
+    if cache_root is not None:
+        EncoderCache(cache_root)  # an unwritable cache is an error before anything runs
+    tune_spec = grid["datasets"][dataset].get("tune", grid.get("tune"))
+    if tune_spec is not None and not dry_run:
+        cells = tune_cells(tune_spec, cells, lambda cell: cell.request(
+            out, data_dir, device, cache_dir=cache_root, use_cache=use_cache),
+            echo=None if progress is False else print,
+            jobs=jobs if backend == "local" else 1)
+    plan = plan_grid(cells, out, data_dir, cache_root)
+    if dry_run:
+        note = ("\n(the grid tunes first: cells are listed with default parameters; run it "
+                "to tune and to see which tuned results are current)") if tune_spec else ""
+        return describe_plan(plan) + note
+    options = CellOptions(out, data_dir, device, runner or run_pipeline, cache_root,
+                          use_cache)
+    summary = GridSummary(grid_file, dataset, out, jobs, backend)
+    started = time.perf_counter()
+
+    pending = []
+    for cell, status, _ in plan:
+        if status == "done":
+            summary.skipped.append(cell.stem)
+            failure_path(out, cell).unlink(missing_ok=True)
+        else:
+            pending.append(cell)
+    summary.stale = sum(1 for _, status, _ in plan if status == "stale")
+    by_stem = {c.stem: c for c in pending}
+    bar = tqdm(total=len(cells), initial=len(summary.skipped), unit="run", desc=f"grid {dataset}",
+               disable=(None if progress is None else not progress), dynamic_ncols=True)
+
+    def report(outcome: Outcome) -> None:
+        cell = by_stem[outcome.stem]
+        summary.run_s += outcome.seconds
+        if outcome.ok and outcome.result is not None:
+            write_json_atomic(out / cell.filename, outcome.result)
+        if outcome.ok:
+            summary.done.append(cell.stem)
+            failure_path(out, cell).unlink(missing_ok=True)
+        else:
+            summary.failed.append(cell.stem)
+            record = record_failure(out, cell, outcome, grid_file)
+            bar.write(f"failed: {cell.describe()}: {outcome.error_type}: "
+                      f"{outcome.message.splitlines()[0] if outcome.message else ''} "
+                      f"(recorded in {record})")
+        bar.update(1)
+        left = len(cells) - len(summary.done) - len(summary.failed) - len(summary.skipped)
+        bar.set_postfix_str(f"done {len(summary.done)}, failed {len(summary.failed)}, "
+                            f"skipped {len(summary.skipped)}, left {left}")
+
+    try:
+        if pending:  # nothing to run starts no worker (and no Ray)
+            executor.run(pending, options, report)
+    finally:
+        bar.close()
+        summary.wall_s = time.perf_counter() - started
+    return summary

@@ -1,0 +1,133 @@
+"""Equal tuning budget in grids (SPEC §7): a grid file's ``"tune": {"trials": N, "seed": S}``.
+
+Before the grid's runs, every method (or variant) that has a non-empty search space is tuned
+at each bit length with the same N trials, the same epochs per trial and the same split, on
+training seed S (:func:`qbench.grid.tune.tune`, validation data only). The final runs then use
+the best parameters on the grid's other seeds, and record ``tuning`` (trials, best value,
+study, best parameters); methods without a space record ``tuning: null``. With
+``"shared": true`` the shared stage-1 knobs (learning rate, weight decay) are first tuned
+once on the ``float`` method and fixed for every method, so all of them still share one
+stage-1 encoder per seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from qbench.core.errors import QbenchError
+
+TUNE_KEYS = ("trials", "seed", "shared")
+
+
+def check_tune_spec(spec, where: str) -> None:
+    """Raise :class:`QbenchError` unless ``spec`` is a valid ``"tune"`` object."""
+    if not isinstance(spec, dict):
+        raise QbenchError(f"{where}: 'tune' must be an object with 'trials' and 'seed'")
+    unknown = sorted(set(spec) - set(TUNE_KEYS))
+    if unknown:
+        raise QbenchError(f"{where}: unknown key {unknown[0]!r} in 'tune'; allowed: "
+                          + ", ".join(TUNE_KEYS))
+    for key in ("trials", "seed"):
+        value = spec.get(key)
+        low = 1 if key == "trials" else 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise QbenchError(f"{where}: 'tune.{key}' must be an integer >= {low}")
+    if not isinstance(spec.get("shared", False), bool):
+        raise QbenchError(f"{where}: 'tune.shared' must be true or false")
+
+
+def _tuning_record(path: Path, cell, shared_params: dict) -> tuple[dict, dict]:
+    """(parameters for the runs, the ``tuning`` record with the tuned values only)."""
+    from qbench.grid.tune import load_tuned_params
+
+    params, tuning = load_tuned_params(path, cell.method, cell.dataset, cell.bits)
+    return params, {**tuning, "best_params": {**shared_params, **tuning["best_params"]}}
+
+
+def _tune_study(template, trials: int, study: str, verbose: bool) -> Path:
+    """One study in a worker process (module level, so that it pickles); its lines are
+    prefixed with the study's name."""
+    from qbench.grid.tune import tune
+
+    echo = (lambda line: print(f"[{study}] {line}", flush=True)) if verbose else None
+    path, _ = tune(template, trials=trials, study_name=study, echo=echo)
+    return path
+
+
+def _run_studies(todo: list, trials: int, jobs: int, echo) -> dict:
+    """{key: summary path} of the studies ``todo`` ((key, template, study) triples): one
+    after another in this process, or ``jobs`` at a time in spawned worker processes with
+    cores // jobs threads each (the trials of one study stay sequential: TPE learns from
+    each)."""
+    if jobs <= 1 or len(todo) <= 1:
+        from qbench.grid.tune import tune
+
+        return {key: tune(template, trials=trials, study_name=study, echo=echo)[0]
+                for key, template, study in todo}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from qbench.grid.backends.local import worker_threads
+    from qbench.grid.worker import set_worker_threads
+
+    workers = min(jobs, len(todo))
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=set_worker_threads,
+                             initargs=(worker_threads(jobs),)) as pool:
+        futures = {key: pool.submit(_tune_study, template, trials, study, echo is not None)
+                   for key, template, study in todo}
+        return {key: future.result() for key, future in futures.items()}
+
+
+def tune_cells(spec: dict, cells: list, request: Callable, *,
+               echo: Callable[[str], None] | None = None, jobs: int = 1) -> list:
+    """The grid's final cells after tuning: every cell not on ``spec["seed"]``, with the
+    best parameters and the ``tuning`` record. ``request(cell)`` builds a cell's
+    :class:`qbench.run.pipeline.RunRequest` (output folder, cache and device of the grid).
+    Studies live under ``<out>/tune/`` and resume: a rerun adds only missing trials.
+    ``jobs`` > 1: after the shared stage-1 study, that many studies run at once (each in
+    its own process, its trials in order)."""
+    from qbench.grid.tune import tune
+    from qbench.registry import METHODS, space_of
+
+    seed, trials = spec["seed"], spec["trials"]
+    finals = [c for c in cells if c.seed != seed]
+    if not finals:
+        raise QbenchError(f"'tune.seed' {seed} is the grid's only seed: the final runs need "
+                          "seeds other than the tuning seed")
+    shared_params: dict = {}
+    shared_tuning = None
+    if spec.get("shared"):
+        first = next((c for c in cells if c.method == "float"), cells[0])
+        declared = {p.name for p in METHODS.get("float").params}
+        params = {k: v for k, v in first.params.items() if k in declared}  # the grid's "*"
+        template = request(replace(first, method="float", name="float", params=params,
+                                   seed=seed))
+        study = f"{first.dataset}-{first.protocol}-float-stage1-seed{seed}"
+        path, _ = tune(template, trials=trials, shared=True, study_name=study, echo=echo)
+        shared_params, shared_tuning = _tuning_record(path, replace(first, method="float"), {})
+
+    tuned: dict[tuple[str, int], tuple[dict, dict | None]] = {}
+    todo, firsts = [], {}
+    for cell in finals:
+        key = (cell.name, cell.bits)
+        if key in tuned or key in firsts:
+            continue
+        declared = {p.name for p in METHODS.get(cell.method).params}
+        base = {k: v for k, v in shared_params.items() if k in declared}
+        space = set(space_of(METHODS.get(cell.method), shared=False)) - set(cell.params)
+        if not space:
+            tuned[key] = (base, shared_tuning if base else None)
+            continue
+        trial_cell = replace(cell, seed=seed, params={**cell.params, **base})
+        study = f"{cell.dataset}-{cell.protocol}-{cell.name}-{cell.bits}b-seed{seed}"
+        todo.append((key, request(trial_cell), study))
+        firsts[key] = (cell, base)
+    for key, path in _run_studies(todo, trials, jobs, echo).items():
+        cell, base = firsts[key]
+        params, record = _tuning_record(path, cell, base)
+        tuned[key] = ({**base, **params}, record)
+    return [replace(c, params={**c.params, **tuned[(c.name, c.bits)][0]},
+                    tuning=tuned[(c.name, c.bits)][1]) for c in finals]

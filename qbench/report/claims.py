@@ -1,0 +1,142 @@
+"""The seed papers' claims as data, checked on seed-level results.
+
+A claim says that row ``a`` beats row ``b`` (``expected`` = +1) or loses to it (−1); ``a``
+and ``b`` are row variants (method plus non-default parameters, e.g. ``dqn[loss=ip]``, see
+:mod:`qbench.report.rows`). :func:`evaluate_claims` gives one row per claim and (dataset, protocol,
+convention, bits) cell holding both, for each way they can be compared like with like:
+
+- ``defaults``: both with default parameters; ``tuned``: both tuned;
+- ``a tuned, b defaults`` (or the reverse) only when one side has no tuned run in the cell,
+  as happens for a method with nothing to tune in an equal-budget grid.
+
+Each row: the mean difference a − b of the headline MAP over seeds paired by training seed
+(same split checksum), its 95% t confidence interval (n − 1 degrees of freedom, from the
+paired differences), and a verdict: *holds* when the interval lies entirely on the
+expected side of 0, *does not hold* when it lies entirely on the other side, *undecided*
+otherwise or with fewer than 2 paired seeds. Beside it, the retention (MAP / float MAP) of
+the two-stage-pq baseline in the same cell, mean over seeds: how much room quantization
+left to win.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from qbench.report.stats import CELL_KEYS, Aggregate, paired_t_test, paired_values
+
+BASELINE_VARIANT = "two-stage-pq"
+HOLDS, FAILS, UNDECIDED = "holds", "does not hold", "undecided"
+_JOINT = ("DQN, SSM and GSL seed documents (SPEC §3): learning the embedding jointly with "
+          "its quantizer beats quantizing a separately trained embedding")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Row variant ``a`` beats ``b`` (expected = +1) or loses to it (−1), per ``source``."""
+
+    a: str
+    b: str
+    expected: int
+    source: str
+
+    @property
+    def text(self) -> str:
+        """The claim in words, e.g. "dqn beats two-stage-opq"."""
+        return f"{self.a} {'beats' if self.expected > 0 else 'loses to'} {self.b}"
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("dqn", "two-stage-opq", 1,
+          "DQN slides (SPEC §8): DQN 0.554-0.580 vs DQN_2+ (two-stage + OPQ) 0.528-0.541 "
+          "MAP on CIFAR-10, at every bit length"),
+    Claim("dqn", "dqn[loss=ip]", 1,
+          "DQN slides (SPEC §8): cosine loss 0.554-0.580 vs inner-product loss (DQN_ip) "
+          "0.506-0.529 MAP on CIFAR-10"),
+    Claim("householder", "sign", 1,
+          "H2Q (SPEC §8): about +1 to +2 MAP points over plain sign of the same embedding"),
+    Claim("ssm", "dqn", 1, "SSM seed document (SPEC §3): momentum on network outputs "
+                           "beats DQN's loss penalty"),
+    Claim("gsl", "dqn", 1, "GSL seed document (SPEC §3): gradient snapping beats DQN's "
+                           "loss penalty"),
+    Claim("dqn", "two-stage-pq", 1, _JOINT),
+    Claim("ssm", "two-stage-pq", 1, _JOINT),
+    Claim("gsl", "two-stage-pq", 1, _JOINT),
+)
+"""The claims checked by ``qbench compare`` (SPEC §7, issue 11 §4)."""
+
+CLAIM_COLUMNS = ["claim", "a", "b", "dataset", "protocol", "bits", "compared", "n_seeds",
+                 "mean_a", "mean_b", "diff", "ci_low", "ci_high", "verdict",
+                 "baseline_retention", "source", "convention"]
+
+
+def verdict(ci_low: float, ci_high: float, expected: int) -> str:
+    """holds / does not hold / undecided from a CI of a − b and the expected sign."""
+    if math.isnan(ci_low) or math.isnan(ci_high):
+        return UNDECIDED
+    low, high = sorted((expected * ci_low, expected * ci_high))
+    if low > 0:
+        return HOLDS
+    if high < 0:
+        return FAILS
+    return UNDECIDED
+
+
+def _pairings(runs: pd.DataFrame, a: str, b: str) -> list[tuple[str, pd.DataFrame,
+                                                                 pd.DataFrame]]:
+    """(compared, runs of a, runs of b) for each like-with-like comparison in one cell."""
+    side = {(v, t): g for (v, t), g in runs.groupby(["variant", "tuned"], sort=False)}
+    out = []
+    for tuned, name in ((False, "defaults"), (True, "tuned")):
+        if (a, tuned) in side and (b, tuned) in side:
+            out.append((name, side[(a, tuned)], side[(b, tuned)]))
+    for x, y, name in ((a, b, "a tuned, b defaults"), (b, a, "b tuned, a defaults")):
+        if (x, True) in side and (y, False) in side and (y, True) not in side:
+            pair = (side[(x, True)], side[(y, False)])
+            out.append((name, *(pair if x == a else pair[::-1])))
+    return out
+
+
+def _baseline_retention(runs: pd.DataFrame) -> float:
+    """Mean over seeds of the two-stage-pq baseline's retention (defaults preferred)."""
+    if "retention" not in runs:
+        return math.nan
+    base = runs[runs["variant"] == BASELINE_VARIANT]
+    if (~base["tuned"]).any():
+        base = base[~base["tuned"]]
+    values = base["retention"].dropna()
+    return float(values.mean()) if len(values) else math.nan
+
+
+def evaluate_claims(agg: Aggregate, claims: tuple[Claim, ...] = CLAIMS) -> pd.DataFrame:
+    """One row per claim, cell and pairing (module docstring); columns CLAIM_COLUMNS.
+
+    Rows are ordered by dataset, protocol, convention, claim (in ``claims`` order),
+    pairing and bits.
+    """
+    rows = []
+    for cell, part in agg.runs.groupby(CELL_KEYS, sort=True):
+        info = dict(zip(CELL_KEYS, cell))
+        retention = _baseline_retention(part)
+        for index, claim in enumerate(claims):
+            for compared, runs_a, runs_b in _pairings(part, claim.a, claim.b):
+                a, b, _ = paired_values(runs_a, runs_b)
+                test = paired_t_test(a, b)
+                rows.append({
+                    "claim": claim.text, "a": claim.a, "b": claim.b,
+                    "dataset": info["dataset"], "protocol": info["protocol"],
+                    "bits": info["bits"], "compared": compared, "n_seeds": test.n,
+                    "mean_a": float(a.mean()) if test.n else math.nan,
+                    "mean_b": float(b.mean()) if test.n else math.nan,
+                    "diff": test.diff, "ci_low": test.ci_low, "ci_high": test.ci_high,
+                    "verdict": verdict(test.ci_low, test.ci_high, claim.expected),
+                    "baseline_retention": retention, "source": claim.source,
+                    "convention": info["convention"], "_order": index,
+                })
+    if not rows:
+        return pd.DataFrame(columns=CLAIM_COLUMNS)
+    frame = pd.DataFrame(rows).sort_values(
+        ["dataset", "protocol", "convention", "_order", "compared", "bits"], kind="stable")
+    return frame[CLAIM_COLUMNS].reset_index(drop=True)

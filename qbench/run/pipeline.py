@@ -1,0 +1,293 @@
+"""One run, end to end: dataset + protocol -> method -> evaluator -> one result file.
+
+Every method goes through :func:`run_experiment`; the CLI and the grid runner call it.
+All input is validated before any data is loaded or any model trained, and the result is
+written atomically, so a bad input never leaves a file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qbench.core.errors import QbenchError, choice_error
+from qbench.data.context import RunContext
+from qbench.data.pool import DEFAULT_POOL_SIZE, selection_pool
+from qbench.data.protocols import materialise
+from qbench.eval.evaluator import evaluate
+from qbench.registry import DATASETS, METHODS
+from qbench.run.results import (
+    SCHEMA_VERSION,
+    code_version,
+    environment,
+    result_filename,
+    write_json_atomic,
+)
+from qbench.train.selection import RULES
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class RunRequest:
+    """What a user asks for; strings for params are parsed against the declarations."""
+
+    method: str
+    dataset: str = "digits"
+    bits: int = 32
+    seed: int = 0
+    protocol: str | None = None
+    epochs: int | None = None
+    device: str = "auto"
+    out: Path = Path("results")
+    data_dir: Path | None = None
+    method_params: dict = field(default_factory=dict)
+    dataset_params: dict = field(default_factory=dict)
+    progress: bool = False
+    output_file: Path | None = None  # default: <out>/<result_filename(...)>
+    split_seed: int = 0
+    select: str = "best"
+    pool_size: int = DEFAULT_POOL_SIZE
+    cache_dir: Path | None = None  # default: $QBENCH_CACHE or <out>/cache
+    use_cache: bool = True
+    deterministic: bool = False
+    tuning: dict | None = None  # {"trials", "best_value", "study"} when params were tuned
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when available else 'cpu'; 'cuda' or 'cuda:N' must exist."""
+    import torch
+
+    base, _, index = device.partition(":")
+    if base not in DEVICES or (index and (base != "cuda" or not index.isdigit())):
+        raise choice_error("device", device, DEVICES + ("cuda:N",))
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if base == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise QbenchError(f"--device {device}: no CUDA device is available; allowed here: "
+                              "auto, cpu")
+        if index and int(index) >= count:
+            raise QbenchError(f"--device {device}: only {count} CUDA device(s); allowed: "
+                              + ", ".join(f"cuda:{i}" for i in range(count)))
+    return device
+
+
+def check_writable(folder: Path) -> None:
+    """Raise unless files can be created in ``folder`` (created if missing)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise QbenchError(f"--out {folder} is not writable: {exc.strerror or exc}") from None
+
+
+@dataclass
+class Prepared:
+    """A validated request: plugin instances and resolved values, nothing loaded yet."""
+
+    request: RunRequest
+    method: object
+    dataset_plugin: object
+    protocol_spec: object
+    device: str
+    output_path: Path
+
+
+def prepare(req: RunRequest) -> Prepared:
+    """Validate every input of ``req`` (cheap checks only) and build the plugins."""
+    if req.seed < 0:
+        raise QbenchError(f"--seed must be a non-negative integer, got {req.seed}")
+    if req.split_seed < 0:
+        raise QbenchError(f"--split-seed must be a non-negative integer, got {req.split_seed}")
+    if req.select not in RULES:
+        raise choice_error("--select", req.select, RULES)
+    if req.pool_size < 0:
+        raise QbenchError(f"--pool-size must be >= 0 (0: all), got {req.pool_size}")
+    method_cls = METHODS.get(req.method)
+    dataset_cls = DATASETS.get(req.dataset)
+    mparams = dict(req.method_params)
+    if req.epochs is not None:
+        if req.epochs <= 0:
+            raise QbenchError(f"--epochs must be a positive integer, got {req.epochs}")
+        if any(p.name == "epochs" for p in method_cls.params):
+            mparams["epochs"] = req.epochs
+    method = method_cls(METHODS.resolve_params(req.method, mparams))
+    if not isinstance(req.bits, int) or isinstance(req.bits, bool):
+        raise QbenchError(f"--bits must be an integer, got {req.bits!r}")
+    method.check_bits(req.bits)
+    if req.data_dir is not None and not Path(req.data_dir).is_dir():
+        raise QbenchError(f"--data-dir {req.data_dir} is not a directory")
+    dataset_plugin = dataset_cls(DATASETS.resolve_params(req.dataset, req.dataset_params),
+                                 req.data_dir)
+    protocol_spec = dataset_plugin.protocol(req.protocol)
+    device = resolve_device(req.device)
+    out = Path(req.out)
+    output_path = Path(req.output_file) if req.output_file else out / result_filename(
+        req.dataset, protocol_spec.name, req.method, req.bits, req.seed, req.split_seed)
+    check_writable(output_path.parent)
+    return Prepared(req, method, dataset_plugin, protocol_spec, device, output_path)
+
+
+@contextlib.contextmanager
+def torch_settings(deterministic: bool, device: str):
+    """Deterministic switches (or cuDNN autotuning) for the run; torch's thread count and
+    switches are restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    # The first call of use_deterministic_algorithms imports torch._dynamo (1.7 s): only
+    # when the switch changes.
+    switch = deterministic or saved[0]
+    if switch:
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = device.startswith("cuda") and not deterministic
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        if switch:
+            torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:]
+
+
+def _context(prep: Prepared) -> tuple[RunContext, float]:
+    """Load the data, materialise the splits and the selection pool; (context, load_s)."""
+    from qbench.train.encoder_cache import EncoderCache, default_cache_dir
+
+    req = prep.request
+    cache_root = (req.cache_dir or default_cache_dir(Path(req.out))) if req.use_cache else None
+    t0 = time.perf_counter()
+    dataset = prep.dataset_plugin.load_cached(cache_root)
+    load_s = time.perf_counter() - t0
+    splits = materialise(dataset, prep.protocol_spec, req.split_seed, Path(req.out) / "splits")
+    pool = selection_pool(splits, dataset.y, cap=req.pool_size, seed=req.split_seed)
+    cache = EncoderCache(cache_root) if cache_root is not None else None
+    ctx = RunContext(dataset, splits, req.bits, req.seed, prep.device, req.progress,
+                     select=req.select, pool=pool, cache=cache)
+    return ctx, load_s
+
+
+@contextlib.contextmanager
+def _no_leftover_out(out: Path):
+    """A failed run leaves no empty folder under an --out that it created (what it did
+    write, such as split files or a trained encoder in the cache, stays)."""
+    existed = Path(out).exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and Path(out).is_dir():
+            for folder in sorted((p for p in Path(out).rglob("*") if p.is_dir()),
+                                 key=lambda p: len(p.parts), reverse=True) + [Path(out)]:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only empty folders go
+        raise
+
+
+def train_stage1(req: RunRequest) -> dict | None:
+    """Train (or find) the shared stage-1 encoder that ``req``'s method uses, in the cache;
+    ``{"key", "cache"}``, or None when the method uses none. Grid backends run this once
+    per distinct encoder before the runs that depend on it."""
+    from qbench.train.encoder_cache import stage1_encoder
+
+    prep = prepare(req)
+    spec = prep.method.stage1_spec(req.bits)
+    if spec is None or not req.use_cache:
+        return None
+    with torch_settings(req.deterministic, prep.device):
+        ctx, _ = _context(prep)
+        encoder = stage1_encoder(ctx, prep.method.params, spec[0], tanh=spec[1])
+    return {"key": encoder.cache_key, "cache": encoder.cache_status}
+
+
+def run_selection(req: RunRequest) -> dict:
+    """Train and select as :func:`run_experiment` does, without touching the query split:
+    the ``selection`` record (tuning's objective reads ``chosen_value``)."""
+    with _no_leftover_out(Path(req.out)):
+        prep = prepare(req)
+        with torch_settings(req.deterministic, prep.device):
+            ctx, _ = _context(prep)
+            output = prep.method.run_selection(ctx)
+    if output.selection is None:
+        raise QbenchError(f"method {req.method} trains and fits nothing: nothing to select")
+    return output.selection
+
+
+def run_experiment(req: RunRequest) -> tuple[Path, dict]:
+    """Train, encode, search and evaluate; write and return (path, result)."""
+    with _no_leftover_out(Path(req.out)):
+        prep = prepare(req)
+        with torch_settings(req.deterministic, prep.device):
+            return _run(prep)
+
+
+def _run(prep: Prepared) -> tuple[Path, dict]:
+    req = prep.request
+    started = time.perf_counter()
+    ctx, load_s = _context(prep)
+    splits = ctx.splits
+    output = prep.method.run(ctx)
+    q_labels, db_labels = ctx.y("query"), ctx.y("database")
+    k = prep.protocol_spec.map_k
+    ev = evaluate(output.codes, q_labels, db_labels, k=k, device=prep.device)
+    metrics = dict(ev.metrics)
+    if output.float_codes is not None:
+        if prep.method.family == "float":
+            float_map = metrics["map_all"]
+        else:
+            float_map = evaluate(output.float_codes, q_labels, db_labels, k=k,
+                                 device=prep.device, curves=False).metrics["map_all"]
+        metrics["float_map_all"] = float_map
+        metrics["retention"] = metrics["map_all"] / float_map if float_map > 0 else None
+
+    timings = {"load_s": load_s, **output.timings, **ev.timings,
+               "total_s": time.perf_counter() - started}
+    result = {
+        "schema_version": SCHEMA_VERSION,
+        "method": req.method,
+        "family": prep.method.family,
+        "description": prep.method.description,
+        "dataset": req.dataset,
+        "dataset_params": prep.dataset_plugin.params,
+        "dataset_source": ctx.dataset.source,
+        "dataset_checksum": ctx.dataset.checksum,
+        "protocol": prep.protocol_spec.name,
+        "protocol_description": prep.protocol_spec.description,
+        "bits": req.bits,
+        "seed": req.seed,
+        "split_seed": req.split_seed,
+        "params": prep.method.params,
+        "selection": output.selection,
+        "tuning": req.tuning,
+        "encoder_key": (output.encoder or {}).get("key"),
+        "encoder_cache": (output.encoder or {}).get("cache"),
+        "deterministic": req.deterministic,
+        "code_version": code_version(),
+        "method_info": output.info,
+        "splits": splits.summary(),
+        "metrics": metrics,
+        "curves": ev.curves,
+        "per_query_ap": ev.per_query_ap,
+        "timings": timings,
+        "cost": {
+            "bytes_per_code": output.codes.bytes_per_code,
+            "database_bytes": output.codes.bytes_per_code * len(splits.database),
+            "queries_per_s": ev.timings.get("queries_per_s"),
+        },
+        "metric_card": ev.metric_card,
+        "env": environment(prep.device),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json_atomic(prep.output_path, result)
+    return prep.output_path, result

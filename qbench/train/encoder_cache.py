@@ -1,0 +1,284 @@
+"""Train once, quantize many: the content-addressed stage-1 encoder cache (SPEC §7).
+
+Every method that starts with "train the encoder with the similarity loss only" (float,
+two-stage-pq/opq, itq, sign, householder) asks :func:`stage1_encoder` for its encoder, and
+the joint methods (dqn, ssm, gsl) warm-start from the same training's state at their
+warm-up epoch. An entry is keyed by a hash of everything that determines the training: the
+dataset's checksum and parameters, protocol and split checksum, seed, every engine
+parameter, D, tanh and the code version (:func:`qbench.run.results.code_version`). It holds the
+candidate weights (every epoch model selection may choose), the warm-up snapshot and the
+training summary; embeddings of items under a candidate are added as they are computed, so
+no split is embedded twice with the same weights across runs either.
+
+Layout: ``<root>/encoders/<key>/`` with ``entry.json`` (key fields, summary, sha256 of
+every file) and ``weights.pt``; ``emb-e<epoch>.npz`` + ``.sha256`` per candidate. Entries are
+written to a temporary folder and renamed; a per-key ``fcntl`` lock makes concurrent
+workers train a key once (the kernel releases the lock of a process that dies, so a dead
+holder's lock is simply taken over). A checksum mismatch is reported in one line and the
+entry retrained, never used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qbench.core.errors import QbenchError
+from qbench.data.context import RunContext
+from qbench.train.encoders import resolve_encoder
+from qbench.train.engine import (
+    STAGE1_KEYS,
+    Snapshot,
+    TrainedEncoder,
+    Trainer,
+    training_epochs,
+    warmup_epochs,
+)
+
+CACHE_ENV = "QBENCH_CACHE"
+ENTRY_VERSION = 1
+
+
+def default_cache_dir(out: Path) -> Path:
+    """``$QBENCH_CACHE`` when set, else ``<out>/cache``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else Path(out) / "cache"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def encoder_fields(ctx: RunContext, params: dict, dim: int, tanh: bool) -> dict:
+    """Everything that determines a stage-1 training, JSON-ready (the key's preimage)."""
+    from qbench.run.results import code_version
+
+    return {
+        "entry_version": ENTRY_VERSION,
+        "dataset": ctx.dataset.name,
+        "data_checksum": ctx.dataset.checksum,
+        "protocol": ctx.splits.protocol,
+        "split_checksum": ctx.splits.checksum,
+        "seed": ctx.seed,
+        "engine": {**{k: params[k] for k in STAGE1_KEYS},
+                   "encoder": resolve_encoder(params["encoder"], ctx.dataset.modality,
+                                              ctx.device),
+                   "epochs": training_epochs(params, ctx.dataset.modality)},
+        "dim": dim,
+        "tanh": tanh,
+        "device_type": torch.device(ctx.device).type,
+        "code_version": code_version(),
+    }
+
+
+def encoder_key(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
+
+
+class EncoderCache:
+    """Stage-1 entries under ``root`` (created if missing; an unwritable root is an error)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        try:
+            (self.root / "encoders").mkdir(parents=True, exist_ok=True)
+            (self.root / "locks").mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.root):
+                pass
+        except OSError as exc:
+            raise QbenchError(f"--cache-dir {self.root} is not writable: "
+                              f"{exc.strerror or exc}") from None
+
+    def entry(self, key: str) -> Path:
+        return self.root / "encoders" / key
+
+    @contextlib.contextmanager
+    def lock(self, name: str):
+        """An exclusive lock named ``name``, held by this process until the block ends."""
+        with open(self.root / "locks" / f"{name}.lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    # -- entries --------------------------------------------------------------------
+    def _read(self, key: str) -> dict | None:
+        """The entry's metadata when it exists and every file matches its checksum."""
+        folder = self.entry(key)
+        meta_path = folder / "entry.json"
+        if not meta_path.is_file():
+            if folder.exists():  # a folder left by an interrupted removal: no usable entry
+                shutil.rmtree(folder, ignore_errors=True)
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            bad = [name for name, digest in meta["files"].items()
+                   if _sha256(folder / name) != digest]
+        except (OSError, ValueError, KeyError) as exc:
+            bad = [f"entry.json ({exc})"]
+        if bad:
+            print(f"qbench: encoder cache entry {folder} is corrupt ({', '.join(bad)} "
+                  "fails its checksum); retraining it", file=sys.stderr)
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+        return meta
+
+    def _write(self, key: str, fields: dict, trainer: Trainer) -> None:
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=self.root / "encoders"))
+        try:
+            snap = trainer.snapshot
+            torch.save({"candidates": trainer.candidates,
+                        "snapshot": None if snap is None else vars(snap)}, tmp / "weights.pt")
+            meta = {"key": key, "fields": fields, "summary": trainer.summary(),
+                    "train_s": trainer.train_s,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "files": {"weights.pt": _sha256(tmp / "weights.pt")}}
+            (tmp / "entry.json").write_text(json.dumps(meta, indent=1))
+            shutil.rmtree(self.entry(key), ignore_errors=True)
+            os.replace(tmp, self.entry(key))
+        except OSError as exc:
+            raise QbenchError(f"encoder cache {self.root}: cannot store entry {key}: "
+                              f"{exc.strerror or exc}") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def get_or_train(self, ctx: RunContext, params: dict, dim: int, tanh: bool,
+                     train) -> TrainedEncoder:
+        """The entry for this training, trained by ``train() -> Trainer`` on a miss."""
+        fields = encoder_fields(ctx, params, dim, tanh)
+        key = encoder_key(fields)
+        with self.lock(key):
+            meta = self._read(key)
+            if meta is None:
+                trainer = train()
+                self._write(key, fields, trainer)
+                encoder = TrainedEncoder(trainer, trainer.candidates, trainer.summary(),
+                                         trainer.train_s, progress=ctx.progress)
+                encoder.snapshot = trainer.snapshot
+                status = "miss"
+            else:
+                stored = torch.load(self.entry(key) / "weights.pt", weights_only=True)
+                trainer = Trainer(ctx, params, dim, tanh=tanh)
+                encoder = TrainedEncoder(trainer, stored["candidates"], meta["summary"], 0.0,
+                                         progress=ctx.progress)
+                snap = stored["snapshot"]
+                encoder.snapshot = None if snap is None else Snapshot(**snap)
+                status = "hit"
+        encoder.store = _EmbeddingStore(self, key)
+        encoder.cache_key, encoder.cache_status = key, status
+        return encoder
+
+
+class _EmbeddingStore:
+    """Per-candidate embeddings of one entry: ``emb-e<epoch>.npz`` with a sha256 sidecar."""
+
+    def __init__(self, cache: EncoderCache, key: str):
+        self.cache, self.key = cache, key
+        self.folder = cache.entry(key)
+
+    def _path(self, epoch: int) -> Path:
+        return self.folder / f"emb-e{epoch}.npz"
+
+    def load_embeddings(self, epoch: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(values, have) stored for ``epoch``, or None; read under the entry's lock, so a
+        file and its checksum are never seen half replaced."""
+        with self.cache.lock(f"{self.key}-emb"):
+            return self._load(epoch)
+
+    def _load(self, epoch: int) -> tuple[np.ndarray, np.ndarray] | None:
+        path, sidecar = self._path(epoch), self._path(epoch).with_suffix(".sha256")
+        if not (path.is_file() and sidecar.is_file()):
+            return None
+        if _sha256(path) != sidecar.read_text().strip():
+            print(f"qbench: cached embeddings {path} fail their checksum; recomputing",
+                  file=sys.stderr)
+            path.unlink(missing_ok=True)
+            return None
+        with np.load(path) as z:
+            return z["values"].copy(), z["have"].copy()
+
+    def save_embeddings(self, epoch: int, values: np.ndarray, have: np.ndarray) -> None:
+        """Merge with what another run stored meanwhile, then replace atomically."""
+        path = self._path(epoch)
+        with self.cache.lock(f"{self.key}-emb"):
+            other = self._load(epoch)
+            if other is not None:
+                extra = other[1] & ~have
+                values[extra], have[extra] = other[0][extra], True
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=self.folder)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    np.savez(fh, values=values, have=have)
+                digest = _sha256(Path(tmp))
+                os.replace(tmp, path)
+                path.with_suffix(".sha256").write_text(digest)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+
+
+def stage1_encoder(ctx: RunContext, params: dict, dim: int, *,
+                   tanh: bool = False) -> TrainedEncoder:
+    """The stage-1 encoder (similarity loss only) for this run: cached, or trained now.
+
+    The training keeps the full state at the joint methods' default warm-up epoch
+    (``encoder.snapshot``). ``encoder.cache_status`` is "hit", "miss" or "off".
+    """
+    def train() -> Trainer:
+        trainer = Trainer(ctx, params, dim, tanh=tanh)
+        return trainer.fit(snapshot_at=warmup_epochs(trainer.epochs))
+
+    if ctx.cache is None:
+        trainer = train()
+        encoder = TrainedEncoder(trainer, trainer.candidates, trainer.summary(),
+                                 trainer.train_s, progress=ctx.progress)
+        encoder.snapshot = trainer.snapshot
+        encoder.cache_key, encoder.cache_status = encoder_key(
+            encoder_fields(ctx, params, dim, tanh)), "off"
+        return encoder
+    return ctx.cache.get_or_train(ctx, params, dim, tanh, train)
+
+
+def list_entries(root: Path) -> list[str]:
+    """One line per encoder entry under ``root``: key, dataset, seed, D, epochs, MB."""
+    rows = []
+    for meta_path in sorted((Path(root) / "encoders").glob("*/entry.json")):
+        try:
+            meta = json.loads(meta_path.read_text())
+            fields = meta["fields"]
+            size = sum(f.stat().st_size for f in meta_path.parent.iterdir()) / 2**20
+            rows.append(f"{meta['key']}  {fields['dataset']} seed {fields['seed']} "
+                        f"D={fields['dim']} {fields['engine']['encoder']} "
+                        f"{meta['summary']['epochs']} epochs  {size:.1f} MB  {meta['created']}")
+        except (OSError, ValueError, KeyError) as exc:
+            rows.append(f"{meta_path.parent.name}  unreadable entry ({exc})")
+    return rows
+
+
+def clear_cache(root: Path) -> int:
+    """Remove every encoder entry and decoded dataset under ``root``; the count removed."""
+    count = 0
+    for sub in ("encoders", "datasets"):
+        folder = Path(root) / sub
+        if folder.is_dir():
+            count += sum(1 for _ in folder.iterdir()) if sub == "encoders" else \
+                sum(1 for p in folder.glob("*/*") if p.is_dir())
+            shutil.rmtree(folder)
+    shutil.rmtree(Path(root) / "locks", ignore_errors=True)
+    return count

@@ -1,0 +1,167 @@
+"""The Ray backend against a real local Ray cluster (2 CPUs, started once for the module).
+
+Without Ray installed, or where Ray cannot start, every test here is reported as skipped
+with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'qbench[ray]'")
+
+from qbench.core.errors import QbenchError  # noqa: E402
+from qbench.grid.backends import ray as ray_backend  # noqa: E402 -- only once Ray is there
+from qbench.grid.backends.base import RunResources  # noqa: E402
+from qbench.grid.runner import run_grid  # noqa: E402
+from qbench.run.pipeline import run_experiment  # noqa: E402
+from qbench.run.results import load_result  # noqa: E402
+
+# the runners below run in Ray workers, which cannot import this test module by name
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray cluster with 2 CPUs for this module; skipped where Ray cannot start."""
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    except Exception as exc:  # noqa: BLE001 -- any failure to start means "cannot test here"
+        pytest.skip(f"a local Ray cluster cannot start here: {type(exc).__name__}: {exc}")
+    yield ray
+    ray.shutdown()
+
+
+def write_grid(tmp_path: Path, methods: list[str], bits: list[int], **block) -> Path:
+    spec = {"methods": methods, "bits": bits, "seeds": [0],
+            "datasets": {"digits": {"protocol": "standard", "epochs": 2, **block}}}
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def test_ray_grid_gives_the_local_results_trains_each_encoder_once_and_reruns_as_noop(
+        cluster, tmp_path, monkeypatch):
+    grid = write_grid(tmp_path, ["float", "two-stage-pq"], [12, 24])
+    local = run_grid(grid, out=tmp_path / "local", device="cpu")
+    on_ray = run_grid(grid, out=tmp_path / "ray", device="cpu", backend="ray")
+    assert len(local.done) == len(on_ray.done) == 4 and not on_ray.failed, on_ray.describe()
+    names = sorted(p.name for p in (tmp_path / "local").glob("*.json"))
+    assert names == sorted(p.name for p in (tmp_path / "ray").glob("*.json"))
+    for name in names:
+        a, b = load_result(tmp_path / "local" / name), load_result(tmp_path / "ray" / name)
+        for key in ("metrics", "selection", "params", "splits", "encoder_key", "method_info"):
+            assert a[key] == b[key], (name, key)
+    # the four runs share one stage-1 encoder: trained once, by its own task, before them
+    assert len(list((tmp_path / "ray" / "cache" / "encoders").iterdir())) == 1
+    assert {load_result(tmp_path / "ray" / n)["encoder_cache"] for n in names} == {"hit"}
+    assert not list((tmp_path / "ray").glob("**/*.part"))
+
+    connects = []
+    monkeypatch.setattr(ray_backend, "connect", lambda address: connects.append(address))
+    again = run_grid(grid, out=tmp_path / "ray", device="cpu", backend="ray")
+    assert len(again.skipped) == 4 and not again.done and connects == []
+
+
+def crashing_or_failing_runner(req):
+    """pq raises; float's first attempt kills its worker process (after noting its torch,
+    OpenMP and BLAS threads); the retry runs normally."""
+    if req.method == "pq":
+        raise RuntimeError("quantizer exploded")
+    marker = Path(req.out) / "killed-once"
+    if not marker.exists():
+        import torch
+        from threadpoolctl import threadpool_info
+
+        pools = max(p["num_threads"] for p in threadpool_info())
+        marker.write_text(f"{torch.get_num_threads()} {os.environ['OMP_NUM_THREADS']} {pools}")
+        os._exit(1)
+    return run_experiment(req)
+
+
+def test_a_killed_worker_is_retried_and_a_failing_run_is_isolated(cluster, tmp_path):
+    grid = write_grid(tmp_path, ["float", "pq"], [12])
+    out = tmp_path / "out"
+    summary = run_grid(grid, out=out, device="cpu", backend="ray",
+                       runner=crashing_or_failing_runner)
+    assert summary.done == ["digits-standard-float-12b-seed0"], summary.describe()
+    assert summary.failed == ["digits-standard-pq-12b-seed0"]
+    assert (out / "killed-once").read_text() == "1 1 1"  # 1 CPU per run: 1 thread each
+    load_result(out / "digits-standard-float-12b-seed0.json")
+    record = json.loads((out / "failed" / "digits-standard-pq-12b-seed0.failed.json").read_text())
+    assert record["error_type"] == "RuntimeError" and "quantizer exploded" in record["message"]
+    assert sorted(p.name for p in out.glob("*.json")) == ["digits-standard-float-12b-seed0.json"]
+
+
+@pytest.mark.parametrize("gpus, resources, message", [
+    (0.5, {}, "the Ray cluster has no GPU"),
+    (None, {"cpu": 64}, r"asks for 64 CPU and 0 GPU, more than any node .* \(the largest: 2 CPU"),
+])
+def test_resources_no_node_can_hold_are_refused_before_anything_runs(
+        cluster, tmp_path, gpus, resources, message):
+    grid = write_grid(tmp_path, ["pq"], [12], resources=resources)
+    with pytest.raises(QbenchError, match=message):
+        run_grid(grid, out=tmp_path / "out", backend="ray", gpus_per_run=gpus)
+    assert not list((tmp_path / "out").glob("*.json"))
+
+
+def test_a_folder_a_node_does_not_share_is_reported(cluster, tmp_path):
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "m").touch()
+    problems = ray_backend._probe_folders([("--out", str(tmp_path / "shared"), "m"),
+                                           ("the cache", str(tmp_path / "elsewhere"), "m")])
+    assert len(problems) == 1 and problems[0].startswith(
+        f"the cache {tmp_path / 'elsewhere'} is not the driver's folder on node")
+    ray_backend.check_folders({"--out": tmp_path / "shared"})
+
+
+def test_an_unreachable_address_is_a_one_line_error(tmp_path):
+    grid = write_grid(tmp_path, ["pq"], [12])
+    res = subprocess.run([sys.executable, "-m", "qbench.cli", "grid", str(grid), "--out",
+                          str(tmp_path / "out"), "--backend", "ray", "--address", "127.0.0.1:1"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "error: --address 127.0.0.1:1: no Ray cluster answers there (Connection refused); "
+        "start one with `ray start --head` or check the host and port"]
+
+
+def test_trials_run_in_parallel_tasks_and_only_the_driver_tells(cluster):
+    asked, told = [], {}
+
+    def ask():
+        if len(asked) == 4:
+            return None
+        asked.append(len(asked))
+        return asked[-1], {"x": asked[-1]}
+
+    def evaluate(params):
+        if params["x"] == 2:
+            raise ValueError("x=2 diverged")
+        return params["x"] ** 2
+
+    def tell(token, value, error):
+        told[token] = (value, None if error is None else str(error))
+
+    ray_backend.run_trials(ask, evaluate, tell, parallel=2,
+                           resources=RunResources(cpu=1))
+    assert told == {0: (0, None), 1: (1, None), 2: (None, "x=2 diverged"), 3: (9, None)}
+
+
+def test_tune_on_ray_runs_trials_as_tasks_and_the_study_resumes(cluster, tmp_path):
+    from qbench.grid.tune import tune
+    from qbench.run.pipeline import RunRequest
+
+    template = RunRequest(method="dqn", bits=12, epochs=3, out=tmp_path, device="cpu")
+    path, record = tune(template, trials=3, backend="ray", parallel=2)
+    assert record["trials"]["complete"] == 3 and 0 < record["best_value"] <= 1
+    assert set(record["best_params"]) == {"lam", "refit_every"}
+    _, again = tune(template, trials=3, backend="ray", parallel=2)  # nothing missing
+    assert again["trials"] == record["trials"] and again["best_value"] == record["best_value"]

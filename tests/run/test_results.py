@@ -1,0 +1,99 @@
+import json
+
+import numpy as np
+import pytest
+
+from qbench.core.errors import QbenchError
+from qbench.run.results import (
+    SCHEMA_VERSION,
+    environment,
+    load_result,
+    to_jsonable,
+    validate_result,
+    write_json_atomic,
+)
+
+
+def _minimal():
+    return {
+        "schema_version": SCHEMA_VERSION, "method": "float", "family": "float",
+        "dataset": "digits", "protocol": "standard", "bits": 32, "seed": 0, "split_seed": 0,
+        "code_version": "0" * 16, "params": {},
+        "splits": {}, "metrics": {"map_all": 0.5}, "curves": {}, "timings": {}, "cost": {},
+        "metric_card": {}, "env": {},
+    }
+
+
+def test_write_is_atomic_and_round_trips(tmp_path):
+    data = _minimal()
+    data["metrics"]["arr"] = np.arange(3)
+    path = write_json_atomic(tmp_path / "r.json", data)
+    assert load_result(path)["metrics"]["arr"] == [0, 1, 2]
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_failed_write_leaves_no_file(tmp_path):
+    with pytest.raises(TypeError):
+        write_json_atomic(tmp_path / "r.json", {"bad": object()})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nan_becomes_null():
+    assert to_jsonable({"a": float("nan"), "b": np.float32(1.5)}) == {"a": None, "b": 1.5}
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.pop("metrics"), "missing key 'metrics'"),
+        (lambda d: d.update(schema_version=99), "schema_version 99 is not supported"),
+        (lambda d: d.update(bits="32"), "key 'bits' has type str"),
+        (lambda d: d["metrics"].pop("map_all"), "lack 'map_all'"),
+    ],
+)
+def test_validation_names_the_problem(mutate, message):
+    data = _minimal()
+    mutate(data)
+    with pytest.raises(QbenchError, match=message):
+        validate_result(data, "x.json")
+
+
+def test_load_names_the_file_for_bad_json(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text("{not json")
+    with pytest.raises(QbenchError, match="broken.json: not valid JSON"):
+        load_result(path)
+
+
+def test_environment_records_versions():
+    env = environment("cpu")
+    assert env["device"] == "cpu" and env["packages"]["torch"]
+    json.dumps(env)
+
+
+def test_written_file_gets_the_usual_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = write_json_atomic(tmp_path / "r.json", _minimal())
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_code_version_hashes_the_installed_sources_and_env_records_a_dirty_tree():
+    from qbench.run.results import code_version
+
+    version = code_version()
+    assert len(version) == 16 and int(version, 16) >= 0
+    env = environment("cpu")
+    assert env["code_version"] == version
+    assert env["git_dirty"] in (True, False, None)
+
+
+def test_an_older_schema_is_refused():
+    data = _minimal()
+    data["schema_version"] = SCHEMA_VERSION - 1
+    with pytest.raises(QbenchError, match="schema_version"):
+        validate_result(data)
