@@ -36,7 +36,7 @@ from qbench.methods._base import (
     pq_layout,
 )
 from qbench.methods._trained import PQRepresentation, select_and_encode
-from qbench.quant.quantizers import ProductQuantizer
+from qbench.quant import ProductQuantizer
 from qbench.registry import Param, Space
 from qbench.train.encoder_cache import stage1_encoder
 from qbench.train.engine import (

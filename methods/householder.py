@@ -19,7 +19,7 @@ import numpy as np
 from qbench.core.codes import BinaryCodes, FloatCodes
 from qbench.methods import Method, MethodOutput, RunContext, l2_normalise
 from qbench.methods.sign import sign_codes
-from qbench.quant.quantizers import HouseholderRotation, rescale_to_sqrt_dim
+from qbench.quant import HouseholderRotation, rescale_to_sqrt_dim
 from qbench.registry import METHODS, Param, Space
 from qbench.train.encoder_cache import stage1_encoder
 from qbench.train.engine import ENGINE_PARAMS

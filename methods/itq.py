@@ -14,7 +14,7 @@ from qbench.methods import (
     l2_normalise,
     select_and_encode,
 )
-from qbench.quant.quantizers import ITQ
+from qbench.quant import ITQ
 from qbench.registry import METHODS, Param, Space
 from qbench.train.encoder_cache import stage1_encoder
 from qbench.train.engine import ENGINE_PARAMS

@@ -6,7 +6,7 @@ import time
 
 from qbench.core.codes import BinaryCodes, FloatCodes
 from qbench.methods import Method, MethodOutput, RunContext
-from qbench.quant.quantizers import LSH
+from qbench.quant import LSH
 from qbench.registry import METHODS, Param
 
 

@@ -11,7 +11,7 @@ import time
 
 from qbench.core.codes import FloatCodes, PQCodes
 from qbench.methods import Method, MethodOutput, RunContext, pad_columns, pq_layout
-from qbench.quant.quantizers import OPQ, ProductQuantizer
+from qbench.quant import OPQ, ProductQuantizer
 from qbench.registry import METHODS, Param
 
 

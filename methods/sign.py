@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from qbench.core.codes import BinaryCodes
 from qbench.methods import Method, MethodOutput, RunContext, select_and_encode
-from qbench.quant.quantizers import SignQuantizer
+from qbench.quant import SignQuantizer
 from qbench.registry import METHODS
 from qbench.train.encoder_cache import stage1_encoder
 from qbench.train.engine import ENGINE_PARAMS

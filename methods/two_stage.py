@@ -20,7 +20,7 @@ from qbench.methods import (
     pq_layout,
     select_and_encode,
 )
-from qbench.quant.quantizers import OPQ, ProductQuantizer
+from qbench.quant import OPQ, ProductQuantizer
 from qbench.registry import METHODS, Param, Space
 from qbench.train.encoder_cache import stage1_encoder
 from qbench.train.engine import ENGINE_PARAMS

@@ -35,16 +35,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from qbench.core.errors import QbenchError
+from qbench.core.provenance import code_version
 from qbench.grid.backends.base import CellOptions, make_backend
 from qbench.grid.gridfile import Cell, expand_grid, grid_resources, is_int, load_grid
 from qbench.grid.tuning import tune_cells
 from qbench.grid.worker import Outcome, prepare_dataset_params, run_pipeline
-from qbench.run.results import (
-    FAILURE_SUFFIX,
-    code_version,
-    load_result,
-    write_json_atomic,
-)
+from qbench.run.results import FAILURE_SUFFIX, load_result, write_json_atomic
 
 FAILED_DIR = "failed"
 
@@ -98,7 +94,7 @@ def cell_status(cell: Cell, out: Path,
     protocol, method, bits, seed, split seed, selection rule and pool size, the same
     *resolved* parameters (defaults included), the same split and dataset checksums
     (``checksums``, when given) and the
-    same code version (:func:`qbench.run.results.code_version`).
+    same code version (:func:`qbench.core.provenance.code_version`).
     """
     from qbench.run.pipeline import prepare
 

@@ -228,8 +228,9 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
     Returns ``(path, record)``: the summary JSON written atomically and its content.
     Every input is checked before the storage is opened, so bad input leaves no study.
     """
+    from qbench.core.provenance import environment
     from qbench.run.pipeline import prepare
-    from qbench.run.results import SCHEMA_VERSION, environment, write_json_atomic
+    from qbench.run.results import SCHEMA_VERSION, write_json_atomic
 
     optuna = optuna_module()
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:

@@ -15,18 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qbench.core.errors import QbenchError, choice_error
+from qbench.core.provenance import code_version, environment
 from qbench.data.context import RunContext
 from qbench.data.pool import DEFAULT_POOL_SIZE, selection_pool
 from qbench.data.protocols import materialise
 from qbench.eval.evaluator import evaluate
 from qbench.registry import DATASETS, METHODS
-from qbench.run.results import (
-    SCHEMA_VERSION,
-    code_version,
-    environment,
-    result_filename,
-    write_json_atomic,
-)
+from qbench.run.results import SCHEMA_VERSION, result_filename, write_json_atomic
 from qbench.train.selection import RULES
 
 DEVICES = ("auto", "cpu", "cuda")

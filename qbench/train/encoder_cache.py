@@ -5,7 +5,7 @@ two-stage-pq/opq, itq, sign, householder) asks :func:`stage1_encoder` for its en
 the joint methods (dqn, ssm, gsl) warm-start from the same training's state at their
 warm-up epoch. An entry is keyed by a hash of everything that determines the training: the
 dataset's checksum and parameters, protocol and split checksum, seed, every engine
-parameter, D, tanh and the code version (:func:`qbench.run.results.code_version`). It holds the
+parameter, D, tanh and the code version (:func:`qbench.core.provenance.code_version`). It holds the
 candidate weights (every epoch model selection may choose), the warm-up snapshot and the
 training summary; embeddings of items under a candidate are added as they are computed, so
 no split is embedded twice with the same weights across runs either.
@@ -66,7 +66,7 @@ def _sha256(path: Path) -> str:
 
 def encoder_fields(ctx: RunContext, params: dict, dim: int, tanh: bool) -> dict:
     """Everything that determines a stage-1 training, JSON-ready (the key's preimage)."""
-    from qbench.run.results import code_version
+    from qbench.core.provenance import code_version
 
     return {
         "entry_version": ENTRY_VERSION,

@@ -113,7 +113,7 @@ def select(encoder, train: np.ndarray, pool: SelectionPool, labels: np.ndarray,
     # Embedding runs in torch, one candidate after another; small fits (PQ, OPQ, ITQ on a
     # few thousand vectors) then run side by side, single-threaded each (under either rule,
     # so an epoch scores the same under best and last); large ones one at a time.
-    from qbench.quant.quantizers import fit_workers, side_by_side
+    from qbench.quant import fit_workers, side_by_side
 
     first = embedded(scored[0])
     workers = fit_workers(first[0].size, len(scored))

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 
 from qbench.core.errors import QbenchError
+from qbench.core.provenance import code_version
 from qbench.data.protocols import materialise
 from qbench.grid import runner as grid_module
 from qbench.grid.gridfile import expand_grid, load_grid
 from qbench.grid.runner import run_grid
 from qbench.run.pipeline import prepare
-from qbench.run.results import code_version, load_result, write_json_atomic
+from qbench.run.results import load_result, write_json_atomic
 from tests.report.test_compare import make_result
 
 CALLS: list[tuple[str, int, int]] = []

@@ -13,7 +13,7 @@ from qbench.data.protocols import make_splits
 from qbench.methods import CodebookHooks, RunContext, joint_layout, l2_normalise
 from qbench.methods.gsl import SnappingHooks, snap_correction
 from qbench.methods.ssm import ShuttleHooks
-from qbench.quant.quantizers import assign_subspaces, decode_subspaces
+from qbench.quant import assign_subspaces, decode_subspaces
 from qbench.registry import DATASETS, METHODS
 from qbench.train.engine import ENGINE_PARAMS, TrainedEncoder, Trainer
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from qbench.core.errors import QbenchError
-from qbench.quant.quantizers import (
+from qbench.quant import (
     ITQ,
     LSH,
     OPQ,
@@ -203,7 +203,7 @@ def test_rescale_to_sqrt_dim_sets_norms():
 def test_small_fits_run_on_one_openmp_thread_and_restore_the_count():
     import faiss
 
-    from qbench.quant.quantizers import SMALL_PROBLEM, fit_threads
+    from qbench.quant import SMALL_PROBLEM, fit_threads
 
     saved = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(2)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from qbench.core.errors import QbenchError
+from qbench.core.provenance import environment
 from qbench.run.results import (
     SCHEMA_VERSION,
-    environment,
     load_result,
     to_jsonable,
     validate_result,
@@ -83,7 +83,7 @@ def test_written_file_gets_the_usual_permissions(tmp_path):
 
 
 def test_code_version_hashes_the_installed_sources_and_env_records_a_dirty_tree():
-    from qbench.run.results import code_version
+    from qbench.core.provenance import code_version
 
     version = code_version()
     assert len(version) == 16 and int(version, 16) >= 0

@@ -73,7 +73,7 @@ def test_a_corrupt_entry_is_reported_and_retrained(tmp_path, capsys):
 
 def test_another_code_version_is_a_miss(tmp_path, monkeypatch):
     first = _run(tmp_path, "float", epochs=2)
-    monkeypatch.setattr("qbench.run.results.code_version", lambda: "another-version")
+    monkeypatch.setattr("qbench.core.provenance.code_version", lambda: "another-version")
     second = _run(tmp_path, "float", epochs=2)
     assert second["encoder_cache"] == "miss" and second["encoder_key"] != first["encoder_key"]
 

@@ -89,7 +89,7 @@ def test_best_picks_the_highest_validation_map_and_last_the_last_epoch():
 
 
 def _opq_represent(train, val, pool):
-    from qbench.quant.quantizers import OPQ
+    from qbench.quant import OPQ
 
     q = OPQ(2, 3, iters=5, seed=0).fit(train)
     return PQCodes(q.transform(val), q.encode(pool), q.codebooks), (q, q.rotation.copy())
@@ -102,7 +102,7 @@ def test_fits_side_by_side_give_the_same_selection_whatever_the_share(monkeypatc
     """Small candidate fits run on a thread each (one per core of the process's share),
     single-threaded inside: every value, the choice and the chosen fit equal those of one
     fit after another; the last candidate scores the same under best and last."""
-    import qbench.quant.quantizers as Q
+    import qbench.quant as Q
 
     splits, y = _splits()
     pool = selection_pool(splits, y, cap=0)
@@ -126,7 +126,7 @@ def test_fits_side_by_side_give_the_same_selection_whatever_the_share(monkeypatc
 
 def test_side_by_side_threads_count_as_one_core(monkeypatch):
     from qbench.core.cores import cpu_share
-    from qbench.quant.quantizers import side_by_side
+    from qbench.quant import side_by_side
 
     monkeypatch.setenv("OMP_NUM_THREADS", "4")
     with side_by_side(2) as pool:

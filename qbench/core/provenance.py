@@ -1,0 +1,84 @@
+"""Where a result came from: the code version (a hash of qbench's own sources), the git
+commit and dirty flag of the checkout, and the environment every record carries.
+
+A result or cached encoder made by other code is stale: :func:`code_version` hashes every
+``.py`` file of ``qbench``, ``qbench.methods`` and ``qbench.datasets``, subpackages
+included, without importing the plugin packages.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """sha256 (16 hex digits) of qbench's own installed sources, methods and datasets
+    included: a result or cached encoder made by other code is stale."""
+    h = hashlib.sha256()
+    for package in ("qbench", "qbench.methods", "qbench.datasets"):
+        # find_spec locates a package without running its __init__ (the method face)
+        root = Path(importlib.util.find_spec(package).submodule_search_locations[0])
+        for path in sorted(root.rglob("*.py")):
+            h.update(f"{package}/{path.relative_to(root).as_posix()}".encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def git_dirty(cwd: Path | None = None) -> bool | None:
+    """Whether the qbench checkout has uncommitted changes (None outside a git work tree)."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd or Path(__file__).resolve().parent, capture_output=True, text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    """The current git commit of the qbench checkout, or None outside a git work tree."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).resolve().parent,
+            capture_output=True, text=True, timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment(device: str) -> dict:
+    """Package versions, device and git commit, recorded in every result."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    packages = {}
+    for name in ("qbench", "torch", "numpy", "faiss-cpu", "scikit-learn", "pandas"):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = None
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "device": device,
+        "packages": packages,
+        "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
+        "code_version": code_version(),
+    }
+    if device.startswith("cuda"):
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
