@@ -38,6 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from qbench.grid.backends import make_backend
 from qbench.grid.runner import run_grid
 from qbench.run.results import load_result, write_json_atomic
 
@@ -55,8 +56,8 @@ def _grid_file(folder: Path, methods: list[str], seeds: list[int], epochs: int |
 def _timed_grid(grid: Path, out: Path, *, use_cache: bool, jobs: int,
                 dataset: str = "digits") -> dict:
     start = time.perf_counter()
-    summary = run_grid(grid, dataset=dataset, out=out, jobs=jobs, use_cache=use_cache,
-                       progress=False)
+    summary = run_grid(grid, dataset=dataset, out=out, use_cache=use_cache, progress=False,
+                       backend=make_backend("local", jobs=jobs))
     wall = time.perf_counter() - start
     paths = sorted(out.glob("*.json"))
     results = [load_result(p) for p in paths]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from qbench.grid.backends import make_backend  # noqa: E402
 from qbench.grid.runner import run_grid  # noqa: E402
 from qbench.run.results import write_json_atomic  # noqa: E402
 
@@ -70,9 +71,10 @@ def main() -> None:
     os.environ.pop("QBENCH_CACHE", None)  # each backend gets its own, fresh cache
 
     with tempfile.TemporaryDirectory(prefix="qbench-bench-ray-") as tmp:
-        local = timed_grid(Path(tmp) / "local", seeds, jobs=args.jobs)
+        local = timed_grid(Path(tmp) / "local", seeds,
+                           backend=make_backend("local", jobs=args.jobs))
         print(f"local, {args.jobs} jobs: {local['wall_s']:.1f} s for {local['runs']} runs")
-        on_ray = timed_grid(Path(tmp) / "ray", seeds, backend="ray")
+        on_ray = timed_grid(Path(tmp) / "ray", seeds, backend=make_backend("ray"))
         print(f"ray: {on_ray['wall_s']:.1f} s for {on_ray['runs']} runs")
         identical = same_metrics(Path(tmp) / "local", Path(tmp) / "ray")
     ratio = on_ray["wall_s"] / local["wall_s"]

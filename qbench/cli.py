@@ -73,7 +73,8 @@ def list_command(show_params: bool) -> None:
 @click.option("--bits", "-b", type=int, default=32, show_default=True,
               help="Code length in bits (the same storage for every method).")
 @click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the splits, initialisation and batches.")
+              help="Training seed: initialisation, batch order and augmentation (the split "
+                   "comes from --split-seed).")
 @click.option("--protocol", default=None, help="Split protocol (default: the dataset's).")
 @click.option("--epochs", type=int, default=None,
               help="Training epochs for learned methods (default: the method's).")
@@ -111,7 +112,7 @@ def run_command(method, dataset, bits, seed, protocol, epochs, device, out, data
     method_params = parse_key_values(params)
     tuning = None
     if params_from is not None:
-        from qbench.grid.tune import load_tuned_params
+        from qbench.grid.tuned_params import load_tuned_params
 
         tuned, tuning = load_tuned_params(params_from, method, dataset, bits)
         if set(method_params) & set(tuning["best_params"]):
@@ -162,7 +163,7 @@ def evaluate_command(codes_file: Path, out: Path | None, k: int | None, normalis
     from qbench.eval.codesfile import load_codes_npz
     from qbench.eval.evaluator import evaluate
     from qbench.run.pipeline import check_writable, resolve_device
-    from qbench.run.results import SCHEMA_VERSION, write_json_atomic
+    from qbench.run.results import new_record, write_json_atomic
 
     if float_metric not in ("l2", "cosine"):
         raise QbenchError(f"--metric {float_metric!r} is not allowed; allowed: cosine, l2")
@@ -180,11 +181,11 @@ def evaluate_command(codes_file: Path, out: Path | None, k: int | None, normalis
     ev = evaluate(codes, q_labels, db_labels, k=k, normaliser=normaliser, device=device,
                   sdc=sdc)
     if out is not None:
-        write_json_atomic(out, {
-            "schema_version": SCHEMA_VERSION, "kind": "evaluation", "source": str(codes_file),
-            "metrics": ev.metrics, "curves": ev.curves, "metric_card": ev.metric_card,
-            "timings": ev.timings, "per_query_ap": ev.per_query_ap,
-        })
+        write_json_atomic(out, new_record({
+            "source": str(codes_file), "metrics": ev.metrics, "curves": ev.curves,
+            "metric_card": ev.metric_card, "timings": ev.timings,
+            "per_query_ap": ev.per_query_ap,
+        }, kind="evaluation", device=device))
     m = ev.metrics
     parts = [f"MAP@all {m['map_all']:.4f}", f"MAP@{ev.metric_card.get('k')} {m['map_at_k']:.4f}"]
     if m.get("tie_aware_map_all") is not None:
@@ -246,6 +247,7 @@ def grid_command(grid_file: Path, dataset: str, jobs: int, out: Path, data_dir: 
     """Run a grid of methods x bits x seeds; finished runs are skipped, stale ones rerun,
     failures recorded. With --backend ray, --out and the cache must be on storage every
     node reaches."""
+    from qbench.grid.backends import make_backend
     from qbench.grid.runner import run_grid
 
     seed_list = None
@@ -254,10 +256,10 @@ def grid_command(grid_file: Path, dataset: str, jobs: int, out: Path, data_dir: 
             seed_list = [int(s) for s in seeds.split(",")]
         except ValueError:
             raise QbenchError(f"--seeds expects comma-separated integers, got {seeds!r}") from None
-    summary = run_grid(grid_file, dataset=dataset, jobs=jobs, out=out, data_dir=data_dir,
-                       device=device, seeds=seed_list, cache_dir=cache_dir,
-                       use_cache=not no_cache, dry_run=dry_run, backend=backend,
-                       address=address, gpus_per_run=gpus_per_run)
+    summary = run_grid(grid_file, dataset=dataset,
+                       backend=make_backend(backend, jobs=jobs, address=address), out=out,
+                       data_dir=data_dir, device=device, seeds=seed_list, cache_dir=cache_dir,
+                       use_cache=not no_cache, dry_run=dry_run, gpus_per_run=gpus_per_run)
     if dry_run:
         click.echo(summary)
         return
@@ -271,14 +273,24 @@ def cache_group() -> None:
     """Show or remove cached stage-1 encoders and decoded datasets."""
 
 
+_cache_dir_option = click.option(
+    "--cache-dir", type=click.Path(path_type=Path), default=None,
+    help="Cache folder (default: $QBENCH_CACHE, else results/cache).")
+
+
+def _cache_folder(cache_dir: Path | None) -> Path:
+    from qbench.train.encoder_cache import cache_root
+
+    return cache_root(cache_dir, Path("results"))
+
+
 @cache_group.command("list")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
-              help="Cache folder (default: $QBENCH_CACHE, else results/cache).")
+@_cache_dir_option
 def cache_list_command(cache_dir: Path | None) -> None:
     """One line per cached encoder: key, dataset, seed, D, epochs, size."""
-    from qbench.train.encoder_cache import default_cache_dir, list_entries
+    from qbench.train.encoder_cache import list_entries
 
-    root = cache_dir or default_cache_dir(Path("results"))
+    root = _cache_folder(cache_dir)
     rows = list_entries(root)
     for row in rows:
         click.echo(row)
@@ -286,13 +298,12 @@ def cache_list_command(cache_dir: Path | None) -> None:
 
 
 @cache_group.command("clear")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
-              help="Cache folder (default: $QBENCH_CACHE, else results/cache).")
+@_cache_dir_option
 def cache_clear_command(cache_dir: Path | None) -> None:
     """Remove every cached encoder and decoded dataset (downloads are kept)."""
-    from qbench.train.encoder_cache import clear_cache, default_cache_dir
+    from qbench.train.encoder_cache import clear_cache
 
-    root = cache_dir or default_cache_dir(Path("results"))
+    root = _cache_folder(cache_dir)
     click.echo(f"removed {clear_cache(root)} entries from {root}")
 
 
@@ -335,7 +346,8 @@ def tune_command(method, dataset, bits, seed, protocol, epochs, device, out, dat
 
     -p and --params-from values are fixed (e.g. the stage-1 knobs of a --shared study).
     """
-    from qbench.grid.tune import load_tuned_params, tune
+    from qbench.grid.tune import tune
+    from qbench.grid.tuned_params import load_tuned_params
     from qbench.run.pipeline import RunRequest
 
     method_params = parse_key_values(params)

@@ -5,10 +5,11 @@ of :class:`Param`), registered with ``@METHODS.register`` or ``@DATASETS.registe
 A parameter may declare a search space (:class:`Space`, ``Param(..., tune=Space(...))``):
 the method's search space for ``qbench tune`` is its parameters that have one
 (:func:`space_of`).
-Plugins are found in three places, loaded on first use:
+Plugins are found in two places, loaded on first use:
 
-1. every module of the package ``qbench.methods`` / ``qbench.datasets`` (the repository's
-   ``methods/`` and ``datasets/`` folders) -- adding a method is adding one file;
+1. every public module (a name not starting with ``_``) of the package ``qbench.methods``
+   / ``qbench.datasets`` (the repository's ``methods/`` and ``datasets/`` folders) --
+   adding a method is adding one file;
 2. entry points in the groups ``qbench.methods`` / ``qbench.datasets`` of installed packages.
 """
 

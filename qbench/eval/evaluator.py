@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qbench.core.cores import cpu_share
+from qbench.core.validation import check_int
 from qbench.core.errors import QbenchError
 from qbench.eval import metrics as M
 from qbench.eval.search import (
@@ -256,8 +257,7 @@ def _check_options(k, normaliser: str, device: str) -> None:
     if normaliser not in M.NORMALISERS:
         raise QbenchError(f"unknown normaliser {normaliser!r}; allowed: "
                           + ", ".join(M.NORMALISERS))
-    if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
-        raise QbenchError(f"k must be a positive integer or None (all), got {k!r}")
+    check_int(k, "k", low=1, allow_none=True, what="a positive integer or None (all)")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise QbenchError(f"unknown device {device!r}; allowed: cpu, cuda")
     if device != "cpu":

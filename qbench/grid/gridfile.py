@@ -45,15 +45,14 @@ mistake there is a :class:`QbenchError`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from qbench.core.errors import QbenchError, choice_error
+from qbench.core.validation import check_int, is_int
 from qbench.data.pool import DEFAULT_POOL_SIZE
-from qbench.grid.backends.base import RunResources
-from qbench.grid.tuning import check_tune_spec
-from qbench.run.results import read_json, result_filename
+from qbench.grid.cells import Cell, RunResources
+from qbench.run.results import read_json
 from qbench.train.selection import RULES
 
 RUN_KEYS = ("select", "split_seed", "pool_size", "tune")
@@ -64,53 +63,26 @@ BLOCK_KEYS = ("description", "protocol", "epochs", "dataset_params", "params", "
 RESOURCE_KEYS = ("cpu", "gpu")
 VARIANT_KEYS = ("method", "params", "description")
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+TUNE_KEYS = ("trials", "seed", "shared")
+"""Keys of a grid's ``"tune"`` block (:mod:`qbench.grid.tuning` runs it)."""
 
 
-@dataclass
-class Cell:
-    """One run of the grid. ``name`` is the method or variant name used in file names;
-    ``params`` holds the requested (parsed) method parameters only."""
+def check_tune_spec(spec, where: str) -> None:
+    """Raise :class:`QbenchError` unless ``spec`` is a valid ``"tune"`` object."""
+    if not isinstance(spec, dict):
+        raise QbenchError(f"{where}: 'tune' must be an object with 'trials' and 'seed'")
+    unknown = sorted(set(spec) - set(TUNE_KEYS))
+    if unknown:
+        raise QbenchError(f"{where}: unknown key {unknown[0]!r} in 'tune'; allowed: "
+                          + ", ".join(TUNE_KEYS))
+    for key in ("trials", "seed"):
+        value = spec.get(key)
+        low = 1 if key == "trials" else 0
+        check_int(value, f"{where}: 'tune.{key}'", low=low, what=f"an integer >= {low}")
+    if not isinstance(spec.get("shared", False), bool):
+        raise QbenchError(f"{where}: 'tune.shared' must be true or false")
 
-    dataset: str
-    protocol: str
-    method: str
-    name: str
-    bits: int
-    seed: int
-    params: dict = field(default_factory=dict)
-    epochs: int | None = None
-    dataset_params: dict = field(default_factory=dict)
-    select: str = "best"
-    split_seed: int = 0
-    pool_size: int = DEFAULT_POOL_SIZE
-    tuning: dict | None = None  # set by the grid's tuning step (qbench.grid.tuning)
 
-    @property
-    def filename(self) -> str:
-        return result_filename(self.dataset, self.protocol, self.name, self.bits, self.seed,
-                               self.split_seed)
-
-    @property
-    def stem(self) -> str:
-        return self.filename.removesuffix(".json")
-
-    def describe(self) -> str:
-        return f"{self.name} {self.bits} bits seed {self.seed} ({self.dataset}/{self.protocol})"
-
-    def request(self, out: Path, data_dir: Path | None, device: str, *,
-                cache_dir: Path | None = None, use_cache: bool = True):
-        """The :class:`qbench.run.pipeline.RunRequest` of this cell."""
-        from qbench.run.pipeline import RunRequest
-
-        return RunRequest(
-            method=self.method, dataset=self.dataset, bits=self.bits, seed=self.seed,
-            protocol=self.protocol, epochs=self.epochs, device=device, out=Path(out),
-            data_dir=data_dir, method_params=dict(self.params),
-            dataset_params=dict(self.dataset_params), progress=False,
-            output_file=Path(out) / self.filename, split_seed=self.split_seed,
-            select=self.select, pool_size=self.pool_size, cache_dir=cache_dir,
-            use_cache=use_cache, tuning=self.tuning,
-        )
 
 
 def load_grid(path: Path) -> dict:
@@ -152,10 +124,6 @@ def load_grid(path: Path) -> dict:
         if not isinstance(spec.get("params", {}), dict):
             raise QbenchError(f"{vwhere}: 'params' must be an object")
     return grid
-
-
-def is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_keys(obj: dict, allowed: tuple[str, ...], where: str) -> None:

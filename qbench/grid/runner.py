@@ -16,7 +16,8 @@ A run that raises any :class:`Exception` (including :class:`QbenchError`) is rec
 grid goes on; failed cells run again on the next invocation and a success removes the
 record.
 
-Where cells run is the backend's business (:mod:`qbench.grid.backends.base`): ``local`` (the
+Where cells run is the backend's business (:mod:`qbench.grid.backends`; the caller
+hands :func:`run_grid` a backend object, default the local one in this process): ``local`` (the
 default) runs them in this process or, with ``jobs`` > 1, in that many worker processes
 (each with cores // jobs threads for torch, faiss and BLAS); ``ray`` runs each as a Ray
 task on a cluster, after one task per distinct stage-1 encoder
@@ -28,7 +29,6 @@ rerunning the same command resumes without redoing finished runs.
 
 from __future__ import annotations
 
-import datetime as _dt
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -36,11 +36,12 @@ from pathlib import Path
 
 from qbench.core.errors import QbenchError
 from qbench.core.provenance import code_version
-from qbench.grid.backends.base import CellOptions, make_backend
-from qbench.grid.gridfile import Cell, expand_grid, grid_resources, is_int, load_grid
+from qbench.grid.backends import Backend, make_backend
+from qbench.grid.cells import Cell, CellOptions, Outcome
+from qbench.grid.gridfile import expand_grid, grid_resources, load_grid
 from qbench.grid.tuning import tune_cells
-from qbench.grid.worker import Outcome, prepare_dataset_params, run_pipeline
-from qbench.run.results import FAILURE_SUFFIX, load_result, write_json_atomic
+from qbench.grid.worker import run_pipeline
+from qbench.run.results import FAILURE_SUFFIX, load_result, new_record, write_json_atomic
 
 FAILED_DIR = "failed"
 
@@ -96,8 +97,6 @@ def cell_status(cell: Cell, out: Path,
     (``checksums``, when given) and the
     same code version (:func:`qbench.core.provenance.code_version`).
     """
-    from qbench.run.pipeline import prepare
-
     path = Path(out) / cell.filename
     if not path.is_file():
         return "to-run", "no result yet"
@@ -117,16 +116,13 @@ def cell_status(cell: Cell, out: Path,
         return "stale", f"pool size {selection.get('pool_size')}, the grid asks {cell.pool_size}"
     if res.get("tuning") != cell.tuning:
         return "stale", "its tuning record differs from the grid's studies"
-    try:
-        params = prepare(cell.request(out, None, "cpu")).method.params
-    except QbenchError as exc:
-        return "stale", str(exc)
+    params = cell.resolved
     changed = sorted(k for k in set(params) | set(res["params"])
                      if params.get(k) != res["params"].get(k))
     if changed:
         k = changed[0]
         return "stale", f"parameter {k}: recorded {res['params'].get(k)!r}, now {params.get(k)!r}"
-    if (res.get("dataset_params") or {}) != prepare_dataset_params(cell):
+    if (res.get("dataset_params") or {}) != cell.resolved_dataset_params:
         return "stale", "dataset parameters changed"
     if checksums is not None and res["splits"].get("checksum") != checksums[0]:
         return "stale", "the split changed (checksum differs)"
@@ -156,8 +152,7 @@ def failure_path(out: Path, cell: Cell) -> Path:
 
 def record_failure(out: Path, cell: Cell, outcome: Outcome, grid_file: Path) -> Path:
     """Write the failure record of ``cell`` atomically; return its path."""
-    return write_json_atomic(failure_path(out, cell), {
-        "kind": "qbench-grid-failure",
+    return write_json_atomic(failure_path(out, cell), new_record({
         "grid_file": str(grid_file),
         "cell": asdict(cell),
         "result_file": cell.filename,
@@ -165,19 +160,15 @@ def record_failure(out: Path, cell: Cell, outcome: Outcome, grid_file: Path) -> 
         "message": outcome.message,
         "traceback": outcome.traceback,
         "seconds": outcome.seconds,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    })
+    }, kind="qbench-grid-failure"))
 
 
 # -- the grid ------------------------------------------------------------------------------
 
-def _check_options(jobs: int, out: Path, data_dir: Path | None, device: str,
-                   backend: str) -> None:
-    if not is_int(jobs) or jobs < 1:
-        raise QbenchError(f"--jobs must be a positive integer, got {jobs!r}")
-    if data_dir is not None and not Path(data_dir).is_dir():
-        raise QbenchError(f"--data-dir {data_dir} is not a directory")
-    from qbench.run.pipeline import DEVICES, resolve_device
+def _check_options(out: Path, data_dir: Path | None, device: str, backend: str) -> None:
+    from qbench.run.pipeline import DEVICES, check_data_dir, resolve_device
+
+    check_data_dir(data_dir)
 
     if backend == "local":
         resolve_device(device)
@@ -214,13 +205,12 @@ def describe_plan(plan: list[tuple[Cell, str, str]]) -> str:
     return "\n".join(lines)
 
 
-def run_grid(grid_file: Path, *, dataset: str = "digits", jobs: int = 1,
+def run_grid(grid_file: Path, *, dataset: str = "digits", backend: Backend | None = None,
              out: Path = Path("results"), data_dir: Path | None = None, device: str = "auto",
              seeds: list[int] | None = None, runner: Callable | None = None,
              progress: bool | None = None, cache_dir: Path | None = None,
-             use_cache: bool = True, dry_run: bool = False, backend: str = "local",
-             address: str | None = None, gpus_per_run: float | None = None,
-             ) -> GridSummary | str:
+             use_cache: bool = True, dry_run: bool = False,
+             gpus_per_run: float | None = None) -> GridSummary | str:
     """Run every unfinished or stale cell of ``grid_file`` for ``dataset``; see the module
     docstring. With ``dry_run`` nothing runs: the plan (:func:`describe_plan`) is returned.
 
@@ -230,21 +220,22 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", jobs: int = 1,
     progress: show the tqdm bar (None: only on a terminal).
     cache_dir / use_cache: the encoder and dataset cache (default: $QBENCH_CACHE or
         <out>/cache), or none.
-    backend: "local" (``jobs`` processes) or "ray" (``address``: None joins the local
-        cluster or starts one, "auto", "HOST:PORT" or "ray://HOST:PORT"; each run asks for
-        the dataset block's ``resources``, its GPU share replaced by ``gpus_per_run``).
+    backend: where cells run (:func:`qbench.grid.backends.make_backend`; default: the local
+        backend, one cell at a time in this process). On Ray each run asks for the dataset
+        block's ``resources``, its GPU share replaced by ``gpus_per_run``.
     """
     from tqdm.auto import tqdm
 
-    from qbench.train.encoder_cache import EncoderCache, default_cache_dir
+    from qbench.train import encoder_cache
+    from qbench.train.encoder_cache import EncoderCache
 
     grid_file, out = Path(grid_file), Path(out)
     grid = load_grid(grid_file)
-    _check_options(jobs, out, data_dir, device, backend)
-    executor = make_backend(backend, jobs=jobs, address=address,
-                            resources=grid_resources(grid, dataset, gpus_per_run))
+    backend = backend if backend is not None else make_backend("local")
+    _check_options(out, data_dir, device, backend.name)
+    resources = grid_resources(grid, dataset, gpus_per_run)
     cells = expand_grid(grid, dataset, seeds=seeds, data_dir=data_dir, source=str(grid_file))
-    cache_root = (Path(cache_dir) if cache_dir else default_cache_dir(out)) if use_cache else None
+    cache_root = encoder_cache.cache_root(cache_dir, out, use_cache)
     if cache_root is not None:
         EncoderCache(cache_root)  # an unwritable cache is an error before anything runs
     tune_spec = grid["datasets"][dataset].get("tune", grid.get("tune"))
@@ -252,15 +243,15 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", jobs: int = 1,
         cells = tune_cells(tune_spec, cells, lambda cell: cell.request(
             out, data_dir, device, cache_dir=cache_root, use_cache=use_cache),
             echo=None if progress is False else print,
-            jobs=jobs if backend == "local" else 1)
+            jobs=backend.jobs)
     plan = plan_grid(cells, out, data_dir, cache_root)
     if dry_run:
         note = ("\n(the grid tunes first: cells are listed with default parameters; run it "
                 "to tune and to see which tuned results are current)") if tune_spec else ""
         return describe_plan(plan) + note
     options = CellOptions(out, data_dir, device, runner or run_pipeline, cache_root,
-                          use_cache)
-    summary = GridSummary(grid_file, dataset, out, jobs, backend)
+                          use_cache, resources)
+    summary = GridSummary(grid_file, dataset, out, backend.jobs, backend.name)
     started = time.perf_counter()
 
     pending = []
@@ -296,7 +287,7 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", jobs: int = 1,
 
     try:
         if pending:  # nothing to run starts no worker (and no Ray)
-            executor.run(pending, options, report)
+            backend.run(pending, options, report)
     finally:
         bar.close()
         summary.wall_s = time.perf_counter() - started

@@ -32,22 +32,18 @@ the validation curve and returns True when the pruner would stop the trial.
 
 from __future__ import annotations
 
-import datetime as _dt
-import functools
 import json
 import math
 import re
-import time
 import warnings
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from qbench import __version__
 from qbench.core.errors import QbenchError, choice_error, one_line
+from qbench.core.validation import check_int
 from qbench.grid.storage import (
     open_storage,
     optuna_module,
@@ -56,15 +52,23 @@ from qbench.grid.storage import (
     trial_counts,
     write_ahead_log,
 )
-from qbench.registry import METHODS, Param, space_of
+from qbench.grid.trials import (
+    Objective,
+    Report,
+    budget_callback,
+    completed_with,
+    outcome,
+    replay,
+    suggest,
+    trial_request,
+    trial_value,
+)
+from qbench.registry import METHODS, space_of
 
 STARTUP_TRIALS = 10
 """TPE's first trials sample the space at random before the model of good values is used."""
 
 PRUNERS = ("none", "median")
-
-Report = Callable[[int, float], bool]
-Objective = Callable[[dict, Report], float]
 
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
@@ -92,13 +96,11 @@ def pipeline_objective(template) -> Objective:
     def objective(params: dict, report: Report) -> float:
         from qbench.run.pipeline import run_selection
 
-        req = replace(template, method_params={**template.method_params, **params},
-                      progress=False)
-        selection = run_selection(req)
+        selection = run_selection(trial_request(template, params))
         for epoch, value in zip(selection["epochs"], selection["values"]):
             if value is not None and math.isfinite(value) and report(epoch, value):
                 break
-        return _trial_value(selection)
+        return trial_value(selection)
 
     return objective
 
@@ -110,15 +112,6 @@ def sampler_seed(seed: int, trials_so_far: int) -> int:
     draws other random startup trials than the sessions before it instead of repeating them.
     """
     return int(np.random.SeedSequence([seed, trials_so_far]).generate_state(1)[0])
-
-
-def _suggest(trial, name: str, param: Param) -> Any:
-    space = param.tune
-    if space.choices is not None:
-        return trial.suggest_categorical(name, list(space.choices))
-    if param.type is int:
-        return trial.suggest_int(name, int(space.low), int(space.high), log=space.log)
-    return trial.suggest_float(name, space.low, space.high, log=space.log)
 
 
 def _make_pruner(name: str):
@@ -147,66 +140,6 @@ def _check_identity(study, identity: dict, storage_text: str) -> None:
                 f"{stored.get(key)!r}, not {value!r}; give another --study or --storage")
 
 
-def _completed_with(trial, params: dict):
-    """An earlier complete trial of ``trial``'s study with exactly ``params``, or None.
-
-    A trial's value is a function of its parameters up to nondeterminism (the seed, split
-    and epochs are fixed per study), so a repeated point -- common in small discrete spaces,
-    e.g. a single choice -- is not run again: the trial is told the earlier value and counts
-    towards the budget as a complete trial (its wall time, near zero, is what the summary's
-    compute adds for it).
-    """
-    from optuna.trial import TrialState
-
-    for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if other.number != trial.number and other.params == params:
-            return other
-    return None
-
-
-def _replay(trial, earlier) -> int | None:
-    """Give ``trial`` the curve of ``earlier`` (same parameters), as its objective would have
-    reported it; the epoch where the pruner stops it (as it would stop a rerun), or None."""
-    trial.set_user_attr("same_params_as", earlier.number)
-    for step, value in sorted(earlier.intermediate_values.items()):
-        trial.report(value, step)
-        if trial.should_prune():
-            return step
-    return None
-
-
-def _budget_callback(trials: int, echo: Callable[[str], None] | None, *,
-                     stop: bool = True) -> Callable:
-    """After each trial: one line to ``echo``, and (``stop``) stop ``study.optimize`` once
-    the study holds ``trials`` finished trials (what ``optuna.study.MaxTrialsCallback``
-    does, with one storage read for both; it stops every worker of a shared study at the
-    same total). Ask-and-tell loops count their own trials and pass ``stop=False``."""
-    from optuna.trial import TrialState
-
-    def callback(study, trial) -> None:
-        finished = study.get_trials(deepcopy=False,
-                                    states=(TrialState.COMPLETE, TrialState.PRUNED))
-        if stop and len(finished) >= trials:
-            study.stop()
-        if echo is None:
-            return
-        wall = (trial.datetime_complete - trial.datetime_start).total_seconds()
-        head = f"trial {trial.number} ({len(finished)}/{trials} finished, {wall:.1f} s)"
-        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in trial.params.items())
-        if trial.state == TrialState.COMPLETE:
-            best = max(t.value for t in finished if t.state == TrialState.COMPLETE)
-            same = trial.user_attrs.get("same_params_as")
-            again = "" if same is None else f"; same parameters as trial {same}, not rerun"
-            echo(f"{head}: {trial.value:.4f} (best {best:.4f}{again}) [{params}]")
-        elif trial.state == TrialState.PRUNED:
-            echo(f"{head}: pruned at epoch {trial.last_step} [{params}]")
-        else:
-            echo(f"{head}: failed, {trial.user_attrs.get('fail_reason', '?')} [{params}]")
-
-    return callback
-
-
 def tune(template, *, trials: int, shared: bool = False, storage: str | None = None,
          study_name: str | None = None, timeout: float | None = None, pruner: str = "none",
          objective: Objective | None = None,
@@ -228,13 +161,11 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
     Returns ``(path, record)``: the summary JSON written atomically and its content.
     Every input is checked before the storage is opened, so bad input leaves no study.
     """
-    from qbench.core.provenance import environment
     from qbench.run.pipeline import prepare
-    from qbench.run.results import SCHEMA_VERSION, write_json_atomic
+    from qbench.run.results import new_record, write_json_atomic
 
     optuna = optuna_module()
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise QbenchError(f"--trials must be a positive integer, got {trials!r}")
+    check_int(trials, "--trials", low=1)
     if timeout is not None and not timeout > 0:
         raise QbenchError(f"--timeout must be a positive number of seconds, got {timeout!r}")
     study_pruner, pruner_record = _make_pruner(pruner)
@@ -290,10 +221,10 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
     objective = objective or pipeline_objective(template)
 
     def run_trial(trial) -> float:
-        params = {k: _suggest(trial, k, p) for k, p in space.items()}
-        earlier = _completed_with(trial, params)
+        params = {k: suggest(trial, k, p) for k, p in space.items()}
+        earlier = completed_with(trial, params)
         if earlier is not None:  # TPE repeats points of small discrete spaces: reuse
-            pruned = _replay(trial, earlier)
+            pruned = replay(trial, earlier)
             if pruned is not None:
                 raise optuna.TrialPruned(f"pruned at epoch {pruned}")
             return earlier.value
@@ -310,22 +241,25 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
         except Exception as exc:
             trial.set_user_attr("fail_reason", one_line(exc))
             raise
-        if pruned_at:
+        state, value, reason = outcome(value, bool(pruned_at))
+        if state == "pruned":
             raise optuna.TrialPruned(f"pruned at epoch {pruned_at[0]}")
-        if value is None or not math.isfinite(value):
-            trial.set_user_attr("fail_reason", f"objective returned {value!r}")
+        if state == "fail":
+            trial.set_user_attr("fail_reason", reason)
             return float("nan")
-        return float(value)
+        return value
 
     counts = trial_counts(study)
     remaining = trials - counts["complete"] - counts["pruned"]
     if remaining > 0 and backend == "ray":
-        _optimize_on_ray(study, space, template, remaining, timeout=timeout,
+        from qbench.grid.tune_ray import optimize_on_ray
+
+        optimize_on_ray(study, space, template, remaining, timeout=timeout,
                          parallel=parallel, address=address, gpus_per_run=gpus_per_run,
-                         callback=_budget_callback(trials, echo, stop=False))
+                         callback=budget_callback(trials, echo, stop=False))
     elif remaining > 0:
         study.optimize(run_trial, n_trials=remaining, timeout=timeout, catch=(Exception,),
-                       callbacks=[_budget_callback(trials, echo)])
+                       callbacks=[budget_callback(trials, echo)])
     counts = trial_counts(study)
     if counts["complete"] == 0:
         reasons = [t.user_attrs["fail_reason"] for t in study.get_trials(deepcopy=False)
@@ -346,9 +280,7 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
                  for t in study.get_trials(deepcopy=False)
                  if t.datetime_start is not None and t.datetime_complete is not None)
     best = study.best_trial
-    record = {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "tuning",
+    record = new_record({
         "study": name,
         "storage": storage_text,
         **identity,
@@ -369,117 +301,7 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
         "compute": {"trial_wall_s": wall_s, "device": device},
         "notes": notes,
         "qbench_version": __version__,
-        "env": environment(device),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    }, kind="tuning", device=device)
     record["plots"] = save_study_plots(study, folder, name, list(space))
     path = write_json_atomic(folder / f"{name}.json", record)
     return path, record
-
-
-def _trial_value(selection: dict) -> float | None:
-    """The objective's value from a selection record (see :func:`pipeline_objective`)."""
-    return selection.get("tuning_value", selection["chosen_value"])
-
-
-def _remote_selection(template, params: dict) -> dict:
-    """One trial on a Ray worker: the selection record of the pipeline with ``params``."""
-    from qbench.run.pipeline import run_selection
-
-    return run_selection(replace(template, method_params={**template.method_params, **params},
-                                 progress=False))
-
-
-def _optimize_on_ray(study, space: dict, template, remaining: int, *, timeout: float | None,
-                     parallel: int, address: str | None, gpus_per_run: float | None,
-                     callback: Callable) -> None:
-    """Ask-and-tell: ``remaining`` trials, ``parallel`` at a time, as Ray tasks."""
-    from qbench.grid.backends.base import RunResources
-    from qbench.grid.backends.ray import run_device, run_trials
-
-    optuna = optuna_module()
-    state = optuna.trial.TrialState
-    resources = RunResources(cpu=1, gpu=gpus_per_run or 0.0)
-    run_template = replace(template, device=run_device(template.device, resources))
-    deadline = None if timeout is None else time.monotonic() + timeout
-    asked = [0]
-
-    def ask():
-        while True:
-            if asked[0] >= remaining or (deadline is not None and time.monotonic() > deadline):
-                return None
-            asked[0] += 1
-            with warnings.catch_warnings():  # ask-and-tell: this driver is the heartbeat
-                warnings.filterwarnings("ignore", "Heartbeat of storage")
-                trial = study.ask()
-            params = {k: _suggest(trial, k, p) for k, p in space.items()}
-            earlier = _completed_with(trial, params)
-            if earlier is None:
-                return trial, params
-            if _replay(trial, earlier) is not None:  # told at once, no task
-                study.tell(trial, state=state.PRUNED)
-            else:
-                study.tell(trial, earlier.value)
-            callback(study, study.get_trials(deepcopy=False)[trial.number])
-
-    def tell(trial, selection, error) -> None:
-        if error is not None:
-            trial.set_user_attr("fail_reason", one_line(error))
-            study.tell(trial, state=state.FAIL)
-        else:
-            for epoch, value in zip(selection["epochs"], selection["values"]):
-                if value is not None and math.isfinite(value):
-                    trial.report(value, epoch)
-            value = _trial_value(selection)
-            if trial.should_prune():
-                study.tell(trial, state=state.PRUNED)
-            elif value is None or not math.isfinite(value):
-                trial.set_user_attr("fail_reason", f"objective returned {value!r}")
-                study.tell(trial, state=state.FAIL)
-            else:
-                study.tell(trial, float(value))
-        callback(study, study.get_trials(deepcopy=False)[trial.number])
-
-    run_trials(ask, functools.partial(_remote_selection, run_template), tell,
-               parallel=parallel, address=address, resources=resources)
-
-
-def load_tuned_params(path: Path, method: str, dataset: str, bits: int, *,
-                      protocol: str | None = None) -> tuple[dict, dict]:
-    """The parameters a tuning summary (``qbench tune``'s JSON) gives a run, validated.
-
-    A method study applies to its method, dataset and bits only; a shared (stage-1) study
-    to any method of its dataset that declares those parameters. ``protocol``: also
-    checked when given. Returns ``(params, tuning)``: the study's fixed parameters updated
-    by its best ones (name -> parsed value), and the record a result carries,
-    ``{"trials": finished trials, "best_value": ..., "study": name, "best_params": {...}}``.
-    Unknown parameters and out-of-range values raise :class:`QbenchError`.
-    """
-    path = Path(path)
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise QbenchError(f"--params-from {path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise QbenchError(f"--params-from {path}: not a JSON file ({one_line(exc)})") from None
-    keys = ("scope", "method", "dataset", "bits", "fixed", "best_params", "best_value",
-            "trials", "study")
-    if not isinstance(record, dict) or record.get("kind") != "tuning" or \
-            any(k not in record for k in keys):
-        raise QbenchError(f"--params-from {path}: not a qbench tune summary (needs kind "
-                          f"'tuning' and {', '.join(keys)})")
-    wanted = {"dataset": dataset, "protocol": protocol}
-    if record["scope"] == "method":
-        wanted.update(method=method, bits=bits)
-    for key, value in wanted.items():
-        if value is not None and record.get(key) != value:
-            raise QbenchError(f"--params-from {path} was tuned for {key} {record.get(key)!r}, "
-                              f"not {value!r}")
-    given = {**record["fixed"], **record["best_params"]}
-    resolved = METHODS.resolve_params(method, given)
-    params = {k: resolved[k] for k in given}
-    trials = record["trials"]
-    tuning = {"trials": trials.get("complete", 0) + trials.get("pruned", 0),
-              "best_value": record["best_value"], "study": record["study"],
-              "best_params": {k: params[k] for k in record["best_params"]}}
-    return params, tuning

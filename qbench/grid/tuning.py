@@ -18,29 +18,10 @@ from pathlib import Path
 
 from qbench.core.errors import QbenchError
 
-TUNE_KEYS = ("trials", "seed", "shared")
-
-
-def check_tune_spec(spec, where: str) -> None:
-    """Raise :class:`QbenchError` unless ``spec`` is a valid ``"tune"`` object."""
-    if not isinstance(spec, dict):
-        raise QbenchError(f"{where}: 'tune' must be an object with 'trials' and 'seed'")
-    unknown = sorted(set(spec) - set(TUNE_KEYS))
-    if unknown:
-        raise QbenchError(f"{where}: unknown key {unknown[0]!r} in 'tune'; allowed: "
-                          + ", ".join(TUNE_KEYS))
-    for key in ("trials", "seed"):
-        value = spec.get(key)
-        low = 1 if key == "trials" else 0
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise QbenchError(f"{where}: 'tune.{key}' must be an integer >= {low}")
-    if not isinstance(spec.get("shared", False), bool):
-        raise QbenchError(f"{where}: 'tune.shared' must be true or false")
-
 
 def _tuning_record(path: Path, cell, shared_params: dict) -> tuple[dict, dict]:
     """(parameters for the runs, the ``tuning`` record with the tuned values only)."""
-    from qbench.grid.tune import load_tuned_params
+    from qbench.grid.tuned_params import load_tuned_params
 
     params, tuning = load_tuned_params(path, cell.method, cell.dataset, cell.bits)
     return params, {**tuning, "best_params": {**shared_params, **tuning["best_params"]}}
@@ -66,19 +47,19 @@ def _run_studies(todo: list, trials: int, jobs: int, echo) -> dict:
 
         return {key: tune(template, trials=trials, study_name=study, echo=echo)[0]
                 for key, template, study in todo}
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from qbench.core.cores import worker_threads
+    from qbench.grid.backends.local import stop_workers, worker_pool
 
-    from qbench.grid.backends.local import worker_threads
-    from qbench.grid.worker import set_worker_threads
-
-    workers = min(jobs, len(todo))
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=set_worker_threads,
-                             initargs=(worker_threads(jobs),)) as pool:
+    pool = worker_pool(min(jobs, len(todo)), worker_threads(jobs))
+    try:
         futures = {key: pool.submit(_tune_study, template, trials, study, echo is not None)
                    for key, template, study in todo}
-        return {key: future.result() for key, future in futures.items()}
+        done = {key: future.result() for key, future in futures.items()}
+    except BaseException:
+        stop_workers(pool)
+        raise
+    pool.shutdown(wait=True)
+    return done
 
 
 def tune_cells(spec: dict, cells: list, request: Callable, *,

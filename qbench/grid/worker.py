@@ -10,39 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from qbench.core.cores import use_worker_threads
+from qbench.grid.cells import Outcome
 from qbench.run.results import load_result
 
 if TYPE_CHECKING:
-    from qbench.grid.gridfile import Cell
+    from qbench.grid.cells import Cell
 
-THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
-@dataclass
-class Outcome:
-    """What a worker reports about one cell. ``result``: the result record when the worker
-    could not write it itself (a remote backend); the driver then writes it to ``path``."""
-
-    stem: str
-    ok: bool
-    seconds: float
-    path: str | None = None
-    error_type: str = ""
-    message: str = ""
-    traceback: str = ""
-    result: dict | None = None
-
-
-# intra-op threads of this worker process (None: the main process, no limit)
-_WORKER_THREADS: int | None = None
 # the GPU of this worker process (None: runs keep the device they ask for)
 _WORKER_DEVICE: str | None = None
 
@@ -58,29 +38,11 @@ def set_worker_device(device: str, share: float = 1.0) -> None:
         torch.cuda.set_per_process_memory_fraction(share, torch.device(device))
 
 
-def set_worker_threads(threads: int) -> None:
-    """Make this worker process (of any backend) run with ``threads`` torch, faiss (OpenMP)
-    and BLAS threads: the environment is set for libraries not loaded yet, the ones already
-    loaded (numpy's and scipy's BLAS, imported with qbench) are limited through
-    threadpoolctl, and :func:`run_pipeline` calls ``torch.set_num_threads`` before each run.
-    """
-    from threadpoolctl import threadpool_limits
-
-    global _WORKER_THREADS
-    _WORKER_THREADS = threads
-    for name in THREAD_ENV:
-        os.environ[name] = str(threads)
-    threadpool_limits(limits=threads)
-
-
 def run_pipeline(request) -> tuple[Path, dict]:
     """The default runner: :func:`qbench.run.pipeline.run_experiment`, looked up at call time."""
     from qbench.run import pipeline
 
-    if _WORKER_THREADS is not None:
-        import torch
-
-        torch.set_num_threads(_WORKER_THREADS)
+    use_worker_threads()
     if _WORKER_DEVICE is not None and request.device in ("cuda", "auto"):
         request = dataclasses.replace(request, device=_WORKER_DEVICE)
     return pipeline.run_experiment(request)
@@ -105,29 +67,23 @@ def execute_cell(cell: Cell, out: Path, data_dir: Path | None, device: str,
     return Outcome(cell.stem, True, time.perf_counter() - started, path=str(path))
 
 
-def prepare_dataset_params(cell: Cell) -> dict:
-    """The cell's resolved dataset parameters."""
-    from qbench.registry import DATASETS
+def stage1_group(cell: Cell) -> tuple | None:
+    """The stage-1 encoder group of ``cell`` without loading data: cells with the same group
+    use the same cached encoder. None when its method trains none.
 
-    return DATASETS.resolve_params(cell.dataset, cell.dataset_params)
-
-
-def stage1_group(cell: Cell, out: Path, data_dir: Path | None) -> tuple | None:
-    """A cheap stand-in for the stage-1 encoder key of ``cell`` (no data loaded): cells with
-    the same group use the same cached encoder. None when its method trains none.
-
-    The group is (dataset, resolved dataset parameters, protocol, split seed, seed, the
-    method's engine parameters (:data:`qbench.train.engine.STAGE1_KEYS`), D, tanh); the exact key
-    adds the data and split checksums, equal for every cell of one grid.
+    The group is the part of the encoder key (:func:`qbench.train.encoder_cache.stage1_engine`
+    and the fields beside it) that a grid can know before loading data: dataset, resolved
+    dataset parameters, protocol, split seed, seed, the stage-1 engine fields, D, tanh; the
+    exact key adds the data and split checksums, equal for every cell of one grid.
     """
-    from qbench.run.pipeline import prepare
-    from qbench.train.engine import STAGE1_KEYS
+    from qbench.registry import METHODS
+    from qbench.train.encoder_cache import stage1_engine
 
-    method = prepare(cell.request(out, data_dir, "cpu")).method
+    method = METHODS.get(cell.method)(cell.resolved)
     spec = method.stage1_spec(cell.bits)
     if spec is None:
         return None
-    engine = {k: method.params.get(k) for k in STAGE1_KEYS}
-    return (cell.dataset, json.dumps(prepare_dataset_params(cell), sort_keys=True),
-            cell.protocol, cell.split_seed, cell.seed, json.dumps(engine, sort_keys=True),
+    return (cell.dataset, json.dumps(cell.resolved_dataset_params, sort_keys=True),
+            cell.protocol, cell.split_seed, cell.seed,
+            json.dumps(stage1_engine(method.params), sort_keys=True),
             int(spec[0]), bool(spec[1]))

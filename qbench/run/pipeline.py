@@ -8,20 +8,20 @@ written atomically, so a bad input never leaves a file behind.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from qbench.core.errors import QbenchError, choice_error
-from qbench.core.provenance import code_version, environment
+from qbench.core.provenance import code_version
+from qbench.core.validation import check_int
 from qbench.data.context import RunContext
 from qbench.data.pool import DEFAULT_POOL_SIZE, selection_pool
 from qbench.data.protocols import materialise
 from qbench.eval.evaluator import evaluate
 from qbench.registry import DATASETS, METHODS
-from qbench.run.results import SCHEMA_VERSION, result_filename, write_json_atomic
+from qbench.run.results import new_record, result_filename, write_json_atomic
 from qbench.train.selection import RULES
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -96,6 +96,24 @@ class Prepared:
     output_path: Path
 
 
+def check_data_dir(data_dir: Path | None) -> None:
+    """Raise unless ``data_dir`` (``--data-dir``) is None or a directory."""
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise QbenchError(f"--data-dir {data_dir} is not a directory")
+
+
+def resolve_method_params(method: str, params: dict, epochs: int | None = None) -> dict:
+    """The parameters ``method`` runs with: ``params`` checked and completed with the
+    declared defaults, ``epochs`` (``--epochs``) in place of the method's own where it
+    declares one. The one rule for a run, a grid cell and a tuning trial."""
+    requested = dict(params)
+    if epochs is not None:
+        check_int(epochs, "--epochs", low=1)
+        if any(p.name == "epochs" for p in METHODS.get(method).params):
+            requested["epochs"] = epochs
+    return METHODS.resolve_params(method, requested)
+
+
 def prepare(req: RunRequest) -> Prepared:
     """Validate every input of ``req`` (cheap checks only) and build the plugins."""
     if req.seed < 0:
@@ -106,20 +124,13 @@ def prepare(req: RunRequest) -> Prepared:
         raise choice_error("--select", req.select, RULES)
     if req.pool_size < 0:
         raise QbenchError(f"--pool-size must be >= 0 (0: all), got {req.pool_size}")
-    method_cls = METHODS.get(req.method)
+    method = METHODS.get(req.method)(resolve_method_params(req.method, req.method_params,
+                                                          req.epochs))
     dataset_cls = DATASETS.get(req.dataset)
-    mparams = dict(req.method_params)
-    if req.epochs is not None:
-        if req.epochs <= 0:
-            raise QbenchError(f"--epochs must be a positive integer, got {req.epochs}")
-        if any(p.name == "epochs" for p in method_cls.params):
-            mparams["epochs"] = req.epochs
-    method = method_cls(METHODS.resolve_params(req.method, mparams))
     if not isinstance(req.bits, int) or isinstance(req.bits, bool):
         raise QbenchError(f"--bits must be an integer, got {req.bits!r}")
     method.check_bits(req.bits)
-    if req.data_dir is not None and not Path(req.data_dir).is_dir():
-        raise QbenchError(f"--data-dir {req.data_dir} is not a directory")
+    check_data_dir(req.data_dir)
     dataset_plugin = dataset_cls(DATASETS.resolve_params(req.dataset, req.dataset_params),
                                  req.data_dir)
     protocol_spec = dataset_plugin.protocol(req.protocol)
@@ -159,16 +170,16 @@ def torch_settings(deterministic: bool, device: str):
 
 def _context(prep: Prepared) -> tuple[RunContext, float]:
     """Load the data, materialise the splits and the selection pool; (context, load_s)."""
-    from qbench.train.encoder_cache import EncoderCache, default_cache_dir
+    from qbench.train.encoder_cache import EncoderCache, cache_root
 
     req = prep.request
-    cache_root = (req.cache_dir or default_cache_dir(Path(req.out))) if req.use_cache else None
+    root = cache_root(req.cache_dir, req.out, req.use_cache)
     t0 = time.perf_counter()
-    dataset = prep.dataset_plugin.load_cached(cache_root)
+    dataset = prep.dataset_plugin.load_cached(root)
     load_s = time.perf_counter() - t0
     splits = materialise(dataset, prep.protocol_spec, req.split_seed, Path(req.out) / "splits")
     pool = selection_pool(splits, dataset.y, cap=req.pool_size, seed=req.split_seed)
-    cache = EncoderCache(cache_root) if cache_root is not None else None
+    cache = EncoderCache(root) if root is not None else None
     ctx = RunContext(dataset, splits, req.bits, req.seed, prep.device, req.progress,
                      select=req.select, pool=pool, cache=cache)
     return ctx, load_s
@@ -248,8 +259,7 @@ def _run(prep: Prepared) -> tuple[Path, dict]:
 
     timings = {"load_s": load_s, **output.timings, **ev.timings,
                "total_s": time.perf_counter() - started}
-    result = {
-        "schema_version": SCHEMA_VERSION,
+    result = new_record({
         "method": req.method,
         "family": prep.method.family,
         "description": prep.method.description,
@@ -281,8 +291,6 @@ def _run(prep: Prepared) -> tuple[Path, dict]:
             "queries_per_s": ev.timings.get("queries_per_s"),
         },
         "metric_card": ev.metric_card,
-        "env": environment(prep.device),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    }, device=prep.device)
     write_json_atomic(prep.output_path, result)
     return prep.output_path, result

@@ -5,6 +5,7 @@ A result is a JSON object; ``compare`` and the plots read only these files.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import math
 from pathlib import Path
@@ -98,6 +99,21 @@ def validate_result(data: Any, source: str = "result") -> dict:
     if "map_all" not in data["metrics"]:
         raise QbenchError(f"{source}: metrics lack 'map_all'")
     return data
+
+
+def new_record(fields: dict, *, kind: str | None = None, device: str | None = None) -> dict:
+    """A record as qbench writes it, stamped in one place: ``schema_version`` (and ``kind``
+    for records that are not run results: ``tuning``, ``evaluation``,
+    ``qbench-grid-failure``), then ``fields``, then the environment of ``device``
+    (:func:`qbench.core.provenance.environment`; omitted when None) and ``created`` (UTC,
+    seconds)."""
+    from qbench.core.provenance import environment
+
+    record = {"schema_version": SCHEMA_VERSION, **({"kind": kind} if kind else {}), **fields}
+    if device is not None:
+        record["env"] = environment(device)
+    record["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return record
 
 
 def read_json(path: Path, what: str = "") -> Any:

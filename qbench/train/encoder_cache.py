@@ -56,12 +56,27 @@ def default_cache_dir(out: Path) -> Path:
     return Path(env) if env else Path(out) / "cache"
 
 
+def cache_root(cache_dir: Path | None, out: Path, use_cache: bool = True) -> Path | None:
+    """The cache a run or grid uses: ``cache_dir`` (``--cache-dir``), else
+    :func:`default_cache_dir` of ``out``; None with ``--no-cache``."""
+    if not use_cache:
+        return None
+    return Path(cache_dir) if cache_dir else default_cache_dir(Path(out))
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def stage1_engine(params: dict) -> dict:
+    """The engine parameters that determine a stage-1 training, as a method resolved them:
+    the one definition behind the cache key (:func:`encoder_fields`) and a grid's grouping
+    of cells by encoder (:func:`qbench.grid.worker.stage1_group`)."""
+    return {k: params[k] for k in STAGE1_KEYS}
 
 
 def encoder_fields(ctx: RunContext, params: dict, dim: int, tanh: bool) -> dict:
@@ -75,7 +90,7 @@ def encoder_fields(ctx: RunContext, params: dict, dim: int, tanh: bool) -> dict:
         "protocol": ctx.splits.protocol,
         "split_checksum": ctx.splits.checksum,
         "seed": ctx.seed,
-        "engine": {**{k: params[k] for k in STAGE1_KEYS},
+        "engine": {**stage1_engine(params),
                    "encoder": resolve_encoder(params["encoder"], ctx.dataset.modality,
                                               ctx.device),
                    "epochs": training_epochs(params, ctx.dataset.modality)},

@@ -13,6 +13,7 @@ from qbench.core.errors import QbenchError
 from qbench.core.provenance import code_version
 from qbench.data.protocols import materialise
 from qbench.grid import runner as grid_module
+from qbench.grid.backends import make_backend
 from qbench.grid.gridfile import expand_grid, load_grid
 from qbench.grid.runner import run_grid
 from qbench.run.pipeline import prepare
@@ -165,7 +166,7 @@ def test_interrupted_grid_resumes_without_redoing_or_losing_finished_runs(tmp_pa
 
 def test_parallel_jobs_run_each_cell_once_in_worker_processes(tmp_path):
     grid, out = write_grid(tmp_path), tmp_path / "out"
-    summary = run_grid(grid, out=out, runner=failing_run, jobs=2)
+    summary = run_grid(grid, out=out, runner=failing_run, backend=make_backend("local", jobs=2))
     assert len(summary.done) == 9 and len(summary.failed) == 3
     log = (out / "calls.log").read_text().split("\n")
     pids = {line.split()[0] for line in log if line}
@@ -188,8 +189,8 @@ def thread_reporting_run(req):
 
 def test_parallel_workers_limit_every_thread_pool_to_their_share_of_the_cores(tmp_path):
     grid, out = write_grid(tmp_path, methods=["pq"], bits=[12], seeds=[0, 1]), tmp_path / "out"
-    run_grid(grid, out=out, runner=thread_reporting_run, jobs=2)
-    from qbench.grid.backends.local import worker_threads
+    run_grid(grid, out=out, runner=thread_reporting_run, backend=make_backend("local", jobs=2))
+    from qbench.core.cores import worker_threads
 
     assert (out / "threads.log").read_text().split() == [str(worker_threads(2))] * 2
 
@@ -223,7 +224,7 @@ def test_unreadable_grid_file_and_bad_jobs(tmp_path):
     with pytest.raises(QbenchError, match=r"bad\.json: not valid JSON"):
         run_grid(bad, out=tmp_path)
     with pytest.raises(QbenchError, match="--jobs must be a positive integer"):
-        run_grid(write_grid(tmp_path), out=tmp_path, jobs=0)
+        run_grid(write_grid(tmp_path), out=tmp_path, backend=make_backend("local", jobs=0))
 
 
 def test_cli_grid_command_reports_and_exits_nonzero_on_failures(tmp_path, monkeypatch):
@@ -314,7 +315,8 @@ def test_ray_backend_without_ray_installed_is_a_one_line_error(tmp_path, monkeyp
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
     with pytest.raises(QbenchError, match=r"needs Ray, which is not installed: "
                                           r"pip install 'qbench\[ray\]'"):
-        run_grid(write_grid(tmp_path), out=tmp_path / "out", backend="ray", runner=fake_run)
+        run_grid(write_grid(tmp_path), out=tmp_path / "out", backend=make_backend("ray"),
+                 runner=fake_run)
     assert CALLS == []
 
 
@@ -358,7 +360,7 @@ def dying_run(req):
 
 def test_a_worker_that_dies_loses_only_its_own_run(tmp_path):
     grid, out = write_grid(tmp_path), tmp_path / "out"
-    summary = run_grid(grid, out=out, runner=dying_run, jobs=2)
+    summary = run_grid(grid, out=out, runner=dying_run, backend=make_backend("local", jobs=2))
     assert summary.failed == ["digits-standard-pq-24b-seed0"]
     assert len(summary.done) == 11
     record = json.loads((out / "failed" / "digits-standard-pq-24b-seed0.failed.json").read_text())
@@ -381,7 +383,7 @@ def test_workers_spread_over_the_visible_gpus(monkeypatch):
 
 def test_parallel_workers_get_cells_of_different_seeds_side_by_side():
     from qbench.grid.backends.local import interleave_seeds
-    from qbench.grid.gridfile import Cell
+    from qbench.grid.cells import Cell
 
     cells = [Cell("digits", "standard", m, m, 12, s) for s in (0, 1) for m in ("float", "itq")]
     cells.append(Cell("digits", "standard", "sign", "sign", 12, 0))
@@ -395,7 +397,7 @@ def test_tuned_grid_with_jobs_runs_studies_side_by_side_with_the_same_outcome(tm
     tunings = {}
     for jobs in (1, 2):
         out = tmp_path / f"jobs{jobs}"
-        summary = run_grid(grid, out=out, jobs=jobs, progress=False)
+        summary = run_grid(grid, out=out, backend=make_backend("local", jobs=jobs), progress=False)
         assert not summary.failed and len(summary.done) == 2
         tunings[jobs] = {p.name: load_result(p)["tuning"] for p in out.glob("*.json")}
     assert tunings[1] == tunings[2]  # the same seeded studies, in workers or not

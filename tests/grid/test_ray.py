@@ -18,8 +18,9 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'qbench[ray]'")
 
 from qbench.core.errors import QbenchError  # noqa: E402
-from qbench.grid.backends import ray as ray_backend  # noqa: E402 -- only once Ray is there
-from qbench.grid.backends.base import RunResources  # noqa: E402
+from qbench.grid import cluster as ray_cluster  # noqa: E402 -- only once Ray is there
+from qbench.grid.backends import make_backend  # noqa: E402
+from qbench.grid.cells import RunResources  # noqa: E402
 from qbench.grid.runner import run_grid  # noqa: E402
 from qbench.run.pipeline import run_experiment  # noqa: E402
 from qbench.run.results import load_result  # noqa: E402
@@ -51,7 +52,7 @@ def test_ray_grid_gives_the_local_results_trains_each_encoder_once_and_reruns_as
         cluster, tmp_path, monkeypatch):
     grid = write_grid(tmp_path, ["float", "two-stage-pq"], [12, 24])
     local = run_grid(grid, out=tmp_path / "local", device="cpu")
-    on_ray = run_grid(grid, out=tmp_path / "ray", device="cpu", backend="ray")
+    on_ray = run_grid(grid, out=tmp_path / "ray", device="cpu", backend=make_backend("ray"))
     assert len(local.done) == len(on_ray.done) == 4 and not on_ray.failed, on_ray.describe()
     names = sorted(p.name for p in (tmp_path / "local").glob("*.json"))
     assert names == sorted(p.name for p in (tmp_path / "ray").glob("*.json"))
@@ -65,8 +66,10 @@ def test_ray_grid_gives_the_local_results_trains_each_encoder_once_and_reruns_as
     assert not list((tmp_path / "ray").glob("**/*.part"))
 
     connects = []
+    import qbench.grid.backends.ray as ray_backend
+
     monkeypatch.setattr(ray_backend, "connect", lambda address: connects.append(address))
-    again = run_grid(grid, out=tmp_path / "ray", device="cpu", backend="ray")
+    again = run_grid(grid, out=tmp_path / "ray", device="cpu", backend=make_backend("ray"))
     assert len(again.skipped) == 4 and not again.done and connects == []
 
 
@@ -89,7 +92,7 @@ def crashing_or_failing_runner(req):
 def test_a_killed_worker_is_retried_and_a_failing_run_is_isolated(cluster, tmp_path):
     grid = write_grid(tmp_path, ["float", "pq"], [12])
     out = tmp_path / "out"
-    summary = run_grid(grid, out=out, device="cpu", backend="ray",
+    summary = run_grid(grid, out=out, device="cpu", backend=make_backend("ray"),
                        runner=crashing_or_failing_runner)
     assert summary.done == ["digits-standard-float-12b-seed0"], summary.describe()
     assert summary.failed == ["digits-standard-pq-12b-seed0"]
@@ -108,18 +111,18 @@ def test_resources_no_node_can_hold_are_refused_before_anything_runs(
         cluster, tmp_path, gpus, resources, message):
     grid = write_grid(tmp_path, ["pq"], [12], resources=resources)
     with pytest.raises(QbenchError, match=message):
-        run_grid(grid, out=tmp_path / "out", backend="ray", gpus_per_run=gpus)
+        run_grid(grid, out=tmp_path / "out", backend=make_backend("ray"), gpus_per_run=gpus)
     assert not list((tmp_path / "out").glob("*.json"))
 
 
 def test_a_folder_a_node_does_not_share_is_reported(cluster, tmp_path):
     (tmp_path / "shared").mkdir()
     (tmp_path / "shared" / "m").touch()
-    problems = ray_backend._probe_folders([("--out", str(tmp_path / "shared"), "m"),
+    problems = ray_cluster._probe_folders([("--out", str(tmp_path / "shared"), "m"),
                                            ("the cache", str(tmp_path / "elsewhere"), "m")])
     assert len(problems) == 1 and problems[0].startswith(
         f"the cache {tmp_path / 'elsewhere'} is not the driver's folder on node")
-    ray_backend.check_folders({"--out": tmp_path / "shared"})
+    ray_cluster.check_folders({"--out": tmp_path / "shared"})
 
 
 def test_an_unreachable_address_is_a_one_line_error(tmp_path):
@@ -150,7 +153,7 @@ def test_trials_run_in_parallel_tasks_and_only_the_driver_tells(cluster):
     def tell(token, value, error):
         told[token] = (value, None if error is None else str(error))
 
-    ray_backend.run_trials(ask, evaluate, tell, parallel=2,
+    ray_cluster.run_trials(ask, evaluate, tell, parallel=2,
                            resources=RunResources(cpu=1))
     assert told == {0: (0, None), 1: (1, None), 2: (None, "x=2 diverged"), 3: (9, None)}
 
@@ -160,8 +163,8 @@ def test_tune_on_ray_runs_trials_as_tasks_and_the_study_resumes(cluster, tmp_pat
     from qbench.run.pipeline import RunRequest
 
     template = RunRequest(method="dqn", bits=12, epochs=3, out=tmp_path, device="cpu")
-    path, record = tune(template, trials=3, backend="ray", parallel=2)
+    path, record = tune(template, trials=3, backend=make_backend("ray"), parallel=2)
     assert record["trials"]["complete"] == 3 and 0 < record["best_value"] <= 1
     assert set(record["best_params"]) == {"lam", "refit_every"}
-    _, again = tune(template, trials=3, backend="ray", parallel=2)  # nothing missing
+    _, again = tune(template, trials=3, backend=make_backend("ray"), parallel=2)  # nothing missing
     assert again["trials"] == record["trials"] and again["best_value"] == record["best_value"]

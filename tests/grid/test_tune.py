@@ -16,7 +16,8 @@ import qbench.grid.tune as tune_module
 from qbench.cli import cli
 from qbench.core.errors import QbenchError
 from qbench.grid import storage as studies
-from qbench.grid.tune import load_tuned_params, tune
+from qbench.grid.tune import tune
+from qbench.grid.tuned_params import load_tuned_params
 from qbench.methods import Method
 from qbench.registry import METHODS, Param, Space
 from qbench.run.pipeline import RunRequest
@@ -232,7 +233,7 @@ def test_a_repeated_point_of_a_discrete_space_is_not_run_again(tmp_path):
 
 def test_repeated_points_are_not_run_again_on_the_ask_and_tell_path(tmp_path, monkeypatch):
     """The Ray path (ask, run as a task, tell), with an in-process stand-in for Ray."""
-    import qbench.grid.backends.ray
+    import qbench.grid.cluster
     import qbench.run.pipeline
 
     evaluated = []
@@ -249,7 +250,7 @@ def test_repeated_points_are_not_run_again_on_the_ask_and_tell_path(tmp_path, mo
             tell(token, evaluate(params), None)
 
     monkeypatch.setattr(qbench.run.pipeline, "run_selection", fake_run_selection, raising=False)
-    monkeypatch.setattr(qbench.grid.backends.ray, "run_trials", run_trials)
+    monkeypatch.setattr(qbench.grid.cluster, "run_trials", run_trials)
     lines = []
     _, record = tune(template(tmp_path, method_params={"lam": "0.1", "k": "2"}), trials=6,
                      backend="ray", echo=lines.append)
@@ -384,7 +385,7 @@ def test_params_from_with_an_unknown_or_out_of_range_value_is_refused(tmp_path, 
 
 
 @pytest.mark.parametrize("content, message", [(None, "no such file"),
-                                              ("{oops", "not a JSON file"),
+                                              ("{oops", "not valid JSON"),
                                               ('{"kind": "run"}', "not a qbench tune summary")])
 def test_params_from_a_file_that_is_not_a_summary_is_refused(tmp_path, content, message):
     path = tmp_path / "tuned.json"

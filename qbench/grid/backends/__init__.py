@@ -1,2 +1,39 @@
 """Where a grid's cells run: one module per backend behind the small protocol of
-:mod:`.base`."""
+:mod:`.base`, and the one place that names them (:func:`make_backend`, as optuna's
+``storages/__init__.py`` names its storages above their modules).
+
+- ``local`` (:mod:`.local`): this process, or ``jobs`` spawned processes;
+- ``ray`` (:mod:`.ray`): Ray tasks on a cluster (the ``ray`` extra:
+  ``pip install 'qbench[ray]'``); Ray itself is imported only by :mod:`qbench.grid.cluster`.
+"""
+
+from __future__ import annotations
+
+from qbench.core.errors import QbenchError, choice_error
+from qbench.core.validation import is_int
+from qbench.grid.backends.base import Backend
+
+BACKENDS = ("local", "ray")
+
+
+def make_backend(name: str, *, jobs: int = 1, address: str | None = None) -> Backend:
+    """The backend called ``name``, its options checked; nothing is started yet.
+
+    ``jobs``: local worker processes (the Ray backend runs one study at a time from the
+    driver and ignores it). ``address``: the Ray cluster (None joins the local cluster or
+    starts one, "auto", "HOST:PORT" or "ray://HOST:PORT").
+    """
+    if name == "local":
+        if not is_int(jobs) or jobs < 1:
+            raise QbenchError(f"--jobs must be a positive integer, got {jobs!r}")
+        from qbench.grid.backends.local import LocalBackend
+
+        return LocalBackend(jobs)
+    if name == "ray":
+        from qbench.grid.backends.ray import RayBackend
+
+        return RayBackend(address)
+    raise choice_error("--backend", name, BACKENDS)
+
+
+__all__ = ["BACKENDS", "Backend", "make_backend"]

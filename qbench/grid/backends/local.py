@@ -19,18 +19,12 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qbench.core.cores import available_cores
-from qbench.grid.backends.base import CellOptions
-from qbench.grid.worker import Outcome, execute_cell, set_worker_device, set_worker_threads
+from qbench.core.cores import set_worker_threads, worker_threads
+from qbench.grid.cells import CellOptions, Outcome
+from qbench.grid.worker import execute_cell, set_worker_device
 
 if TYPE_CHECKING:
-    from qbench.grid.gridfile import Cell
-
-
-def worker_threads(jobs: int) -> int:
-    """Threads per worker: the usable cores shared out, at least 1 (1 each for 2 jobs on 2
-    cores; oversubscribed OpenMP threads spin and slow small runs down many times)."""
-    return max(1, available_cores() // jobs)
+    from qbench.grid.cells import Cell
 
 
 MAX_ATTEMPTS = 2
@@ -63,7 +57,7 @@ def worker_devices(device: str, jobs: int) -> list[str] | None:
 
 
 def _init_worker(threads: int, devices: list[str] | None, counter) -> None:
-    """Worker initializer: threads (:func:`qbench.grid.worker.set_worker_threads`), its GPU (one
+    """Worker initializer: threads (:func:`qbench.core.cores.set_worker_threads`), its GPU (one
     of ``devices``, by the order workers start, with a share of its memory), signals and a
     watch on the parent process.
 
@@ -91,8 +85,10 @@ def _init_worker(threads: int, devices: list[str] | None, counter) -> None:
 class LocalBackend:
     """Cells in this process (``jobs`` = 1 or a single cell) or a ``spawn`` process pool."""
 
-    def __init__(self, jobs: int):
-        self.jobs = jobs  # checked by qbench.grid.runner.run_grid
+    name = "local"
+
+    def __init__(self, jobs: int = 1):
+        self.jobs = jobs  # checked by qbench.grid.backends.make_backend
 
     def run(self, cells: list[Cell], options: CellOptions,
             report: Callable[[Outcome], None]) -> None:
@@ -111,14 +107,13 @@ class LocalBackend:
         (a marker file per running cell tells) are retried one at a time, each in a pool of
         its own, so that only a run under which a worker dies again is recorded as failed;
         the cells that had not started go to a fresh pool of ``jobs`` workers."""
-        context = multiprocessing.get_context("spawn")
         devices = worker_devices(options.device, self.jobs)
         with tempfile.TemporaryDirectory(prefix="qbench-running-") as running:
             todo, suspects = interleave_seeds(cells), []
             while todo:
                 unstarted = []
-                for cell, outcome in self._pool_pass(todo, options, devices, context,
-                                                     self.jobs, running):
+                for cell, outcome in self._pool_pass(todo, options, devices, self.jobs,
+                                                     running):
                     if outcome is not None:
                         report(outcome)
                     elif (Path(running) / cell.stem).exists():
@@ -127,19 +122,16 @@ class LocalBackend:
                         unstarted.append(cell)
                 todo = unstarted
             for cell in suspects:  # one at a time: a death is this cell's own
-                (_, outcome), = self._pool_pass([cell], options, devices, context, 1, running)
+                (_, outcome), = self._pool_pass([cell], options, devices, 1, running)
                 report(outcome or Outcome(
                     cell.stem, False, 0.0, error_type="BrokenProcessPool",
                     message=f"a worker process died under this run {MAX_ATTEMPTS} times "
                             "(killed, out of memory or a crash)"))
 
-    def _pool_pass(self, cells: list[Cell], options: CellOptions, devices, context,
-                   workers: int, running: str):
+    def _pool_pass(self, cells: list[Cell], options: CellOptions, devices, workers: int,
+                   running: str):
         """Yield (cell, outcome) as cells finish; outcome None when the pool broke under it."""
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                                   initializer=_init_worker,
-                                   initargs=(worker_threads(self.jobs), devices,
-                                             context.Value("i", 0)))
+        pool = worker_pool(workers, worker_threads(self.jobs), devices)
         try:
             futures = {pool.submit(_tracked_cell, running, c, options): c for c in cells}
             remaining = set(futures)
@@ -151,9 +143,21 @@ class LocalBackend:
                     except BrokenProcessPool:
                         yield futures[fut], None
         except BaseException:
-            _stop_workers(pool)
+            stop_workers(pool)
             raise
         pool.shutdown(wait=True)
+
+
+def worker_pool(workers: int, threads: int,
+                devices: list[str] | None = None) -> ProcessPoolExecutor:
+    """A ``spawn`` pool of ``workers`` processes with ``threads`` threads each, a GPU each
+    from ``devices``, Ctrl-C left to the parent and a watch on it (see
+    :func:`_init_worker`): the one process pool of the grid, for cells and tuning studies
+    alike. Stop it with :func:`stop_workers` on an error."""
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                               initializer=_init_worker,
+                               initargs=(threads, devices, context.Value("i", 0)))
 
 
 def _tracked_cell(running: str, cell: Cell, options: CellOptions) -> Outcome:
@@ -166,7 +170,7 @@ def _tracked_cell(running: str, cell: Cell, options: CellOptions) -> Outcome:
     return outcome
 
 
-def _stop_workers(pool: ProcessPoolExecutor) -> None:
+def stop_workers(pool: ProcessPoolExecutor) -> None:
     """Cancel queued cells and terminate the workers now (Ctrl-C, kill, an error here).
 
     Their unfinished runs are dropped; finished results were written atomically.

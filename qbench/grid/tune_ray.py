@@ -1,0 +1,77 @@
+"""Tuning trials as Ray tasks: ask-and-tell, the driver alone talking to the study (so the
+default SQLite storage works), up to ``parallel`` trials at once on the cluster
+(:func:`qbench.grid.cluster.run_trials`)."""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import replace
+
+from qbench.core.errors import one_line
+from qbench.grid.storage import optuna_module
+from qbench.grid.trials import completed_with, outcome, replay, suggest, trial_request, trial_value
+
+
+def remote_selection(template, params: dict) -> dict:
+    """One trial on a Ray worker: the selection record of the pipeline with ``params``."""
+    from qbench.run.pipeline import run_selection
+
+    return run_selection(trial_request(template, params))
+
+
+def optimize_on_ray(study, space: dict, template, remaining: int, *, timeout: float | None,
+                     parallel: int, address: str | None, gpus_per_run: float | None,
+                     callback: Callable) -> None:
+    """Ask-and-tell: ``remaining`` trials, ``parallel`` at a time, as Ray tasks."""
+    from qbench.grid.cells import RunResources
+    from qbench.grid.cluster import run_trials, task_device
+
+    optuna = optuna_module()
+    state = optuna.trial.TrialState
+    resources = RunResources(cpu=1, gpu=gpus_per_run or 0.0)
+    run_template = replace(template, device=task_device(template.device, resources))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    asked = [0]
+
+    def ask():
+        while True:
+            if asked[0] >= remaining or (deadline is not None and time.monotonic() > deadline):
+                return None
+            asked[0] += 1
+            with warnings.catch_warnings():  # ask-and-tell: this driver is the heartbeat
+                warnings.filterwarnings("ignore", "Heartbeat of storage")
+                trial = study.ask()
+            params = {k: suggest(trial, k, p) for k, p in space.items()}
+            earlier = completed_with(trial, params)
+            if earlier is None:
+                return trial, params
+            if replay(trial, earlier) is not None:  # told at once, no task
+                study.tell(trial, state=state.PRUNED)
+            else:
+                study.tell(trial, earlier.value)
+            callback(study, study.get_trials(deepcopy=False)[trial.number])
+
+    def tell(trial, selection, error) -> None:
+        if error is not None:
+            trial.set_user_attr("fail_reason", one_line(error))
+            study.tell(trial, state=state.FAIL)
+        else:
+            for epoch, value in zip(selection["epochs"], selection["values"]):
+                if value is not None and math.isfinite(value):
+                    trial.report(value, epoch)
+            ending, value, reason = outcome(trial_value(selection), trial.should_prune())
+            if ending == "pruned":
+                study.tell(trial, state=state.PRUNED)
+            elif ending == "fail":
+                trial.set_user_attr("fail_reason", reason)
+                study.tell(trial, state=state.FAIL)
+            else:
+                study.tell(trial, value)
+        callback(study, study.get_trials(deepcopy=False)[trial.number])
+
+    run_trials(ask, functools.partial(remote_selection, run_template), tell,
+               parallel=parallel, address=address, resources=resources)

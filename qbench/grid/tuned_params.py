@@ -1,0 +1,47 @@
+"""Reading a tuning summary back: the parameters that ``qbench tune``'s JSON gives a run
+(``--params-from``, a grid's final runs), checked against the method, dataset and bits it
+was tuned for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qbench.core.errors import QbenchError
+from qbench.registry import METHODS
+from qbench.run.results import read_json
+
+
+def load_tuned_params(path: Path, method: str, dataset: str, bits: int, *,
+                      protocol: str | None = None) -> tuple[dict, dict]:
+    """The parameters a tuning summary (``qbench tune``'s JSON) gives a run, validated.
+
+    A method study applies to its method, dataset and bits only; a shared (stage-1) study
+    to any method of its dataset that declares those parameters. ``protocol``: also
+    checked when given. Returns ``(params, tuning)``: the study's fixed parameters updated
+    by its best ones (name -> parsed value), and the record a result carries,
+    ``{"trials": finished trials, "best_value": ..., "study": name, "best_params": {...}}``.
+    Unknown parameters and out-of-range values raise :class:`QbenchError`.
+    """
+    path = Path(path)
+    record = read_json(path, "--params-from")
+    keys = ("scope", "method", "dataset", "bits", "fixed", "best_params", "best_value",
+            "trials", "study")
+    if not isinstance(record, dict) or record.get("kind") != "tuning" or \
+            any(k not in record for k in keys):
+        raise QbenchError(f"--params-from {path}: not a qbench tune summary (needs kind "
+                          f"'tuning' and {', '.join(keys)})")
+    wanted = {"dataset": dataset, "protocol": protocol}
+    if record["scope"] == "method":
+        wanted.update(method=method, bits=bits)
+    for key, value in wanted.items():
+        if value is not None and record.get(key) != value:
+            raise QbenchError(f"--params-from {path} was tuned for {key} {record.get(key)!r}, "
+                              f"not {value!r}")
+    given = {**record["fixed"], **record["best_params"]}
+    resolved = METHODS.resolve_params(method, given)
+    params = {k: resolved[k] for k in given}
+    trials = record["trials"]
+    tuning = {"trials": trials.get("complete", 0) + trials.get("pruned", 0),
+              "best_value": record["best_value"], "study": record["study"],
+              "best_params": {k: params[k] for k in record["best_params"]}}
+    return params, tuning
