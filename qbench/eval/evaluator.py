@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qbench.core.cores import cpu_share
-from qbench.core.validation import check_int
 from qbench.core.errors import QbenchError
+from qbench.core.validation import check_int
 from qbench.eval import metrics as M
 from qbench.eval.search import (
     BlockRanking,
