@@ -81,6 +81,8 @@ class Param:
     optionally the allowed ``choices`` or the allowed range ``minimum``..``maximum``, and
     optionally its search space ``tune`` (checked against the type, range and choices when
     the parameter is declared: a space outside what the parameter allows is a ValueError).
+    A float parameter must be finite (NaN and infinity pass no range check) unless it is
+    declared with ``finite=False``.
     """
 
     name: str
@@ -91,6 +93,7 @@ class Param:
     minimum: float | None = None
     maximum: float | None = None
     tune: Space | None = None
+    finite: bool = True
 
     def __post_init__(self) -> None:
         if self.tune is not None:
@@ -116,6 +119,11 @@ class Param:
         if space.low < lo or space.high > hi:
             raise ValueError(f"{where} lies outside the allowed range {lo:g}..{hi:g}")
 
+    def _range(self) -> str:
+        lo = "-inf" if self.minimum is None else f"{self.minimum:g}"
+        hi = "inf" if self.maximum is None else f"{self.maximum:g}"
+        return f"[{lo}, {hi}]"
+
     def parse(self, value: Any, owner: str = "") -> Any:
         """Convert a value (often the text after ``-p key=``) to this parameter's type."""
         where = f" of {owner}" if owner else ""
@@ -135,10 +143,13 @@ class Param:
                 raise ValueError
             else:
                 out = self.type(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise QbenchError(
                 f"parameter {self.name}{where}: {value!r} is not a valid {self.type.__name__}"
             ) from None
+        if self.type is float and self.finite and not math.isfinite(out):
+            raise QbenchError(f"parameter {self.name}{where}: {out!r} is not allowed; allowed: "
+                              f"a finite number in {self._range()}")
         if self.minimum is not None and out < self.minimum:
             raise QbenchError(
                 f"parameter {self.name}{where}: {out!r} is below the minimum {self.minimum!r}"

@@ -79,6 +79,8 @@ def _assert_clean_error(result, tmp_path, *fragments):
         (["-p", "nope=1"], ["'nope'", "allowed:"]),
         (["-p", "dim=abc"], ["dim", "'abc'", "int"]),
         (["-p", "loss=hinge"], ["'hinge'", "allowed: cosine, ip"]),
+        (["-p", "lr=nan"], ["parameter lr", "nan", "allowed: a finite number"]),
+        (["-p", "weight_decay=inf"], ["parameter weight_decay", "inf", "a finite number"]),
         (["-p", "dim"], ["key=value", "'dim'"]),
         (["--device", "tpu"], ["'tpu'", "allowed: auto, cpu, cuda, cuda:N"]),
         (["--device", "cuda:x"], ["'cuda:x'", "cuda:N"]),

@@ -151,3 +151,17 @@ def test_space_of_separates_a_methods_own_knobs_from_the_shared_stage1_knobs():
 
     assert list(space_of(Plugin)) == ["lam"]
     assert list(space_of(Plugin, shared=True)) == ["lr"]
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "1e400"])
+def test_non_finite_floats_are_refused_naming_the_value_and_the_range(text):
+    param = Param("lr", float, 0.01, "learning rate", minimum=0.0)
+    with pytest.raises(QbenchError, match=r"parameter lr: .* is not allowed; allowed: a finite "
+                                          r"number in \[0, inf\]"):
+        param.parse(text)
+    assert Param("x", float, 0.0, "declared non-finite", finite=False).parse(text) != 0.0
+
+
+def test_an_infinite_int_is_a_one_line_error():
+    with pytest.raises(QbenchError, match="parameter hidden: inf is not a valid int"):
+        Param("hidden", int, 1, "width").parse(float("inf"))

@@ -169,6 +169,9 @@ def _check_common(obj: dict, where: str) -> None:
         if key in obj and (not isinstance(obj[key], list) or not obj[key]
                            or not all(is_int(v) and v >= low for v in obj[key])):
             raise QbenchError(f"{where}: '{key}' must be a non-empty list of integers >= {low}")
+        if key in obj and len(set(obj[key])) != len(obj[key]):
+            twice = next(v for v in obj[key] if obj[key].count(v) > 1)
+            raise QbenchError(f"{where}: '{key}' lists {twice} twice; each value once")
     params = obj.get("params", {})
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
         raise QbenchError(f"{where}: 'params' must map method names (or '*') to objects")
@@ -201,6 +204,9 @@ def expand_grid(grid: dict, dataset: str, *, seeds: list[int] | None = None,
     if seeds is not None:
         if not seeds or not all(is_int(s) and s >= 0 for s in seeds):
             raise QbenchError(f"--seeds must be integers >= 0, got {seeds!r}")
+        if len(set(seeds)) != len(seeds):
+            twice = next(s for s in seeds if seeds.count(s) > 1)
+            raise QbenchError(f"--seeds lists {twice} twice; each seed once")
         seed_list = list(seeds)
     else:
         seed_list = block.get("seeds", grid.get("seeds", [0]))

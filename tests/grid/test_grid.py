@@ -403,3 +403,16 @@ def test_tuned_grid_with_jobs_runs_studies_side_by_side_with_the_same_outcome(tm
     assert tunings[1] == tunings[2]  # the same seeded studies, in workers or not
     assert {t["study"] for t in tunings[2].values()} == {
         "digits-standard-dqn-12b-seed2", "digits-standard-householder-12b-seed2"}
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"bits": [16, 16]}, "'bits' lists 16 twice"),
+    ({"seeds": [0, 0]}, "'seeds' lists 0 twice"),
+])
+def test_a_value_listed_twice_in_a_grid_is_refused_before_anything_runs(tmp_path, changes,
+                                                                         message):
+    with pytest.raises(QbenchError, match=message):
+        run_grid(write_grid(tmp_path, **changes), out=tmp_path / "out", runner=fake_run)
+    with pytest.raises(QbenchError, match="--seeds lists 1 twice"):
+        run_grid(write_grid(tmp_path), out=tmp_path / "out", runner=fake_run, seeds=[1, 1])
+    assert CALLS == [] and not list(tmp_path.glob("out/**/*.json"))
