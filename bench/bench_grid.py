@@ -204,7 +204,8 @@ def qbench_loop(encoder: str, epochs: int = 2, n_embed: int = 20_000, *,
     from qbench.data.protocols import make_splits
     from qbench.methods import RunContext
     from qbench.registry import DATASETS
-    from qbench.train.engine import ENGINE_PARAMS, Trainer
+    from qbench.train.params import ENGINE_PARAMS
+    from qbench.train.trainer import Trainer
 
     rng = np.random.default_rng(0)
     n = 27_000

@@ -39,14 +39,9 @@ from qbench.methods._trained import PQRepresentation, select_and_encode
 from qbench.quant import ProductQuantizer
 from qbench.registry import Param, Space
 from qbench.train.encoder_cache import stage1_encoder
-from qbench.train.engine import (
-    ENGINE_PARAMS,
-    Hooks,
-    TrainedEncoder,
-    Trainer,
-    training_epochs,
-    warmup_epochs,
-)
+from qbench.train.params import ENGINE_PARAMS, training_epochs, warmup_epochs
+from qbench.train.trained_encoder import TrainedEncoder
+from qbench.train.trainer import Hooks, Trainer
 
 REFIT_NITER = 15
 """k-means iterations per refit; refits after the first are warm-started from the last C."""
@@ -244,10 +239,9 @@ class JointMethod(Method):
         if ctx.cache is not None and hooks.warmup == warmup_epochs(trainer.epochs):
             base = stage1_encoder(ctx, self.params, dim, tanh=tanh)
             warm, stage1_s = base.snapshot, base.train_s
-            used = {"key": base.cache_key, "cache": base.cache_status}
+            used = base.provenance
         trainer.fit(resume=warm)
-        encoder = TrainedEncoder(trainer, trainer.candidates, trainer.summary(),
-                                 trainer.train_s, progress=ctx.progress)
+        encoder = TrainedEncoder.from_trainer(trainer, progress=ctx.progress)
         encoder.cache_key, encoder.cache_status = used["key"], used["cache"]
         pq = PQRepresentation(lambda: ProductQuantizer(subspaces, nbits, seed=ctx.seed),
                               subspaces, hooks.to_space_np)

@@ -3,7 +3,8 @@ own representation, embed query and database with it, and report.
 
 A method supplies ``represent(train, val, pool) -> (codes, fitted)`` (the same function
 scores candidates and produces the fitted quantizer of the chosen one) and ``encode(fitted,
-query, database) -> codes``; :func:`select_and_encode` does the rest. Embeddings handed to
+query, database) -> codes``, and optionally a stage fitted after selection on the chosen
+candidate (``fit_after``); :func:`select_and_encode` does the rest. Embeddings handed to
 both are the encoder's raw outputs; methods normalise them as their representation needs.
 """
 
@@ -17,39 +18,54 @@ import numpy as np
 from qbench.core.codes import Codes, FloatCodes, PQCodes
 from qbench.data.context import RunContext
 from qbench.methods._base import MethodOutput, l2_normalise, pad_columns
-from qbench.train.engine import TrainedEncoder
 from qbench.train.selection import Represent, select
+from qbench.train.trained_encoder import TrainedEncoder
 
 
 def select_and_encode(ctx: RunContext, encoder: TrainedEncoder, represent: Represent,
                       encode: Callable[[object, np.ndarray, np.ndarray], Codes], *,
                       info: dict, describe: Callable[[object], dict] | None = None,
                       float_space: Callable[[np.ndarray], np.ndarray] = l2_normalise,
+                      fit_after: Callable[[int], object] | None = None,
+                      tuning_value: Callable[[object, int], float] | None = None,
                       ) -> MethodOutput:
     """The method output of ``encoder`` under one model-selection rule (``ctx.select``).
 
     ``describe(fitted)`` adds what the chosen fit reports to ``info``; ``float_space`` maps
     raw embeddings to the method's own float representation, ranked by cosine for retention
     (default: L2-normalised).
+
+    ``fit_after(epoch) -> fitted``: a stage fitted on the chosen candidate after selection
+    (Householder's rotation); its result replaces the selection's fit for ``encode`` and
+    ``describe``, its seconds are ``fit_s`` and the selection's own fits count into
+    ``select_s``. ``tuning_value(fitted, epoch)``: what tuning maximises when it is not the
+    selection's chosen value, recorded as ``selection.tuning_value``.
     """
     choice = select(encoder, ctx.splits.train, ctx.pool, ctx.dataset.y, represent, ctx.select)
+    fitted, timings = choice.fitted, {"train_s": encoder.train_s, "select_s": choice.select_s,
+                                      "fit_s": choice.fit_s}
+    if fit_after is not None:
+        start = time.perf_counter()
+        fitted = fit_after(choice.epoch)
+        timings.update(select_s=choice.select_s + choice.fit_s,
+                       fit_s=time.perf_counter() - start)
+    selection = choice.selection.to_dict()
+    if tuning_value is not None:
+        selection["tuning_value"] = tuning_value(fitted, choice.epoch)
     if ctx.selection_only:
-        return MethodOutput(codes=None, selection=choice.selection.to_dict(),
-                            timings={"train_s": encoder.train_s, "select_s": choice.select_s})
+        return MethodOutput(codes=None, selection=selection, timings=timings)
     start = time.perf_counter()
     query = encoder.embeddings(choice.epoch, ctx.splits.query)
     db = encoder.embeddings(choice.epoch, ctx.splits.database)
-    codes = encode(choice.fitted, query, db)
-    encode_s = time.perf_counter() - start
+    codes = encode(fitted, query, db)
+    timings["encode_s"] = time.perf_counter() - start
     return MethodOutput(
         codes=codes,
         float_codes=FloatCodes(float_space(query), float_space(db), metric="cosine"),
-        info={**info, **(describe(choice.fitted) if describe else {}),
-              "training": encoder.summary},
-        timings={"train_s": encoder.train_s, "select_s": choice.select_s,
-                 "fit_s": choice.fit_s, "encode_s": encode_s},
-        selection=choice.selection.to_dict(),
-        encoder={"key": encoder.cache_key, "cache": encoder.cache_status},
+        info={**info, **(describe(fitted) if describe else {}), "training": encoder.summary},
+        timings=timings,
+        selection=selection,
+        encoder=encoder.provenance,
     )
 
 

@@ -13,7 +13,7 @@ from qbench.methods import (
 )
 from qbench.registry import METHODS, Param
 from qbench.train.encoder_cache import stage1_encoder
-from qbench.train.engine import ENGINE_PARAMS
+from qbench.train.params import ENGINE_PARAMS
 
 
 def cosine_codes(query, db) -> FloatCodes:

@@ -12,18 +12,16 @@ Departure from the paper: 100 rotation epochs by default instead of 300 (CPU bud
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
-from qbench.core.codes import BinaryCodes, FloatCodes
-from qbench.methods import Method, MethodOutput, RunContext, l2_normalise
+from qbench.core.codes import BinaryCodes
+from qbench.methods import Method, MethodOutput, RunContext, l2_normalise, select_and_encode
 from qbench.methods.sign import sign_codes
 from qbench.quant import HouseholderRotation, rescale_to_sqrt_dim
 from qbench.registry import METHODS, Param, Space
 from qbench.train.encoder_cache import stage1_encoder
-from qbench.train.engine import ENGINE_PARAMS
-from qbench.train.selection import score, select
+from qbench.train.params import ENGINE_PARAMS
+from qbench.train.selection import score
 
 
 @METHODS.register
@@ -54,56 +52,47 @@ class Householder(Method):
 
     def run(self, ctx: RunContext) -> MethodOutput:
         self.check_bits(ctx.bits)
-        p = self.params
+        p, splits, y = self.params, ctx.splits, ctx.dataset.y
         encoder = stage1_encoder(ctx, p, ctx.bits)
-        choice = select(encoder, ctx.splits.train, ctx.pool, ctx.dataset.y,
-                        lambda train, val, pool: (sign_codes(val, pool), None), ctx.select)
-        start = time.perf_counter()
-        emb = {split: rescale_to_sqrt_dim(encoder.embeddings(choice.epoch,
-                                                             getattr(ctx.splits, split)))
-               for split in ("train", "val")}
-        rotation = HouseholderRotation(
-            epochs=p["rot_epochs"], lr=p["rot_lr"], batch_size=p["rot_batch"],
-            loss=p["rot_loss"], seed=ctx.seed, device=ctx.device,
-        ).fit(emb["train"], emb["val"])
-        fit_s = time.perf_counter() - start
-        # what tuning scores: the rotated codes, searched as the evaluation searches them
-        pool = rescale_to_sqrt_dim(encoder.embeddings(choice.epoch, ctx.pool.pool))
-        selection = {**choice.selection.to_dict(), "tuning_value": score(
-            BinaryCodes(rotation.encode(emb["val"]), rotation.encode(pool)),
-            ctx.dataset.y[ctx.pool.val], ctx.dataset.y[ctx.pool.pool])}
-        if ctx.selection_only:
-            return MethodOutput(codes=None, selection=selection,
-                                timings={"train_s": encoder.train_s, "fit_s": fit_s})
-        start = time.perf_counter()
-        emb.update({split: rescale_to_sqrt_dim(encoder.embeddings(choice.epoch,
-                                                                  getattr(ctx.splits, split)))
-                    for split in ("query", "database")})
-        codes = BinaryCodes(rotation.encode(emb["query"]), rotation.encode(emb["database"]))
-        encode_s = time.perf_counter() - start
+
+        def rescaled(epoch: int, idx: np.ndarray) -> np.ndarray:
+            return rescale_to_sqrt_dim(encoder.embeddings(epoch, idx))
+
+        def fit_rotation(epoch: int) -> tuple[HouseholderRotation, np.ndarray, np.ndarray]:
+            train, val = rescaled(epoch, splits.train), rescaled(epoch, splits.val)
+            return HouseholderRotation(
+                epochs=p["rot_epochs"], lr=p["rot_lr"], batch_size=p["rot_batch"],
+                loss=p["rot_loss"], seed=ctx.seed, device=ctx.device,
+            ).fit(train, val), train, val
+
+        def rotated_map(fitted: tuple, epoch: int) -> float:
+            # what tuning scores: the rotated codes, searched as the evaluation searches them
+            rotation, _, val = fitted
+            pool = rotation.encode(rescaled(epoch, ctx.pool.pool))
+            return score(BinaryCodes(rotation.encode(val), pool), y[ctx.pool.val],
+                         y[ctx.pool.pool])
+
+        return select_and_encode(
+            ctx, encoder, lambda train, val, pool: (sign_codes(val, pool), None),
+            lambda fitted, q, db: BinaryCodes(*(fitted[0].encode(rescale_to_sqrt_dim(e))
+                                                for e in (q, db))),
+            info={"dim": ctx.bits}, describe=self._describe,
+            float_space=lambda e: l2_normalise(rescale_to_sqrt_dim(e)),
+            fit_after=fit_rotation, tuning_value=rotated_map)
+
+    def _describe(self, fitted: tuple) -> dict:
+        """``method_info.rotation``: the stage-2 losses before and after, and U's
+        orthogonality."""
+        rotation, train, _ = fitted
         u = rotation.matrix()
-        info = {
-            "dim": ctx.bits,
-            "training": encoder.summary,
-            "rotation": {
-                "loss": p["rot_loss"],
-                "criterion": "lowest validation quantization loss (stage 2)",
-                "train_loss_before": rotation.loss_history[0],
-                "train_loss_after": rotation.quantization_loss(emb["train"]),
-                "val_loss_before": rotation.val_history[0],
-                "val_loss_after": min(rotation.val_history),
-                "best_epoch": rotation.best_epoch,
-                "epochs": p["rot_epochs"],
-                "orthogonality_error": float(np.abs(u.T @ u - np.eye(len(u))).max()),
-            },
-        }
-        return MethodOutput(
-            codes=codes,
-            float_codes=FloatCodes(l2_normalise(emb["query"]), l2_normalise(emb["database"]),
-                                   metric="cosine"),
-            info=info,
-            timings={"train_s": encoder.train_s, "select_s": choice.select_s + choice.fit_s,
-                     "fit_s": fit_s, "encode_s": encode_s},
-            selection=selection,
-            encoder={"key": encoder.cache_key, "cache": encoder.cache_status},
-        )
+        return {"rotation": {
+            "loss": self.params["rot_loss"],
+            "criterion": "lowest validation quantization loss (stage 2)",
+            "train_loss_before": rotation.loss_history[0],
+            "train_loss_after": rotation.quantization_loss(train),
+            "val_loss_before": rotation.val_history[0],
+            "val_loss_after": min(rotation.val_history),
+            "best_epoch": rotation.best_epoch,
+            "epochs": self.params["rot_epochs"],
+            "orthogonality_error": float(np.abs(u.T @ u - np.eye(len(u))).max()),
+        }}

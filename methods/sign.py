@@ -7,7 +7,7 @@ from qbench.methods import Method, MethodOutput, RunContext, select_and_encode
 from qbench.quant import SignQuantizer
 from qbench.registry import METHODS
 from qbench.train.encoder_cache import stage1_encoder
-from qbench.train.engine import ENGINE_PARAMS
+from qbench.train.params import ENGINE_PARAMS
 
 
 def sign_codes(query, db) -> BinaryCodes:

@@ -43,7 +43,7 @@ import torch
 
 from qbench.methods import JOINT_PARAMS, CodebookHooks, JointMethod, RunContext
 from qbench.registry import METHODS, Param, Space
-from qbench.train.engine import Trainer
+from qbench.train.trainer import Trainer
 
 FORCE_LAWS = ("spring", "gravity")
 

@@ -23,7 +23,7 @@ from qbench.methods import (
 from qbench.quant import OPQ, ProductQuantizer
 from qbench.registry import METHODS, Param, Space
 from qbench.train.encoder_cache import stage1_encoder
-from qbench.train.engine import ENGINE_PARAMS
+from qbench.train.params import ENGINE_PARAMS
 
 
 class _TwoStage(Method):

@@ -214,7 +214,7 @@ def train_stage1(req: RunRequest) -> dict | None:
     with torch_settings(req.deterministic, prep.device):
         ctx, _ = _context(prep)
         encoder = stage1_encoder(ctx, prep.method.params, spec[0], tanh=spec[1])
-    return {"key": encoder.cache_key, "cache": encoder.cache_status}
+    return encoder.provenance
 
 
 def run_selection(req: RunRequest) -> dict:

@@ -37,14 +37,10 @@ import torch
 from qbench.core.errors import QbenchError
 from qbench.data.context import RunContext
 from qbench.train.encoders import resolve_encoder
-from qbench.train.engine import (
-    STAGE1_KEYS,
-    Snapshot,
-    TrainedEncoder,
-    Trainer,
-    training_epochs,
-    warmup_epochs,
-)
+from qbench.train.params import STAGE1_KEYS, training_epochs, warmup_epochs
+from qbench.train.snapshot import Snapshot
+from qbench.train.trained_encoder import TrainedEncoder
+from qbench.train.trainer import Trainer
 
 CACHE_ENV = "QBENCH_CACHE"
 ENTRY_VERSION = 1
@@ -183,9 +179,7 @@ class EncoderCache:
             if meta is None:
                 trainer = train()
                 self._write(key, fields, trainer)
-                encoder = TrainedEncoder(trainer, trainer.candidates, trainer.summary(),
-                                         trainer.train_s, progress=ctx.progress)
-                encoder.snapshot = trainer.snapshot
+                encoder = TrainedEncoder.from_trainer(trainer, progress=ctx.progress)
                 status = "miss"
             else:
                 stored = torch.load(self.entry(key) / "weights.pt", weights_only=True)
@@ -261,9 +255,7 @@ def stage1_encoder(ctx: RunContext, params: dict, dim: int, *,
 
     if ctx.cache is None:
         trainer = train()
-        encoder = TrainedEncoder(trainer, trainer.candidates, trainer.summary(),
-                                 trainer.train_s, progress=ctx.progress)
-        encoder.snapshot = trainer.snapshot
+        encoder = TrainedEncoder.from_trainer(trainer, progress=ctx.progress)
         encoder.cache_key, encoder.cache_status = encoder_key(
             encoder_fields(ctx, params, dim, tanh)), "off"
         return encoder

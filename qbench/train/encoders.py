@@ -12,11 +12,14 @@
 - ``resnet18``: a ResNet-18-style network for 32x32 images, trained from scratch.
 - ``alexnet`` / ``vgg16``: torchvision backbones with ImageNet weights (needs torchvision and
   the weights on disk or downloadable), followed by a bottleneck of width D.
+
+:func:`build_network` builds the one a run's engine parameters describe, on its device.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -176,3 +179,29 @@ def build_encoder(name: str, input_shape: tuple[int, ...], dim: int, hidden: int
     else:
         body = TorchvisionBackbone(name, dim, pretrained=weights == "imagenet")
     return nn.Sequential(body, nn.Tanh()) if tanh else body
+
+
+class Network(NamedTuple):
+    """An encoder ready to train: the module on its device (channels-last for image
+    networks when asked), its resolved name and the autocast its forward passes run in."""
+
+    model: nn.Module
+    name: str
+    channels_last: bool
+    autocast: torch.autocast
+
+
+def build_network(params: dict, modality: str, device: str, input_shape: tuple[int, ...],
+                  dim: int, tanh: bool) -> Network:
+    """The encoder the engine parameters ``params`` describe (``encoder``, ``hidden``,
+    ``weights``, ``channels_last``, ``precision``) for inputs of ``input_shape``; its
+    initial weights come from torch's generator."""
+    name = resolve_encoder(params["encoder"], modality, device)
+    model = build_encoder(name, input_shape, dim, params["hidden"], tanh,
+                          params["weights"]).to(torch.device(device))
+    channels_last = params["channels_last"] and modality == "image"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                              enabled=params["precision"] == "bf16")
+    return Network(model, name, channels_last, autocast)

@@ -85,7 +85,7 @@ def select(encoder, train: np.ndarray, pool: SelectionPool, labels: np.ndarray,
            on_value: Callable[[int, float], None] | None = None) -> Choice:
     """Score the candidates of ``encoder`` (all for ``best``, the last for ``last``); choose.
 
-    ``encoder``: a :class:`qbench.train.engine.TrainedEncoder` (``candidates`` and
+    ``encoder``: a :class:`qbench.train.trained_encoder.TrainedEncoder` (``candidates`` and
     ``embeddings(epoch, idx)``); ``train``: the training split's indices; ``labels``: the
     dataset's labels. ``on_value(epoch, value)`` is called after each score, in epoch
     order; where small fits run side by side, every candidate is embedded first, so

@@ -37,13 +37,13 @@ def test_cpu_batch_keeps_the_largest_activation_under_the_budget():
 
 
 def test_embedding_does_not_depend_on_the_batch_size():
-    from qbench.train.engine import Trainer
+    from qbench.train.trainer import Trainer
     from tests.train.test_engine import _digits_ctx, _params
 
     trainer = Trainer(_digits_ctx(), _params(epochs=1), dim=8).fit()
     x = trainer.ctx.x("val")
     auto = trainer.embed(x)
-    assert trainer.infer_batch is not None
+    assert trainer.embedder.batch is not None
     np.testing.assert_allclose(auto, trainer.embed(x, batch_size=7), rtol=1e-5, atol=1e-6)
     assert trainer.embed(x[:0]).shape == (0, 8)
 

@@ -15,7 +15,9 @@ from qbench.methods.gsl import SnappingHooks, snap_correction
 from qbench.methods.ssm import ShuttleHooks
 from qbench.quant import assign_subspaces, decode_subspaces
 from qbench.registry import DATASETS, METHODS
-from qbench.train.engine import ENGINE_PARAMS, TrainedEncoder, Trainer
+from qbench.train.params import ENGINE_PARAMS
+from qbench.train.trained_encoder import TrainedEncoder
+from qbench.train.trainer import Trainer
 
 SCHEDULE = {"warmup": 0, "refit_every": 1, "seed": 0}
 

@@ -1,4 +1,5 @@
-"""The shared training engine: losses, encoders, augmentation, model selection."""
+"""The shared training engine: losses, encoders, augmentation, the training loop, snapshots,
+the trained encoder and the training thread policy."""
 
 import numpy as np
 import pytest
@@ -10,15 +11,11 @@ from qbench.data.protocols import make_splits
 from qbench.methods import RunContext
 from qbench.registry import DATASETS
 from qbench.train.encoders import build_encoder, resolve_encoder
-from qbench.train.engine import (
-    ENGINE_PARAMS,
-    Hooks,
-    TrainedEncoder,
-    Trainer,
-    candidate_epochs,
-    flip_and_crop,
-)
+from qbench.train.inputs import flip_and_crop
 from qbench.train.losses import cosine_pairwise_loss, inner_product_pairwise_loss, pair_targets
+from qbench.train.params import ENGINE_PARAMS, candidate_epochs
+from qbench.train.trained_encoder import TrainedEncoder
+from qbench.train.trainer import Hooks, Trainer
 
 
 def _brute_cosine_loss(z, labels):
@@ -160,7 +157,7 @@ def test_resuming_from_a_snapshot_equals_an_uninterrupted_run():
 def test_trained_encoder_embeds_each_item_once_per_candidate():
     ctx = _digits_ctx()
     trainer = Trainer(ctx, _params(epochs=3), dim=8).fit()
-    encoder = TrainedEncoder(trainer, trainer.candidates, trainer.summary(), trainer.train_s)
+    encoder = TrainedEncoder.from_trainer(trainer)
     calls = []
     original = trainer.embed
     trainer.embed = lambda x, **kw: calls.append(len(x)) or original(x, **kw)
@@ -242,3 +239,46 @@ def test_channels_last_is_the_image_default_and_changes_only_the_layout():
     np.testing.assert_allclose(untrained[True], untrained[False], rtol=1e-5, atol=1e-6)
     a, b = (t / np.linalg.norm(t, axis=1, keepdims=True) for t in trained.values())
     assert (a * b).sum(axis=1).min() > 0.999
+
+
+def test_trained_encoder_from_a_trainer_and_its_provenance():
+    ctx = _digits_ctx()
+    trainer = Trainer(ctx, _params(epochs=3), dim=8).fit(snapshot_at=1)
+    encoder = TrainedEncoder.from_trainer(trainer, progress=True)
+    assert encoder.trainer is trainer and encoder.states is trainer.candidates
+    assert encoder.candidates == [0, 1, 2] and encoder.dim == 8 and encoder.progress
+    assert encoder.summary == trainer.summary() and encoder.train_s == trainer.train_s
+    assert encoder.snapshot is trainer.snapshot and encoder.snapshot.epoch == 1
+    assert encoder.provenance == {"key": None, "cache": "off"}
+    encoder.cache_key, encoder.cache_status = "abc", "hit"
+    assert encoder.provenance == {"key": "abc", "cache": "hit"}
+
+
+def test_training_threads_are_one_inside_fit_and_embedding_and_restored_after():
+    from qbench.core.threads import training_threads
+
+    seen = []
+
+    class Record(Hooks):
+        def on_epoch_start(self, epoch, trainer):
+            seen.append(torch.get_num_threads())
+            trainer.embed_train()  # nested: still one thread, and the count is kept
+            seen.append(torch.get_num_threads())
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ctx = _digits_ctx()
+        trainer = Trainer(ctx, _params(epochs=2), dim=8, hooks=Record())
+        assert torch.get_num_threads() == 2  # constructing sets nothing
+        trainer.fit()
+        assert seen == [1, 1, 1, 1] and torch.get_num_threads() == 2
+        original = trainer.embedder._embed
+        trainer.embedder._embed = lambda *a: (seen.append(torch.get_num_threads()),
+                                              original(*a))[1]
+        trainer.embed(ctx.x("val"))
+        assert seen[-1] == 1 and torch.get_num_threads() == 2
+        with training_threads("image", "cpu"), training_threads("vector", "cuda"):
+            assert torch.get_num_threads() == 2  # only vectors on the CPU
+    finally:
+        torch.set_num_threads(saved)
