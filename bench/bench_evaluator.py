@@ -49,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qbench.core.codes import BinaryCodes, PQCodes  # noqa: E402
 from qbench.eval import kernels  # noqa: E402
-from qbench.eval.evaluator import Evaluation, _run, evaluate  # noqa: E402
-from qbench.eval.search import make_distances  # noqa: E402
+from qbench.eval.distances import make_distances  # noqa: E402
+from qbench.eval.evaluator import evaluate  # noqa: E402
 
 N_CLASSES = 10
 REPEATS = 3
@@ -153,21 +153,11 @@ def best_of(fn, repeats: int = REPEATS) -> tuple[float, object]:
 
 
 def best_eval(codes, ql, dl, repeats: int = REPEATS, backend: str | None = None):
-    """(best timings.eval_s, the evaluation of that run); backend None: evaluate() itself."""
-    if backend is None:
-        runs = [evaluate(codes, ql, dl) for _ in range(repeats)]
-    else:
-        runs = [Evaluation(*_run_parts(codes, ql, dl, backend)) for _ in range(repeats)]
+    """(best timings.eval_s, the evaluation of that run); backend: the ranking backend
+    forced (None: evaluate()'s own choice)."""
+    runs = [evaluate(codes, ql, dl, backend=backend) for _ in range(repeats)]
     ev = min(runs, key=lambda e: e.timings["eval_s"])
     return ev.timings["eval_s"], ev
-
-
-def _run_parts(codes, ql, dl, backend: str):
-    """evaluate()'s defaults with the ranking backend forced."""
-    m, curves, card, timings, ap = _run(codes, ql, dl, k=None, normaliser="rk", device="cpu",
-                                        block_size=None, curves=True, sdc=False, quick=False,
-                                        backend=backend)
-    return m, curves, card, timings, ap
 
 
 def kernel_start_up() -> dict:

@@ -1,16 +1,17 @@
 """The one evaluator: rank the database for every query, then score the rankings.
 
-Input is a codes object from :mod:`qbench.core.codes` (the evaluator never knows which method made
-it) and the query / database labels. :mod:`qbench.eval.search` computes the distances and ranks
-each block of queries (ascending distance, equal distances broken by database index);
-:mod:`qbench.eval.metrics` scores the rankings. Queries are processed in blocks (at most
-``MAX_BLOCK_QUERIES`` queries and about ``BLOCK_BYTES`` of working memory each, never a full
-n_query x n_db float64 matrix); blocks run on threads, one per core (numpy releases the GIL
-in the heavy operations). Hamming distances go through the compiled kernel of
-:mod:`qbench.eval.kernels` (numba, no sort: counts per distance level, O(N + B) per query) where
-numba is installed, and through one numpy sort per query otherwise; both give the same
-figures. With ``device="cuda"`` distances and sorting run in torch on the GPU; torch is
-imported only then.
+Input is a codes object from :mod:`qbench.core.codes` (the evaluator never knows which method
+made it) and the query / database labels. :mod:`qbench.eval.distances` computes the distances
+and :mod:`qbench.eval.relevance` the relevance of each block of queries,
+:mod:`qbench.eval.ranking` ranks the block (ascending distance, equal distances broken by
+database index); :mod:`qbench.eval.metrics` (index order) and :mod:`qbench.eval.ties`
+(tie-aware) score the rankings. Queries are processed in blocks (at most ``MAX_BLOCK_QUERIES``
+queries and about ``BLOCK_BYTES`` of working memory each, never a full n_query x n_db float64
+matrix); blocks run on threads, one per core (numpy releases the GIL in the heavy operations).
+Hamming distances go through the compiled kernel of :mod:`qbench.eval.kernels` (numba, no sort:
+counts per distance level, O(N + B) per query) where numba is installed, and through one numpy
+sort per query otherwise; both give the same figures. With ``device="cuda"`` distances and
+sorting run in torch on the GPU; torch is imported only then.
 """
 
 from __future__ import annotations
@@ -25,18 +26,10 @@ from qbench.core.cores import cpu_share
 from qbench.core.errors import QbenchError
 from qbench.core.validation import check_int
 from qbench.eval import metrics as M
-from qbench.eval.search import (
-    BlockRanking,
-    HammingDistances,
-    Labels,
-    _groups_from_levels,
-    check_codes,
-    distances,
-    make_distances,
-    rank_numpy,
-    rank_torch,
-    relevance,
-)
+from qbench.eval import ties as T
+from qbench.eval.distances import HammingDistances, check_codes, distances, make_distances
+from qbench.eval.ranking import BlockRanking, groups_from_levels, rank_numpy, rank_torch
+from qbench.eval.relevance import Labels, relevance
 
 __all__ = ["Evaluation", "distances", "evaluate", "mean_average_precision", "relevance"]
 
@@ -87,7 +80,7 @@ class _Plan:
 def _score_block(r, plan: _Plan) -> dict[str, np.ndarray]:
     """Per-query numbers of one block (every array has the block's queries on axis 0).
 
-    r: a :class:`~qbench.eval.search.BlockRanking` (numpy or torch path) or a
+    r: a :class:`~qbench.eval.ranking.BlockRanking` (numpy or torch path) or a
     :class:`~qbench.eval.kernels.LevelRanking` (compiled Hamming path)."""
     if isinstance(r, BlockRanking):
         ranks = M.Ranks(r.rel_pos, r.row_ptr, plan.n_db)
@@ -97,10 +90,10 @@ def _score_block(r, plan: _Plan) -> dict[str, np.ndarray]:
                              r.cut_terms, r.pr11, plan.n_db)
         cum = np.zeros((len(r.level_hist), r.level_hist.shape[1] + 1), dtype=np.int64)
         np.cumsum(r.level_hist, axis=1, out=cum[:, 1:])
-        group_args = _groups_from_levels(cum)
+        group_args = groups_from_levels(cum)
     if plan.quick and not plan.tie_aware:
         return {"ap_k": ranks.average_precision(plan.k, plan.normaliser)}
-    groups = M.TieGroups(*group_args, ranks)
+    groups = T.TieGroups(*group_args, ranks)
     if plan.quick:
         return {"ap_k": groups.average_precision(plan.harmonic, plan.k,
                                                  plan.normaliser)["expected"]}
@@ -112,7 +105,7 @@ def _score_block(r, plan: _Plan) -> dict[str, np.ndarray]:
     cut = np.concatenate([[plan.k], plan.pr_cut, plan.top_cut])
     out["hits"] = ranks.hits_at(cut)
     tie_hits = groups.hits(cut)
-    for v in M.VARIANTS:
+    for v in T.VARIANTS:
         out["tie_ap_all_" + v], out["tie_ap_k_" + v] = tie_all[v], tie_k[v]
         out["tie_hits_" + v] = tie_hits[v]
     if plan.curves:
@@ -144,7 +137,7 @@ def _summarise(per_query: dict[str, np.ndarray], plan: _Plan, search,
         "bytes_per_code": float(bytes_per_code),
         "queries_without_relevant": int(np.sum(n_rel == 0)),
     }
-    for v in M.VARIANTS:
+    for v in T.VARIANTS:
         hits_k = per_query["tie_hits_" + v][:, 0]
         metrics["tie_aware_map_all" + _suffix(v)] = _mean(per_query["tie_ap_all_" + v])
         metrics["tie_aware_map_at_k" + _suffix(v)] = _mean(per_query["tie_ap_k_" + v])
@@ -159,7 +152,7 @@ def _summarise(per_query: dict[str, np.ndarray], plan: _Plan, search,
         return metrics, curves
     curves["pr"] = {"rank": plan.pr_cut.tolist()}
     curves["top_r"] = {"r": plan.top_cut.tolist()}
-    for v in M.VARIANTS:
+    for v in T.VARIANTS:
         hits = per_query["tie_hits_" + v]
         pr_hits, top_hits = hits[:, 1:1 + n_pr], hits[:, 1 + n_pr:]
         curves["pr"]["recall" + _suffix(v)] = np.mean(
@@ -283,7 +276,7 @@ def _run(codes, query_labels, db_labels, *, k: int | None, normaliser: str, devi
     plan = _Plan(n_db=n_db, k=n_db if k is None else min(int(k), n_db), normaliser=normaliser,
                  quick=quick, tie_aware=tie_aware, curves=curves and not quick)
     if tie_aware:
-        plan.harmonic = M.harmonic_table(n_db)
+        plan.harmonic = T.harmonic_table(n_db)
     if plan.curves:
         plan.pr_cut, plan.top_cut = M.pr_cutoffs(n_db), M.top_r_cutoffs(n_db)
     workers = 1 if use_torch else _workers(device)
@@ -342,7 +335,7 @@ def _run(codes, query_labels, db_labels, *, k: int | None, normaliser: str, devi
 
 def evaluate(codes, query_labels, db_labels, *, k: int | None = None, normaliser: str = "rk",
              device: str = "cpu", block_size: int | None = None, curves: bool = True,
-             sdc: bool = False) -> Evaluation:
+             sdc: bool = False, backend: str | None = None) -> Evaluation:
     """Rank the database for every query and compute all metrics.
 
     codes: FloatCodes, PQCodes or BinaryCodes with n_query queries and n_db items;
@@ -351,7 +344,9 @@ def evaluate(codes, query_labels, db_labels, *, k: int | None = None, normaliser
     "r"; device: "cpu" or "cuda"; block_size: queries per block (None: automatic, at most
     16 queries and ~256 MB of working memory per block; on the CPU one block per core runs
     at once); curves: also compute the PR / pr11 / top-R / Hamming-radius curves; sdc: for
-    PQCodes, quantize the query too (symmetric distance).
+    PQCodes, quantize the query too (symmetric distance); backend: force the ranking backend,
+    "numba", "numpy" or "torch" (None: automatic, see ``timings.backend``; every backend
+    gives the same figures, so this is for benchmarks and checks).
 
     Metrics: map_all, map_at_k, p_at_k, r_at_k (K = k or n_db, database-index order),
     bytes_per_code, queries_without_relevant; for every distance tie_aware_map_all,
@@ -368,7 +363,7 @@ def evaluate(codes, query_labels, db_labels, *, k: int | None = None, normaliser
     """
     metrics, out_curves, card, timings, ap = _run(
         codes, query_labels, db_labels, k=k, normaliser=normaliser, device=device,
-        block_size=block_size, curves=curves, sdc=sdc, quick=False)
+        block_size=block_size, curves=curves, sdc=sdc, quick=False, backend=backend)
     return Evaluation(metrics, out_curves, card, timings, ap)
 
 

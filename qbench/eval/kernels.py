@@ -19,7 +19,7 @@ index-order quantity at the level boundaries and cut-offs the metrics ask for, f
 the tie-aware values follow as on the numpy path. The kernels release the GIL (the
 evaluator runs query blocks on threads) and are cached on disk (``cache=True``): they are
 compiled once per machine. Without numba, :func:`available` is False and the evaluator
-uses the numpy path of :mod:`qbench.eval.search`.
+uses the numpy path of :mod:`qbench.eval.ranking`.
 """
 
 from __future__ import annotations

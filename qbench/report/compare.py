@@ -4,7 +4,7 @@
 orchestrates modules that import one way::
 
     rows (load, label, conventions) <- stats (mean, std, CI, paired t, Holm)
-        <- claims, tables, plots
+        <- claims, tables (<- paper), plots
 
 Outputs (``out`` given)
     ``<out>/tables/``: ``summary.{txt,md,csv,tex}`` (the chosen metric, default the
@@ -23,13 +23,13 @@ from pathlib import Path
 
 from qbench.core.errors import QbenchError, choice_error
 from qbench.report.claims import CLAIMS, evaluate_claims
+from qbench.report.paper import paper_markdown
 from qbench.report.rows import HEADLINE, Run, assign_conventions, assign_labels, load_runs
 from qbench.report.stats import Aggregate, Significance, aggregate, significance
 from qbench.report.tables import (
     FORMAT_SUFFIX,
     FORMATS,
     claims_markdown,
-    paper_markdown,
     render,
     significance_csv,
     significance_markdown,

@@ -1,7 +1,8 @@
 """Result files as comparable rows: loading, row labels, conventions and the headline MAP.
 
 The bottom layer of ``qbench compare``: :mod:`qbench.report.stats`, :mod:`qbench.report.tables`,
-:mod:`qbench.report.claims` and :mod:`qbench.report.plots` build on it; it imports none of them.
+:mod:`qbench.report.claims`, :mod:`qbench.report.paper` and :mod:`qbench.report.plots` build on
+it; it imports none of them.
 
 Row label
     The method name plus the parameters that differ from the method's declared defaults

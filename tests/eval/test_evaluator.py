@@ -17,11 +17,13 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 import qbench.eval.evaluator as E
-import qbench.eval.search as S
 from qbench.core.codes import BinaryCodes, FloatCodes, PQCodes
 from qbench.core.errors import QbenchError
+from qbench.eval.distances import make_distances
 from qbench.eval.evaluator import Evaluation, distances, evaluate, mean_average_precision, relevance
 from qbench.eval.metrics import pr_cutoffs
+from qbench.eval.ranking import monotone_bits, rank_numpy
+from qbench.eval.relevance import Labels
 
 TOL = 1e-9
 
@@ -371,13 +373,13 @@ def test_adc_ranking_equals_float_ranking_of_reconstructions():
 def test_float_sort_codes_preserve_order_including_negatives_and_signed_zeros():
     values = np.array([[0.5, -0.0, 0.0, -1e-7, np.inf, -2.5, 1e-38, 3.0, -np.inf, 0.5]],
                       dtype=np.float32)
-    code = S.monotone_bits(values)[0]
+    code = monotone_bits(values)[0]
     assert code[1] == code[2]  # -0.0 ties with +0.0
     np.testing.assert_array_equal(np.argsort(code, kind="stable"),
                                   np.argsort(values[0], kind="stable"))
-    search = S.make_distances(FloatCodes(np.zeros((1, 1), np.float32),
+    search = make_distances(FloatCodes(np.zeros((1, 1), np.float32),
                                          np.zeros((10, 1), np.float32)), False)
-    ranking = S.rank_numpy(search, values, np.ones_like(values, dtype=bool))
+    ranking = rank_numpy(search, values, np.ones_like(values, dtype=bool))
     assert ranking.rel_pos.tolist() == list(range(10))
     assert ranking.group_start.tolist() == [3, 6] and ranking.group_size.tolist() == [2, 2]
 
@@ -439,7 +441,7 @@ def test_hamming_ranking_gives_index_order_positions_and_level_counts():
     codes, ql, dl = random_binary(rng, 9, 500, bits=7, multi=True)
     dist = distances(codes)
     rel = relevance(ql, dl)
-    ranking = S.rank_numpy(S.make_distances(codes, False), dist, rel)
+    ranking = rank_numpy(make_distances(codes, False), dist, rel)
     for i, row in enumerate(dist):
         expected = np.flatnonzero(rel[i][brute_order(row)])
         got = ranking.rel_pos[ranking.row_ptr[i]:ranking.row_ptr[i + 1]]
@@ -480,9 +482,9 @@ def test_automatic_block_fits_the_memory_target_at_a_million_items():
     rng = np.random.default_rng(13)
     codes = BinaryCodes(rng.integers(0, 2, (1000, 32)).astype(np.uint8),
                         rng.integers(0, 2, (2, 32)).astype(np.uint8))
-    search = S.make_distances(codes, False)
+    search = make_distances(codes, False)
     assert E._block_size(search, 1000, 10**6, None, False) * 10**6 * 14 <= 256 * 2**20
-    pq = S.make_distances(random_pq(rng, 1000, 2), False)
+    pq = make_distances(random_pq(rng, 1000, 2), False)
     assert E._block_size(pq, 1000, 10**6, None, False) * 10**6 * 32 <= 256 * 2**20
 
 
@@ -776,9 +778,9 @@ def test_numba_kernel_counts_equal_the_numpy_ranking(kernels):
     precision terms agree to rounding."""
     rng = np.random.default_rng(21)
     codes, ql, dl = random_binary(rng, 11, 700, bits=7, multi=True)
-    search = S.make_distances(codes, False)
-    labels = S.Labels(ql, dl)
-    ref = S.rank_numpy(search, search.numpy(0, 11), labels.block(0, 11))
+    search = make_distances(codes, False)
+    labels = Labels(ql, dl)
+    ref = rank_numpy(search, search.numpy(0, 11), labels.block(0, 11))
     ranks = E.M.Ranks(ref.rel_pos, ref.row_ptr, 700)
     cuts = np.array([0, 1, 5, 37, 100, 699, 700])
     q_words, db_words = search.words64()

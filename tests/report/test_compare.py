@@ -12,8 +12,8 @@ import pytest
 
 from qbench.core.errors import QbenchError
 from qbench.report.compare import prepare, run_compare
+from qbench.report.paper import paper_markdown
 from qbench.report.rows import Run, assign_labels, convention_key
-from qbench.report.tables import paper_markdown
 from qbench.run.results import SCHEMA_VERSION, result_filename, write_json_atomic
 
 N_QUERY = 40
