@@ -1,17 +1,8 @@
 """The Ray backend: a grid's runs as Ray tasks on a cluster (Ray itself through
 :mod:`qbench.grid.cluster`).
 
-Cluster
--------
-``address`` None joins the cluster started on this machine with ``ray start`` or else
-starts one; "auto", "HOST:PORT" (the head's GCS port) or "ray://HOST:PORT" (Ray Client)
-join that one. Results (``--out``) and the cache (``--cache-dir`` / ``$QBENCH_CACHE``)
-must be on storage every node reaches (a shared filesystem path: NFS, Lustre, ...): the
-encoder cache shares trained encoders between nodes through it (``fcntl`` locks and
-atomic renames). Before anything runs, a probe task on every node checks that it sees
-both folders (a marker file the driver wrote there) and can write to them, and the
-resources a run asks for are checked against the nodes, since Ray would leave a task no
-node can hold pending forever.
+Joining the cluster, and the checks of its resources and shared folders before anything
+runs, are :mod:`qbench.grid.cluster`'s.
 
 Task graph
 ----------
