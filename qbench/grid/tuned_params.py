@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from qbench.core.errors import QbenchError
+from qbench.core.validation import is_int
 from qbench.registry import METHODS
 from qbench.run.results import read_json
 
@@ -30,6 +31,15 @@ def load_tuned_params(path: Path, method: str, dataset: str, bits: int, *,
             any(k not in record for k in keys):
         raise QbenchError(f"--params-from {path}: not a qbench tune summary (needs kind "
                           f"'tuning' and {', '.join(keys)})")
+    types = {"fixed": dict, "best_params": dict, "trials": dict, "study": str}
+    for key, typ in types.items():
+        if not isinstance(record[key], typ):
+            raise QbenchError(f"--params-from {path}: {key!r} is a "
+                              f"{type(record[key]).__name__}; allowed: a {typ.__name__}")
+    counts = [record["trials"].get(k, 0) for k in ("complete", "pruned")]
+    if not all(is_int(c) and c >= 0 for c in counts):
+        raise QbenchError(f"--params-from {path}: 'trials' counts must be integers >= 0, "
+                          f"got {counts!r}")
     wanted = {"dataset": dataset, "protocol": protocol}
     if record["scope"] == "method":
         wanted.update(method=method, bits=bits)

@@ -125,6 +125,8 @@ def read_json(path: Path, what: str = "") -> Any:
         raise QbenchError(f"{where}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise QbenchError(f"{where}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise QbenchError(f"{where}: nested too deeply to be a qbench file") from None
 
 
 def load_result(path: Path) -> dict:

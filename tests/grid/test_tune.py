@@ -468,3 +468,25 @@ def test_the_tune_command_fixes_the_knobs_of_a_params_from_file(tmp_path, monkey
     summary = json.loads((tmp_path / "tune" / "digits-standard-toy-tuned-32b-seed0.json")
                          .read_text())
     assert summary["fixed"] == {"lr": record["best_params"]["lr"]}
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("trials", [3], "'trials' is a list; allowed: a dict"),
+    ("best_params", "lr=1", "'best_params' is a str; allowed: a dict"),
+    ("trials", {"complete": "3"}, "'trials' counts must be integers >= 0"),
+])
+def test_a_summary_with_fields_of_the_wrong_type_is_a_one_line_error(tmp_path, key, value,
+                                                                     message):
+    path, _ = tuned_file(tmp_path)
+    record = json.loads(path.read_text())
+    record[key] = value
+    path.write_text(json.dumps(record))
+    with pytest.raises(QbenchError, match=message):
+        load_tuned_params(path, "toy-tuned", "digits", 32)
+
+
+def test_a_deeply_nested_file_is_a_one_line_error(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(QbenchError, match="nested too deeply"):
+        load_tuned_params(path, "toy-tuned", "digits", 32)
