@@ -199,7 +199,12 @@ class Registry:
             if not info.name.startswith("_"):
                 importlib.import_module(f"{self.package}.{info.name}")
         for ep in entry_points(group=self.group):
-            obj = ep.load()
+            try:
+                obj = ep.load()
+            except Exception as exc:  # noqa: BLE001 -- a broken plugin is the user's input
+                raise QbenchError(
+                    f"{self.kind} plugin entry point {ep.name!r} ({ep.value}) failed to load: "
+                    f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
             if isinstance(obj, type) and obj.name not in self._plugins:
                 self.register(obj)
 

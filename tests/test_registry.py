@@ -165,3 +165,21 @@ def test_non_finite_floats_are_refused_naming_the_value_and_the_range(text):
 def test_an_infinite_int_is_a_one_line_error():
     with pytest.raises(QbenchError, match="parameter hidden: inf is not a valid int"):
         Param("hidden", int, 1, "width").parse(float("inf"))
+
+
+def test_an_entry_point_that_fails_to_load_is_a_one_line_error(monkeypatch):
+    """A plugin written against a module that moved (e.g. the old flat qbench.method)."""
+    import qbench.registry as registry
+
+    class Broken:
+        name, value = "old-plugin", "old_package:OldMethod"
+
+        def load(self):
+            raise ModuleNotFoundError("No module named 'qbench.method'")
+
+    monkeypatch.setattr(registry, "entry_points", lambda group: [Broken()])
+    reg = Registry("method", "qbench.methods", "qbench.methods")
+    with pytest.raises(QbenchError, match=r"method plugin entry point 'old-plugin' "
+                                          r"\(old_package:OldMethod\) failed to load: "
+                                          r"ModuleNotFoundError: No module named 'qbench.method'"):
+        reg.names()

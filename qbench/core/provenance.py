@@ -21,11 +21,25 @@ from pathlib import Path
 def code_version() -> str:
     """sha256 (16 hex digits) of qbench's own installed sources, methods and datasets
     included: a result or cached encoder made by other code is stale."""
+    # find_spec locates a package without running its __init__ (the method face)
+    return source_hash({package: Path(importlib.util.find_spec(package)
+                                       .submodule_search_locations[0])
+                        for package in ("qbench", "qbench.methods", "qbench.datasets")})
+
+
+def source_hash(roots: dict[str, Path]) -> str:
+    """sha256 (16 hex digits) of every ``.py`` file under each package's folder, named by
+    package and relative path. A package folder nested in another (``qbench/methods`` in an
+    installed wheel; ``methods/`` beside ``qbench/`` in a checkout) is hashed once, as its
+    own package, so both layouts of the same sources give the same hash."""
+    folders = {Path(root).resolve() for root in roots.values()}
     h = hashlib.sha256()
-    for package in ("qbench", "qbench.methods", "qbench.datasets"):
-        # find_spec locates a package without running its __init__ (the method face)
-        root = Path(importlib.util.find_spec(package).submodule_search_locations[0])
+    for package, root in roots.items():
+        root = Path(root).resolve()
+        nested = [f for f in folders if f != root and f.is_relative_to(root)]
         for path in sorted(root.rglob("*.py")):
+            if any(path.is_relative_to(f) for f in nested):
+                continue
             h.update(f"{package}/{path.relative_to(root).as_posix()}".encode())
             h.update(path.read_bytes())
     return h.hexdigest()[:16]

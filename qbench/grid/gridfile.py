@@ -26,7 +26,7 @@ Grid file (JSON)
   ``params`` (as the top-level ``params``, applied after them), ``methods``, ``bits``,
   ``seeds`` replacing the top-level lists for this dataset, and ``resources``: what one run
   asks of a Ray node (``cpu``: whole CPUs, which are also its threads, default 1; ``gpu``: a
-  GPU share, default 0; see :class:`qbench.grid.backends.base.RunResources`; the local backend
+  GPU share, default 0; see :class:`qbench.grid.cells.RunResources`; the local backend
   ignores it).
 - ``params``: method hyper-parameters by method name, variant name or ``"*"`` (every method
   that declares the parameter). A cell's parameters, later entries winning: top-level

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from qbench.core.errors import QbenchError
@@ -154,7 +154,7 @@ def record_failure(out: Path, cell: Cell, outcome: Outcome, grid_file: Path) -> 
     """Write the failure record of ``cell`` atomically; return its path."""
     return write_json_atomic(failure_path(out, cell), new_record({
         "grid_file": str(grid_file),
-        "cell": asdict(cell),
+        "cell": {f.name: getattr(cell, f.name) for f in fields(cell) if f.init},
         "result_file": cell.filename,
         "error_type": outcome.error_type,
         "message": outcome.message,
@@ -215,7 +215,7 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", backend: Backend | Non
     docstring. With ``dry_run`` nothing runs: the plan (:func:`describe_plan`) is returned.
 
     runner: called with a RunRequest, returns (path, result); default
-        :func:`run_pipeline`. With jobs > 1 or on Ray it must be picklable (a module-level
+        :func:`run_pipeline`. With a pool of workers or on Ray it must be picklable (a module-level
         function).
     progress: show the tqdm bar (None: only on a terminal).
     cache_dir / use_cache: the encoder and dataset cache (default: $QBENCH_CACHE or

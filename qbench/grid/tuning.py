@@ -84,11 +84,11 @@ def tune_cells(spec: dict, cells: list, request: Callable, *,
         first = next((c for c in cells if c.method == "float"), cells[0])
         declared = {p.name for p in METHODS.get("float").params}
         params = {k: v for k, v in first.params.items() if k in declared}  # the grid's "*"
-        template = request(replace(first, method="float", name="float", params=params,
-                                   seed=seed))
+        float_cell = replace(first, method="float", name="float", params=params, seed=seed)
         study = f"{first.dataset}-{first.protocol}-float-stage1-seed{seed}"
-        path, _ = tune(template, trials=trials, shared=True, study_name=study, echo=echo)
-        shared_params, shared_tuning = _tuning_record(path, replace(first, method="float"), {})
+        path, _ = tune(request(float_cell), trials=trials, shared=True, study_name=study,
+                       echo=echo)
+        shared_params, shared_tuning = _tuning_record(path, float_cell, {})
 
     tuned: dict[tuple[str, int], tuple[dict, dict | None]] = {}
     todo, firsts = [], {}

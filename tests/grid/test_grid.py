@@ -124,6 +124,7 @@ def test_failures_are_recorded_and_the_grid_goes_on(tmp_path):
     assert record["message"] == "subspaces=5 does not fit 24 bits"
     assert "Traceback" in record["traceback"] and "failing_run" in record["traceback"]
     assert record["cell"]["method"] == "pq" and record["cell"]["bits"] == 24
+    assert "resolved" not in record["cell"]  # the cell as the grid gives it
     oom = json.loads((out / "failed" / "digits-standard-float-12b-seed1.failed.json").read_text())
     assert oom["error_type"] == "RuntimeError"
     assert not (out / "digits-standard-pq-24b-seed0.json").exists()
@@ -416,3 +417,18 @@ def test_a_value_listed_twice_in_a_grid_is_refused_before_anything_runs(tmp_path
     with pytest.raises(QbenchError, match="--seeds lists 1 twice"):
         run_grid(write_grid(tmp_path), out=tmp_path / "out", runner=fake_run, seeds=[1, 1])
     assert CALLS == [] and not list(tmp_path.glob("out/**/*.json"))
+
+
+def test_shared_tuning_without_a_float_cell_tunes_on_float_and_runs_the_grid(tmp_path):
+    """The shared stage-1 study runs on float even when the grid lists no float cell and
+    its first cell has parameters float does not declare."""
+    grid = write_grid(tmp_path, methods=["two-stage-pq"], bits=[12], seeds=[0, 1],
+                      params={"two-stage-pq": {"normalise": False}},
+                      tune={"trials": 1, "seed": 0, "shared": True},
+                      datasets={"digits": {"protocol": "standard", "epochs": 1}})
+    out = tmp_path / "out"
+    summary = run_grid(grid, out=out, progress=False)
+    assert not summary.failed and len(summary.done) == 1, summary.describe()
+    assert (out / "tune" / "digits-standard-float-stage1-seed0.json").is_file()
+    result = load_result(out / "digits-standard-two-stage-pq-12b-seed1.json")
+    assert result["params"]["normalise"] is False and result["tuning"] is not None

@@ -97,3 +97,30 @@ def test_an_older_schema_is_refused():
     data["schema_version"] = SCHEMA_VERSION - 1
     with pytest.raises(QbenchError, match="schema_version"):
         validate_result(data)
+
+
+def test_the_source_hash_is_the_same_for_a_checkout_and_an_installed_layout(tmp_path):
+    """methods/ beside qbench/ (a checkout) or inside it (a wheel): one hash; a change in a
+    subpackage changes it."""
+    from qbench.core.provenance import source_hash
+
+    files = {"qbench/__init__.py": "v = 1\n", "qbench/eval/metrics.py": "m = 1\n",
+             "methods/ssm.py": "s = 1\n", "datasets/digits.py": "d = 1\n"}
+    for layout, where in (("checkout", {"methods": "methods", "datasets": "datasets"}),
+                          ("wheel", {"methods": "qbench/methods",
+                                     "datasets": "qbench/datasets"})):
+        for name, text in files.items():
+            top, _, rest = name.partition("/")
+            path = tmp_path / layout / where.get(top, top) / rest
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    def roots(layout, where):
+        base = tmp_path / layout
+        return {"qbench": base / "qbench", "qbench.methods": base / where["methods"],
+                "qbench.datasets": base / where["datasets"]}
+    checkout = roots("checkout", {"methods": "methods", "datasets": "datasets"})
+    wheel = roots("wheel", {"methods": "qbench/methods", "datasets": "qbench/datasets"})
+    before = source_hash(checkout)
+    assert before == source_hash(wheel)
+    (tmp_path / "checkout" / "qbench" / "eval" / "metrics.py").write_text("m = 2\n")
+    assert source_hash(checkout) != before

@@ -23,9 +23,9 @@ def make_backend(name: str, *, jobs: int = 1, address: str | None = None) -> Bac
     driver and ignores it). ``address``: the Ray cluster (None joins the local cluster or
     starts one, "auto", "HOST:PORT" or "ray://HOST:PORT").
     """
+    if not is_int(jobs) or jobs < 1:
+        raise QbenchError(f"--jobs must be a positive integer, got {jobs!r}")
     if name == "local":
-        if not is_int(jobs) or jobs < 1:
-            raise QbenchError(f"--jobs must be a positive integer, got {jobs!r}")
         from qbench.grid.backends.local import LocalBackend
 
         return LocalBackend(jobs)
