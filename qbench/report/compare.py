@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from qbench.core.atomic import atomic_write
 from qbench.core.errors import QbenchError, choice_error
 from qbench.report.claims import CLAIMS, evaluate_claims
 from qbench.report.paper import paper_markdown
@@ -83,7 +84,12 @@ def write_outputs(out: Path, runs: list[Run], agg: Aggregate, sig: Significance,
     written = []
     for name, text in files.items():
         path = tables / name
-        path.write_text(text)
+        try:
+            with atomic_write(path) as fh:  # never a half-written table
+                fh.write(text.encode())
+        except OSError as exc:
+            raise QbenchError(f"--out {out}: cannot write {path}: {exc.strerror or exc}"
+                              ) from None
         written.append(path)
     written += write_plots(agg, Path(out) / "plots")
     return written

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -100,10 +101,17 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+NAME_KEYS = ("dataset", "protocol", "method")
+"""Result strings that become parts of output file names (tables, plots)."""
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
 def load_runs(paths: Iterable[Path]) -> tuple[list[Run], list[str]]:
     """Load and validate result files; grid failure records are skipped with a note.
 
-    Returns (runs, notes). A bad file raises :class:`QbenchError` naming it.
+    Returns (runs, notes). A bad file raises :class:`QbenchError` naming it, and so does a
+    name that would leave the output folder (a path separator, ``..``); two files of one
+    run are refused when the runs are aggregated (:func:`qbench.report.stats.aggregate`).
     """
     runs: list[Run] = []
     notes: list[str] = []
@@ -117,6 +125,10 @@ def load_runs(paths: Iterable[Path]) -> tuple[list[Run], list[str]]:
         for key in ("selection", "tuning"):
             if not isinstance(result.get(key), (dict, type(None))):
                 raise QbenchError(f"{path}: {key} is neither an object nor null")
+        for key in NAME_KEYS:
+            if not SAFE_NAME.match(result[key]) or ".." in result[key]:
+                raise QbenchError(f"{path}: {key} {result[key]!r} is not allowed; allowed: "
+                                  "letters, digits and . _ + - (no path separator, no '..')")
         runs.append(Run(path, result))
     return runs, notes
 

@@ -441,3 +441,35 @@ def test_a_run_that_selected_nothing_joins_every_rules_table(tmp_path):
     assert df["convention"].nunique() == 2
     assert sorted(df["method"]) == ["dqn", "dqn", "pq", "pq"]
     assert set(df.loc[df["method"] == "pq", "n"]) == {2}
+
+
+@pytest.mark.parametrize("key, value", [("dataset", "../../../x"), ("protocol", "a/b"),
+                                        ("method", "..")])
+def test_a_name_that_would_leave_the_output_folder_is_refused(tmp_path, key, value):
+    result = make_result("pq", 12, 0)
+    result[key] = value
+    path = write_json_atomic(tmp_path / "crafted.json", result)
+    with pytest.raises(QbenchError, match=rf"crafted\.json: {key} '.*' is not allowed; "
+                                          r"allowed: letters, digits"):
+        run_compare([path], out=tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path.parent / "x").exists()
+
+
+def test_an_unwritable_table_is_a_one_line_error_and_leaves_no_partial_file(tmp_path,
+                                                                           monkeypatch):
+    paths = [write(tmp_path, make_result("pq", 12, s)) for s in range(2)]
+    import qbench.core.atomic as atomic
+
+    real = atomic.os.replace
+
+    def full_disk(src, dst):
+        if str(dst).endswith("all_metrics.csv"):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", full_disk)
+    with pytest.raises(QbenchError, match="cannot write .*all_metrics.csv: No space left"):
+        run_compare(paths, out=tmp_path / "out")
+    tables = tmp_path / "out" / "tables"
+    assert not (tables / "all_metrics.csv").exists()
+    assert not [p for p in tables.iterdir() if p.name.startswith(".")]  # no temp file left
