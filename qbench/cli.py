@@ -278,10 +278,20 @@ _cache_dir_option = click.option(
     help="Cache folder (default: $QBENCH_CACHE, else results/cache).")
 
 
-def _cache_folder(cache_dir: Path | None) -> Path:
+def _cache_folder(cache_dir: Path | None, *, write: bool = False) -> Path:
+    """The cache ``qbench cache`` works on; a given ``--cache-dir`` must be a folder (and
+    writable for ``write``)."""
+    import os
+
     from qbench.train.encoder_cache import cache_root
 
-    return cache_root(cache_dir, Path("results"))
+    root = cache_root(cache_dir, Path("results"))
+    if cache_dir is not None and not root.is_dir():
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise QbenchError(f"--cache-dir {root} {what}; allowed: an existing cache folder")
+    if write and root.is_dir() and not os.access(root, os.W_OK | os.X_OK):
+        raise QbenchError(f"--cache-dir {root} is not writable; nothing was removed")
+    return root
 
 
 @cache_group.command("list")
@@ -303,7 +313,7 @@ def cache_clear_command(cache_dir: Path | None) -> None:
     """Remove every cached encoder and decoded dataset (downloads are kept)."""
     from qbench.train.encoder_cache import clear_cache
 
-    root = _cache_folder(cache_dir)
+    root = _cache_folder(cache_dir, write=True)
     click.echo(f"removed {clear_cache(root)} entries from {root}")
 
 

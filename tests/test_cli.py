@@ -244,3 +244,14 @@ def test_run_records_the_deterministic_switch_and_restores_torch_threads(tmp_pat
     assert torch.get_num_threads() == threads
     (path,) = tmp_path.glob("*.json")
     assert json.loads(path.read_text())["deterministic"] is True
+
+
+@pytest.mark.parametrize("command", ["list", "clear"])
+def test_cache_commands_on_a_missing_or_non_folder_cache_dir_are_one_line_errors(tmp_path,
+                                                                                 command):
+    missing = invoke("cache", command, "--cache-dir", tmp_path / "nope")
+    assert missing.exit_code == 2 and "does not exist" in missing.stderr
+    (tmp_path / "file").write_text("x")
+    not_dir = invoke("cache", command, "--cache-dir", tmp_path / "file")
+    assert not_dir.exit_code == 2 and "is not a directory" in not_dir.stderr
+    assert len(not_dir.stderr.strip().splitlines()) == 1

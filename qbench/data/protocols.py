@@ -9,6 +9,7 @@ split lies in the database and outside train.
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,8 +71,9 @@ class Splits:
                     **{name: z[name].astype(np.int64) for name in SPLIT_NAMES},
                 )
                 stored = str(z["checksum"])
-        except (OSError, KeyError, ValueError) as exc:
-            raise QbenchError(f"protocol file {path} is unreadable or incomplete: {exc}") from None
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise QbenchError(f"protocol file {path} is unreadable or incomplete: {exc}; "
+                              "delete the file to regenerate it") from None
         if splits.checksum != stored:
             raise QbenchError(
                 f"protocol file {path}: checksum {splits.checksum[:12]} does not match the "

@@ -112,6 +112,11 @@ def _check_width(archive: _Archive, key: str, a: np.ndarray, width: int, hint: s
         raise archive.error(key, f"shape {hint}", f"shape {a.shape}")
 
 
+CODE_KINDS = {"binary": {"query_bits", "db_bits"}, "pq": {"db_codes", "codebooks"},
+              "float": {"db_emb"}}
+"""The keys that mark each kind of codes (``query_emb`` is shared by float and PQ)."""
+
+
 def load_codes_npz(path) -> tuple[BinaryCodes | FloatCodes | PQCodes, np.ndarray, np.ndarray]:
     """Read ``path`` (.npz, see the module doc) -> (codes, query_labels, db_labels).
 
@@ -120,6 +125,11 @@ def load_codes_npz(path) -> tuple[BinaryCodes | FloatCodes | PQCodes, np.ndarray
     """
     archive = _Archive(Path(path))
     keys = archive.keys
+    kinds = {kind: sorted(keys & marks) for kind, marks in CODE_KINDS.items() if keys & marks}
+    if len(kinds) > 1:
+        found = "; ".join(f"{kind}: {', '.join(k)}" for kind, k in kinds.items())
+        raise QbenchError(f"{archive.path}: holds more than one kind of codes ({found}); "
+                          "allowed: one kind per file")
     if keys & {"query_bits", "db_bits"}:
         kind = "binary"
     elif keys & {"db_codes", "codebooks"}:

@@ -108,3 +108,10 @@ def test_digits_standard_protocol_matches_spec():
     assert len(ds) == 1797
     assert (len(s.query), len(s.train), len(s.database)) == (100, 500, 1697)
     assert np.bincount(ds.y[s.query]).tolist() == [10] * 10
+
+
+def test_a_truncated_split_file_is_a_one_line_error(tmp_path):
+    path = tmp_path / "splits.npz"
+    path.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(QbenchError, match="is unreadable or incomplete: .*delete the file"):
+        Splits.load(path)

@@ -175,3 +175,14 @@ def test_qbench_evaluate_on_the_cpu_does_not_import_torch(tmp_path):
     report = json.loads(out.read_text())
     assert {"tie_aware_map_all", "tie_aware_map_at_k"} <= set(report["metrics"])
     assert {"search_s", "metrics_s", "eval_s", "queries_per_s"} <= set(report["timings"])
+
+
+@pytest.mark.parametrize("mix, kinds", [
+    ({**binary_arrays(), "db_codes": np.zeros((N_DB, 2), np.uint8)},
+     "binary: db_bits, query_bits; pq: db_codes"),
+    ({**pq_arrays(), "db_emb": np.zeros((N_DB, 8))}, "pq: codebooks, db_codes; float: db_emb"),
+])
+def test_a_file_mixing_code_kinds_is_refused_naming_both(tmp_path, mix, kinds):
+    with pytest.raises(QbenchError, match="holds more than one kind of codes "
+                                          rf"\({kinds}\); allowed: one kind per file"):
+        load_codes_npz(save(tmp_path, mix))
