@@ -106,6 +106,39 @@ NAME_KEYS = ("dataset", "protocol", "method")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
+CARD_KEYS = ("relevance", "k", "normaliser", "tie_policy")
+"""Metric-card entries a result must state: without them its convention is unknown."""
+
+
+def _bad_leaf(value, where: str) -> str | None:
+    """The first place in ``value`` (nested dicts and lists) that is not a finite number or
+    null, as ``where.key[i]``; None when every leaf is one."""
+    if isinstance(value, dict):
+        return next((bad for k, v in value.items()
+                     if (bad := _bad_leaf(v, f"{where}.{k}"))), None)
+    if isinstance(value, list):
+        return next((bad for i, v in enumerate(value)
+                     if (bad := _bad_leaf(v, f"{where}[{i}]"))), None)
+    return None if value is None or is_number(value) else where
+
+
+def _check_numbers(path: Path, result: dict) -> None:
+    """Refuse what would reach a table or plot unchecked: a metric or curve value that is not
+    a number, a parameter that is not a scalar, a metric card without its convention."""
+    for key in ("metrics", "curves"):
+        bad = _bad_leaf(result[key], key)
+        if bad is not None:
+            raise QbenchError(f"{path}: {bad} is not a number; allowed: finite numbers or null")
+    for name, value in result["params"].items():
+        if not (value is None or isinstance(value, (str, bool)) or is_number(value)):
+            raise QbenchError(f"{path}: params.{name} is a {type(value).__name__}; allowed: a "
+                              "string, number, boolean or null")
+    missing = [k for k in CARD_KEYS if k not in result["metric_card"]]
+    if missing:
+        raise QbenchError(f"{path}: metric_card lacks {', '.join(missing)}; a result states "
+                          "its metric convention (" + ", ".join(CARD_KEYS) + ")")
+
+
 def load_runs(paths: Iterable[Path]) -> tuple[list[Run], list[str]]:
     """Load and validate result files; grid failure records are skipped with a note.
 
@@ -125,6 +158,7 @@ def load_runs(paths: Iterable[Path]) -> tuple[list[Run], list[str]]:
         for key in ("selection", "tuning"):
             if not isinstance(result.get(key), (dict, type(None))):
                 raise QbenchError(f"{path}: {key} is neither an object nor null")
+        _check_numbers(path, result)
         for key in NAME_KEYS:
             if not SAFE_NAME.match(result[key]) or ".." in result[key]:
                 raise QbenchError(f"{path}: {key} {result[key]!r} is not allowed; allowed: "

@@ -473,3 +473,19 @@ def test_an_unwritable_table_is_a_one_line_error_and_leaves_no_partial_file(tmp_
     tables = tmp_path / "out" / "tables"
     assert not (tables / "all_metrics.csv").exists()
     assert not [p for p in tables.iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r["metrics"].update(map_at_k="high"), r"metrics\.map_at_k is not a number"),
+    (lambda r: r["curves"].update(pr={"precision": [0.5, "x"]}),
+     r"curves\.pr\.precision\[1\] is not a number"),
+    (lambda r: r["params"].update(lam={"nested": 1}), r"params\.lam is a dict; allowed"),
+    (lambda r: r["metric_card"].clear(), r"metric_card lacks relevance, k, normaliser"),
+])
+def test_a_result_with_values_no_table_can_hold_is_refused(tmp_path, change, message):
+    result = make_result("pq", 12, 0)
+    change(result)
+    path = write_json_atomic(tmp_path / "odd.json", result)
+    with pytest.raises(QbenchError, match=message):
+        run_compare([path], out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
