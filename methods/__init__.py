@@ -20,6 +20,7 @@ from qbench.data.context import RunContext
 from qbench.methods._base import (
     DEFAULT_DIM,
     FAMILIES,
+    MAX_BITS,
     Method,
     MethodOutput,
     l2_normalise,
@@ -38,7 +39,7 @@ from qbench.methods._joint import (
 from qbench.methods._trained import PQRepresentation, select_and_encode
 
 __all__ = [
-    "DEFAULT_DIM", "FAMILIES", "JOINT_PARAMS", "CodebookHooks", "JointMethod", "Method",
+    "DEFAULT_DIM", "FAMILIES", "MAX_BITS", "JOINT_PARAMS", "CodebookHooks", "JointMethod", "Method",
     "MethodOutput", "PQRepresentation", "RunContext", "l2_normalise", "pad_columns",
     "pq_layout", "select_and_encode", "tangent_part", "REFIT_NITER", "joint_layout",
     "quantizes_normalised",

@@ -18,6 +18,11 @@ from qbench.data.context import RunContext
 
 FAMILIES = ("pq", "binary", "float")
 
+MAX_BITS = 4096
+"""The largest code budget a run may ask for (512 bytes per item): ``--bits`` is the storage
+per item of every family (PQ: M*b with b <= 12; binary: B sign bits, the network's output
+width where a method trains one; float: recorded beside the quantized runs of that budget)."""
+
 
 @dataclass
 class MethodOutput:
@@ -53,8 +58,9 @@ class Method:
 
     def check_bits(self, bits: int) -> None:
         """Raise :class:`QbenchError` when ``bits`` is not a code length this method can make."""
-        if bits <= 0:
-            raise QbenchError(f"--bits must be a positive integer, got {bits}")
+        if not 1 <= bits <= MAX_BITS:
+            raise QbenchError(f"--bits {bits} is not allowed; allowed: a positive integer up "
+                              f"to {MAX_BITS} (bits per item)")
         if self.family == "pq":
             pq_layout(bits, self.params.get("subspaces", 0))
 

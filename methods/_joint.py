@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from qbench.data.context import RunContext
 from qbench.methods._base import (
     DEFAULT_DIM,
+    MAX_BITS,
     Method,
     MethodOutput,
     l2_normalise,
@@ -48,7 +49,7 @@ REFIT_NITER = 15
 
 JOINT_PARAMS = ENGINE_PARAMS + (
     Param("dim", int, DEFAULT_DIM, "embedding width D (the quantization space is zero-padded "
-          "to a multiple of M)", minimum=1),
+          "to a multiple of M)", minimum=1, maximum=MAX_BITS),
     Param("subspaces", int, 0, "PQ subspaces M (0: from --bits, 8 bits per subspace when "
           "possible; M must divide --bits)", minimum=0),
     Param("warmup", int, -1, "epochs of similarity-only training before the first codebook "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from qbench.core.codes import FloatCodes
 from qbench.methods import (
     DEFAULT_DIM,
+    MAX_BITS,
     Method,
     MethodOutput,
     RunContext,
@@ -32,7 +33,8 @@ class FloatEmbedding(Method):
     name = "float"
     description = "unquantized embeddings of the similarity-trained encoder (upper bound)"
     family = "float"
-    params = ENGINE_PARAMS + (Param("dim", int, DEFAULT_DIM, "embedding width D", minimum=1),)
+    params = ENGINE_PARAMS + (Param("dim", int, DEFAULT_DIM, "embedding width D", minimum=1,
+                                    maximum=MAX_BITS),)
 
     def stage1_spec(self, bits: int) -> tuple[int, bool]:
         return self.params["dim"], False

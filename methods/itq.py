@@ -8,6 +8,7 @@ from qbench.core.codes import BinaryCodes
 from qbench.core.errors import QbenchError
 from qbench.methods import (
     DEFAULT_DIM,
+    MAX_BITS,
     Method,
     MethodOutput,
     RunContext,
@@ -35,7 +36,7 @@ class IterativeQuantization(Method):
     family = "binary"
     params = ENGINE_PARAMS + (
         Param("dim", int, 0, "embedding width D (0: max(64, bits)); must be >= bits",
-              minimum=0),
+              minimum=0, maximum=MAX_BITS),
         Param("itq_iters", int, 50, "ITQ alternations of sign and Procrustes rotation",
               minimum=0, tune=Space(10, 100)),
         Param("normalise", bool, True, "L2-normalise embeddings before ITQ",

@@ -12,6 +12,7 @@ import numpy as np
 
 from qbench.methods import (
     DEFAULT_DIM,
+    MAX_BITS,
     Method,
     MethodOutput,
     PQRepresentation,
@@ -30,7 +31,7 @@ class _TwoStage(Method):
     family = "pq"
     params = ENGINE_PARAMS + (
         Param("dim", int, DEFAULT_DIM, "embedding width D (zero-padded to a multiple of M "
-              "for PQ)", minimum=1),
+              "for PQ)", minimum=1, maximum=MAX_BITS),
         Param("subspaces", int, 0, "PQ subspaces M (0: automatic from --bits, SPEC §2)",
               minimum=0),
         Param("normalise", bool, True, "L2-normalise embeddings before fitting and search",
