@@ -24,8 +24,9 @@ from pathlib import Path
 from qbench.core.atomic import atomic_write
 from qbench.core.errors import QbenchError, choice_error
 from qbench.report.claims import CLAIMS, evaluate_claims
+from qbench.report.load import load_runs
 from qbench.report.paper import paper_markdown
-from qbench.report.rows import HEADLINE, Run, assign_conventions, assign_labels, load_runs
+from qbench.report.rows import HEADLINE, Run, assign_conventions, assign_labels
 from qbench.report.stats import Aggregate, Significance, aggregate, significance
 from qbench.report.tables import (
     FORMAT_SUFFIX,
