@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
-from qbench.core.errors import QbenchError, choice_error
+from qbench.core.errors import QbenchError, choice_error, one_line
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -202,9 +202,8 @@ class Registry:
             try:
                 obj = ep.load()
             except Exception as exc:  # noqa: BLE001 -- a broken plugin is the user's input
-                raise QbenchError(
-                    f"{self.kind} plugin entry point {ep.name!r} ({ep.value}) failed to load: "
-                    f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
+                raise QbenchError(f"{self.kind} plugin entry point {ep.name!r} ({ep.value}) "
+                                  f"failed to load: {one_line(exc)}") from None
             if isinstance(obj, type) and obj.name not in self._plugins:
                 self.register(obj)
 

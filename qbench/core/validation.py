@@ -6,9 +6,14 @@ style): a value, its name as the user typed it, and what is allowed; a bad value
 from __future__ import annotations
 
 import numbers
+import re
 from typing import Any
 
 from qbench.core.errors import QbenchError
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+"""A name that may become part of a file name (variants, studies, a result's dataset,
+protocol and method): letters, digits and ``. _ + -``, not first; no path separator."""
 
 
 def is_int(value: Any) -> bool:

@@ -112,11 +112,6 @@ def _check_width(archive: _Archive, key: str, a: np.ndarray, width: int, hint: s
         raise archive.error(key, f"shape {hint}", f"shape {a.shape}")
 
 
-CODE_KINDS = {"binary": {"query_bits", "db_bits"}, "pq": {"db_codes", "codebooks"},
-              "float": {"db_emb"}}
-"""The keys that mark each kind of codes (``query_emb`` is shared by float and PQ)."""
-
-
 def load_codes_npz(path) -> tuple[BinaryCodes | FloatCodes | PQCodes, np.ndarray, np.ndarray]:
     """Read ``path`` (.npz, see the module doc) -> (codes, query_labels, db_labels).
 
@@ -125,16 +120,16 @@ def load_codes_npz(path) -> tuple[BinaryCodes | FloatCodes | PQCodes, np.ndarray
     """
     archive = _Archive(Path(path))
     keys = archive.keys
-    kinds = {kind: sorted(keys & marks) for kind, marks in CODE_KINDS.items() if keys & marks}
+    # the keys that mark a kind: its own, not query_emb, which float and PQ share
+    kinds = {kind: sorted(keys & (set(names) - {"query_emb"})) for kind, names in KINDS.items()}
+    kinds = {kind: marks for kind, marks in kinds.items() if marks}
     if len(kinds) > 1:
         found = "; ".join(f"{kind}: {', '.join(k)}" for kind, k in kinds.items())
         raise QbenchError(f"{archive.path}: holds more than one kind of codes ({found}); "
                           "allowed: one kind per file")
-    if keys & {"query_bits", "db_bits"}:
-        kind = "binary"
-    elif keys & {"db_codes", "codebooks"}:
-        kind = "pq"
-    elif keys & {"query_emb", "db_emb"}:
+    if kinds:
+        kind = next(iter(kinds))
+    elif "query_emb" in keys:
         kind = "float"
     else:
         raise QbenchError(

@@ -44,12 +44,11 @@ mistake there is a :class:`QbenchError`.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from qbench.core.errors import QbenchError, choice_error
-from qbench.core.validation import check_int, is_int
+from qbench.core.validation import SAFE_NAME, check_int, is_int
 from qbench.data.pool import DEFAULT_POOL_SIZE
 from qbench.grid.cells import Cell, RunResources
 from qbench.run.results import read_json
@@ -62,7 +61,6 @@ BLOCK_KEYS = ("description", "protocol", "epochs", "dataset_params", "params", "
               "bits", "seeds", "resources") + RUN_KEYS
 RESOURCE_KEYS = ("cpu", "gpu")
 VARIANT_KEYS = ("method", "params", "description")
-VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 TUNE_KEYS = ("trials", "seed", "shared")
 """Keys of a grid's ``"tune"`` block (:mod:`qbench.grid.tuning` runs it)."""
 
@@ -115,7 +113,7 @@ def load_grid(path: Path) -> dict:
         raise QbenchError(f"{where}: 'variants' must be an object")
     for name, spec in variants.items():
         vwhere = f"{where}, variants.{name}"
-        if not VARIANT_NAME.match(name):
+        if not SAFE_NAME.match(name):
             raise QbenchError(f"{vwhere}: a variant name may hold letters, digits, '_', '.', "
                               "'+' and '-' only")
         if not isinstance(spec, dict) or not isinstance(spec.get("method"), str):

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -43,7 +42,7 @@ import numpy as np
 
 from qbench import __version__
 from qbench.core.errors import QbenchError, choice_error, one_line
-from qbench.core.validation import check_int
+from qbench.core.validation import SAFE_NAME, check_int
 from qbench.grid.storage import (
     open_storage,
     optuna_module,
@@ -70,7 +69,6 @@ STARTUP_TRIALS = 10
 
 PRUNERS = ("none", "median")
 
-_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
 def default_study_name(dataset: str, protocol: str, method: str, bits: int, seed: int, *,
@@ -186,7 +184,7 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
     protocol = prep.protocol_spec.name
     name = study_name or default_study_name(template.dataset, protocol, template.method,
                                             template.bits, template.seed, shared=shared)
-    if not _STUDY_NAME.match(name):
+    if not SAFE_NAME.match(name):
         raise QbenchError(f"--study {name!r} is not a valid name; allowed: letters, digits "
                           "and . _ + - (not first)")
     folder = Path(template.out) / "tune"

@@ -4,11 +4,11 @@ grid failure records with a note. Everything after this reads checked data."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from qbench.core.errors import QbenchError
+from qbench.core.validation import SAFE_NAME
 from qbench.report.rows import Run, is_number
 from qbench.run.results import FAILURE_SUFFIX, load_result
 
@@ -30,7 +30,6 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
 
 NAME_KEYS = ("dataset", "protocol", "method")
 """Result strings that become parts of output file names (tables, plots)."""
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 CARD_KEYS = ("relevance", "k", "normaliser", "tie_policy")
@@ -87,8 +86,8 @@ def load_runs(paths: Iterable[Path]) -> tuple[list[Run], list[str]]:
                 raise QbenchError(f"{path}: {key} is neither an object nor null")
         _check_numbers(path, result)
         for key in NAME_KEYS:
-            if not SAFE_NAME.match(result[key]) or ".." in result[key]:
+            if not SAFE_NAME.match(result[key]):
                 raise QbenchError(f"{path}: {key} {result[key]!r} is not allowed; allowed: "
-                                  "letters, digits and . _ + - (no path separator, no '..')")
+                                  "letters, digits and . _ + - (not first; no path separator)")
         runs.append(Run(path, result))
     return runs, notes

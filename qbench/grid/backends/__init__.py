@@ -9,8 +9,8 @@
 
 from __future__ import annotations
 
-from qbench.core.errors import QbenchError, choice_error
-from qbench.core.validation import is_int
+from qbench.core.errors import choice_error
+from qbench.core.validation import check_int
 from qbench.grid.backends.base import Backend
 
 BACKENDS = ("local", "ray")
@@ -23,8 +23,7 @@ def make_backend(name: str, *, jobs: int = 1, address: str | None = None) -> Bac
     driver and ignores it). ``address``: the Ray cluster (None joins the local cluster or
     starts one, "auto", "HOST:PORT" or "ray://HOST:PORT").
     """
-    if not is_int(jobs) or jobs < 1:
-        raise QbenchError(f"--jobs must be a positive integer, got {jobs!r}")
+    check_int(jobs, "--jobs", low=1)
     if name == "local":
         from qbench.grid.backends.local import LocalBackend
 
