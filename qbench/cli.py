@@ -103,9 +103,17 @@ def list_command(show_params: bool) -> None:
               help="torch and cuDNN deterministic algorithms (slower on a GPU); recorded.")
 @click.option("--params-from", type=click.Path(path_type=Path), default=None,
               help="Use the best parameters of a tuning study (<out>/tune/<study>.json).")
+@click.option("--regime", default="full", show_default=True,
+              type=click.Choice(["full", "head"]),
+              help="full: every method trains its network end to end; head: one backbone "
+                   "per seed is trained and frozen, and every method trains the same MLP "
+                   "head on its cached features (docs/training.md).")
+@click.option("--backbone", "backbone_params", multiple=True, metavar="KEY=VALUE",
+              help="Backbone parameter for --regime head, repeatable (e.g. --backbone "
+                   "encoder=lightcnn --backbone epochs=10).")
 def run_command(method, dataset, bits, seed, protocol, epochs, device, out, data_dir, params,
                 data_params, quiet, split_seed, select, pool_size, cache_dir, no_cache,
-                deterministic, params_from) -> None:
+                deterministic, params_from, regime, backbone_params) -> None:
     """Train, encode, search and evaluate one method; write results/<run>.json."""
     from qbench.run.pipeline import RunRequest, run_experiment
 
@@ -124,7 +132,7 @@ def run_command(method, dataset, bits, seed, protocol, epochs, device, out, data
         method_params=method_params, dataset_params=parse_key_values(data_params),
         progress=not quiet, split_seed=split_seed, select=select, pool_size=pool_size,
         cache_dir=cache_dir, use_cache=not no_cache, deterministic=deterministic,
-        tuning=tuning,
+        tuning=tuning, regime=regime, backbone=parse_key_values(backbone_params),
     )
     path, result = run_experiment(req)
     m = result["metrics"]
@@ -138,8 +146,9 @@ def run_command(method, dataset, bits, seed, protocol, epochs, device, out, data
     sel = result.get("selection")
     chosen = (f"; selected epoch {sel['chosen_epoch']} by {sel['criterion']}"
               if sel else "")
+    regime_note = ", head on a frozen backbone" if regime == "head" else ""
     click.echo(
-        f"{method} on {dataset} ({result['protocol']}, {bits} bits, seed {seed}): "
+        f"{method} on {dataset} ({result['protocol']}{regime_note}, {bits} bits, seed {seed}): "
         f"{headline}{tie}{extra}{chosen}; {result['timings']['total_s']:.1f} s -> {path}"
     )
 
@@ -320,7 +329,7 @@ def cache_clear_command(cache_dir: Path | None) -> None:
 _TUNE_SHARES_RUN_OPTIONS = ("method", "dataset", "bits", "seed", "protocol", "epochs", "device",
                             "out", "data_dir", "params", "data_params", "quiet", "split_seed",
                             "select", "pool_size", "cache_dir", "no_cache", "deterministic",
-                            "params_from")
+                            "params_from", "regime", "backbone_params")
 
 
 @cli.command("tune", params=[p for p in run_command.params
@@ -350,8 +359,8 @@ _TUNE_SHARES_RUN_OPTIONS = ("method", "dataset", "bits", "seed", "protocol", "ep
 @click.option("--gpus-per-run", type=float, default=None, help="GPU share of each Ray trial.")
 def tune_command(method, dataset, bits, seed, protocol, epochs, device, out, data_dir, params,
                  data_params, quiet, split_seed, select, pool_size, cache_dir, no_cache,
-                 deterministic, params_from, trials, timeout, storage, study_name, pruner,
-                 shared, backend, address, parallel, gpus_per_run) -> None:
+                 deterministic, params_from, regime, backbone_params, trials, timeout, storage,
+                 study_name, pruner, shared, backend, address, parallel, gpus_per_run) -> None:
     """Tune a method's search space on validation data (Optuna TPE); write <out>/tune/.
 
     -p and --params-from values are fixed (e.g. the stage-1 knobs of a --shared study).
@@ -369,7 +378,8 @@ def tune_command(method, dataset, bits, seed, protocol, epochs, device, out, dat
         epochs=epochs, device=device, out=out, data_dir=data_dir,
         method_params=method_params, dataset_params=parse_key_values(data_params),
         split_seed=split_seed, select=select, pool_size=pool_size, cache_dir=cache_dir,
-        use_cache=not no_cache, deterministic=deterministic,
+        use_cache=not no_cache, deterministic=deterministic, regime=regime,
+        backbone=parse_key_values(backbone_params),
     )
     path, record = tune(req, trials=trials, shared=shared, storage=storage,
                         study_name=study_name, timeout=timeout, pruner=pruner,

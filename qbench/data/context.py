@@ -4,6 +4,7 @@ neither knows where it came from."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,9 @@ class RunContext:
     pool: SelectionPool | None = None
     cache: object | None = None
     selection_only: bool = False  # stop after model selection (tuning trials)
+    report: Callable[[int, float], bool] | None = None
+    """A tuning trial's reporter: called with (epoch, validation value) as each candidate
+    is scored during training; True means the pruner stops the training there."""
 
     def __post_init__(self) -> None:
         if self.pool is None:

@@ -32,30 +32,39 @@ class Cell:
     split_seed: int = 0
     pool_size: int = DEFAULT_POOL_SIZE
     tuning: dict | None = None  # set by the grid's tuning step (qbench.grid.tuning)
+    regime: str = "full"  # or "head" (qbench.train.backbone)
+    backbone: dict = field(default_factory=dict)  # requested backbone parameters (head)
     resolved: dict = field(init=False, repr=False, compare=False)
     """The method's parameters resolved once (defaults and ``epochs`` included), exactly as
     the run will record them; recomputed by ``dataclasses.replace``."""
     resolved_dataset_params: dict = field(init=False, repr=False, compare=False)
+    resolved_backbone: dict | None = field(init=False, repr=False, compare=False)
+    """The backbone's parameters resolved (regime head), else None."""
 
     def __post_init__(self) -> None:
         from qbench.registry import DATASETS
         from qbench.run.pipeline import resolve_method_params
+        from qbench.train.backbone import resolve_backbone_params
 
         self.resolved = resolve_method_params(self.method, self.params, self.epochs)
         self.resolved_dataset_params = DATASETS.resolve_params(self.dataset,
                                                                self.dataset_params)
+        self.resolved_backbone = (resolve_backbone_params(self.backbone)
+                                  if self.regime == "head" else None)
 
     @property
     def filename(self) -> str:
         return result_filename(self.dataset, self.protocol, self.name, self.bits, self.seed,
-                               self.split_seed)
+                               self.split_seed, self.regime)
 
     @property
     def stem(self) -> str:
         return self.filename.removesuffix(".json")
 
     def describe(self) -> str:
-        return f"{self.name} {self.bits} bits seed {self.seed} ({self.dataset}/{self.protocol})"
+        head = ", head" if self.regime == "head" else ""
+        return (f"{self.name} {self.bits} bits seed {self.seed} "
+                f"({self.dataset}/{self.protocol}{head})")
 
     def request(self, out: Path, data_dir: Path | None, device: str, *,
                 cache_dir: Path | None = None, use_cache: bool = True):
@@ -69,7 +78,8 @@ class Cell:
             dataset_params=dict(self.dataset_params), progress=False,
             output_file=Path(out) / self.filename, split_seed=self.split_seed,
             select=self.select, pool_size=self.pool_size, cache_dir=cache_dir,
-            use_cache=use_cache, tuning=self.tuning,
+            use_cache=use_cache, tuning=self.tuning, regime=self.regime,
+            backbone=dict(self.backbone),
         )
 
 

@@ -58,7 +58,7 @@ RUN_KEYS = ("select", "split_seed", "pool_size", "tune")
 TOP_KEYS = ("description", "datasets", "methods", "bits", "seeds", "params",
             "variants") + RUN_KEYS
 BLOCK_KEYS = ("description", "protocol", "epochs", "dataset_params", "params", "methods",
-              "bits", "seeds", "resources") + RUN_KEYS
+              "bits", "seeds", "resources", "regime", "backbone") + RUN_KEYS
 RESOURCE_KEYS = ("cpu", "gpu")
 VARIANT_KEYS = ("method", "params", "description")
 TUNE_KEYS = ("trials", "seed", "shared")
@@ -108,6 +108,7 @@ def load_grid(path: Path) -> dict:
         if not isinstance(block.get("dataset_params", {}), dict):
             raise QbenchError(f"{bwhere}: 'dataset_params' must be an object")
         _check_resources(block.get("resources", {}), f"{bwhere}, resources")
+        _check_regime(block, bwhere)
     variants = grid.get("variants", {})
     if not isinstance(variants, dict):
         raise QbenchError(f"{where}: 'variants' must be an object")
@@ -122,6 +123,23 @@ def load_grid(path: Path) -> dict:
         if not isinstance(spec.get("params", {}), dict):
             raise QbenchError(f"{vwhere}: 'params' must be an object")
     return grid
+
+
+def _check_regime(block: dict, where: str) -> None:
+    """A block's ``regime`` (full or head) and ``backbone`` (parameters, head only)."""
+    from qbench.train.backbone import check_regime, resolve_backbone_params
+
+    regime = block.get("regime", "full")
+    try:
+        check_regime(regime if isinstance(regime, str) else repr(regime))
+        backbone = block.get("backbone", {})
+        if not isinstance(backbone, dict):
+            raise QbenchError("'backbone' must be an object of backbone parameters")
+        if backbone and regime != "head":
+            raise QbenchError("'backbone' applies to \"regime\": \"head\" only")
+        resolve_backbone_params(backbone)
+    except QbenchError as exc:
+        raise QbenchError(f"{where}: {exc}") from None
 
 
 def _check_keys(obj: dict, allowed: tuple[str, ...], where: str) -> None:
@@ -255,6 +273,7 @@ def expand_grid(grid: dict, dataset: str, *, seeds: list[int] | None = None,
            (("select", "best"), ("split_seed", 0), ("pool_size", DEFAULT_POOL_SIZE))}
     return [
         Cell(dataset, protocol, cell_params[name][0], name, int(bits), int(seed),
-             dict(cell_params[name][1]), block.get("epochs"), dict(requested_dp), **run)
+             dict(cell_params[name][1]), block.get("epochs"), dict(requested_dp), **run,
+             regime=block.get("regime", "full"), backbone=dict(block.get("backbone", {})))
         for seed in seed_list for name in names for bits in bits_list
     ]

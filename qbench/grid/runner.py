@@ -114,6 +114,10 @@ def cell_status(cell: Cell, out: Path,
         return "stale", f"selected by {selection.get('rule')!r}, the grid asks {cell.select!r}"
     if selection.get("pool_size", cell.pool_size) != cell.pool_size:
         return "stale", f"pool size {selection.get('pool_size')}, the grid asks {cell.pool_size}"
+    if res.get("regime", "full") != cell.regime:
+        return "stale", f"regime {res.get('regime', 'full')!r}, the grid asks {cell.regime!r}"
+    if ((res.get("backbone") or {}).get("params")) != cell.resolved_backbone:
+        return "stale", "the backbone's parameters changed"
     if res.get("tuning") != cell.tuning:
         return "stale", "its tuning record differs from the grid's studies"
     params = cell.resolved

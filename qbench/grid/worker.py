@@ -79,6 +79,11 @@ def stage1_group(cell: Cell) -> tuple | None:
     from qbench.registry import METHODS
     from qbench.train.encoder_cache import stage1_engine
 
+    if cell.regime == "head":  # every method of a seed needs its backbone first
+        return ("backbone", cell.dataset, json.dumps(cell.resolved_dataset_params,
+                                                     sort_keys=True),
+                cell.protocol, cell.split_seed, cell.seed,
+                json.dumps(cell.resolved_backbone, sort_keys=True))
     method = METHODS.get(cell.method)(cell.resolved)
     spec = method.stage1_spec(cell.bits)
     if spec is None:

@@ -21,7 +21,9 @@ Row label
 Convention
     The metric card without its distance entries (relevance rule, K, AP normaliser,
     zero-hit and tie policies, ...) plus the selection rule (``selection.rule``: best or
-    last; "not recorded" for results without the key). Runs of different conventions go
+    last; "not recorded" for results without the key) and the training regime (``regime``:
+    full, or head on a frozen backbone; full for results without it). Runs of different
+    conventions go
     to separate tables and are never averaged or tested against each other. A run with
     ``selection: null`` selected nothing (lsh, raw pq): it is the same under every rule and
     joins the table of each rule present beside it (:func:`assign_conventions`).
@@ -258,6 +260,7 @@ def convention_card(result: dict, rule: str | None = None) -> dict:
             value = value.split(";", 1)[0].strip()
         conv[key] = value
     conv["selection_rule"] = selection_rule(result) if rule is None else rule
+    conv["regime"] = result.get("regime", "full")
     return conv
 
 

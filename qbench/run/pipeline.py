@@ -22,6 +22,7 @@ from qbench.data.protocols import materialise
 from qbench.eval.evaluator import evaluate
 from qbench.registry import DATASETS, METHODS
 from qbench.run.results import new_record, result_filename, write_json_atomic
+from qbench.train.backbone import backbone_context, check_regime, resolve_backbone_params
 from qbench.train.selection import RULES
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -51,6 +52,8 @@ class RunRequest:
     use_cache: bool = True
     deterministic: bool = False
     tuning: dict | None = None  # {"trials", "best_value", "study"} when params were tuned
+    regime: str = "full"  # or "head": methods train a shared head on a frozen backbone
+    backbone: dict = field(default_factory=dict)  # backbone parameters (regime head)
 
 
 def resolve_device(device: str) -> str:
@@ -94,6 +97,7 @@ class Prepared:
     protocol_spec: object
     device: str
     output_path: Path
+    backbone: dict | None = None  # resolved backbone parameters (regime head), else None
 
 
 def check_data_dir(data_dir: Path | None) -> None:
@@ -130,6 +134,11 @@ def prepare(req: RunRequest) -> Prepared:
     if not isinstance(req.bits, int) or isinstance(req.bits, bool):
         raise QbenchError(f"--bits must be an integer, got {req.bits!r}")
     method.check_bits(req.bits)
+    check_regime(req.regime)
+    if req.backbone and req.regime != "head":
+        raise QbenchError("--backbone applies to --regime head only; got --regime "
+                          f"{req.regime}")
+    backbone = resolve_backbone_params(req.backbone) if req.regime == "head" else None
     check_data_dir(req.data_dir)
     dataset_plugin = dataset_cls(DATASETS.resolve_params(req.dataset, req.dataset_params),
                                  req.data_dir)
@@ -137,9 +146,10 @@ def prepare(req: RunRequest) -> Prepared:
     device = resolve_device(req.device)
     out = Path(req.out)
     output_path = Path(req.output_file) if req.output_file else out / result_filename(
-        req.dataset, protocol_spec.name, req.method, req.bits, req.seed, req.split_seed)
+        req.dataset, protocol_spec.name, req.method, req.bits, req.seed, req.split_seed,
+        req.regime)
     check_writable(output_path.parent)
-    return Prepared(req, method, dataset_plugin, protocol_spec, device, output_path)
+    return Prepared(req, method, dataset_plugin, protocol_spec, device, output_path, backbone)
 
 
 @contextlib.contextmanager
@@ -168,8 +178,10 @@ def torch_settings(deterministic: bool, device: str):
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:]
 
 
-def _context(prep: Prepared) -> tuple[RunContext, float]:
-    """Load the data, materialise the splits and the selection pool; (context, load_s)."""
+def _context(prep: Prepared) -> tuple[RunContext, float, dict | None]:
+    """Load the data, materialise the splits and the selection pool; in the head regime,
+    put the frozen backbone's features in place of the inputs (trained or cached now):
+    (context, load_s, the backbone's record or None)."""
     from qbench.train.encoder_cache import EncoderCache, cache_root
 
     req = prep.request
@@ -182,7 +194,10 @@ def _context(prep: Prepared) -> tuple[RunContext, float]:
     cache = EncoderCache(root) if root is not None else None
     ctx = RunContext(dataset, splits, req.bits, req.seed, prep.device, req.progress,
                      select=req.select, pool=pool, cache=cache)
-    return ctx, load_s
+    if prep.backbone is None:
+        return ctx, load_s, None
+    ctx, record = backbone_context(ctx, prep.backbone)
+    return ctx, load_s, record
 
 
 @contextlib.contextmanager
@@ -209,21 +224,25 @@ def train_stage1(req: RunRequest) -> dict | None:
 
     prep = prepare(req)
     spec = prep.method.stage1_spec(req.bits)
-    if spec is None or not req.use_cache:
+    if not req.use_cache or (spec is None and prep.backbone is None):
         return None
     with torch_settings(req.deterministic, prep.device):
-        ctx, _ = _context(prep)
+        ctx, _, backbone = _context(prep)  # trains or finds the backbone (regime head)
+        if spec is None:
+            return {"key": backbone["key"], "cache": backbone["cache"]}
         encoder = stage1_encoder(ctx, prep.method.params, spec[0], tanh=spec[1])
     return encoder.provenance
 
 
-def run_selection(req: RunRequest) -> dict:
+def run_selection(req: RunRequest, report=None) -> dict:
     """Train and select as :func:`run_experiment` does, without touching the query split:
-    the ``selection`` record (tuning's objective reads ``chosen_value``)."""
+    the ``selection`` record (tuning's objective reads ``chosen_value``). ``report(epoch,
+    value) -> stop`` is a tuning trial's reporter (:attr:`RunContext.report`)."""
     with _no_leftover_out(Path(req.out)):
         prep = prepare(req)
         with torch_settings(req.deterministic, prep.device):
-            ctx, _ = _context(prep)
+            ctx, _, _ = _context(prep)
+            ctx.report = report
             output = prep.method.run_selection(ctx)
     if output.selection is None:
         raise QbenchError(f"method {req.method} trains and fits nothing: nothing to select")
@@ -241,7 +260,7 @@ def run_experiment(req: RunRequest) -> tuple[Path, dict]:
 def _run(prep: Prepared) -> tuple[Path, dict]:
     req = prep.request
     started = time.perf_counter()
-    ctx, load_s = _context(prep)
+    ctx, load_s, backbone = _context(prep)
     splits = ctx.splits
     output = prep.method.run(ctx)
     q_labels, db_labels = ctx.y("query"), ctx.y("database")
@@ -257,7 +276,8 @@ def _run(prep: Prepared) -> tuple[Path, dict]:
         metrics["float_map_all"] = float_map
         metrics["retention"] = metrics["map_all"] / float_map if float_map > 0 else None
 
-    timings = {"load_s": load_s, **output.timings, **ev.timings,
+    timings = {"load_s": load_s,
+               **({"backbone_s": backbone["seconds"]} if backbone else {}), **output.timings, **ev.timings,
                "total_s": time.perf_counter() - started}
     result = new_record({
         "method": req.method,
@@ -273,6 +293,8 @@ def _run(prep: Prepared) -> tuple[Path, dict]:
         "seed": req.seed,
         "split_seed": req.split_seed,
         "params": prep.method.params,
+        "regime": req.regime,
+        "backbone": backbone,
         "selection": output.selection,
         "tuning": req.tuning,
         "encoder_key": (output.encoder or {}).get("key"),

@@ -47,11 +47,13 @@ REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
 
 
 def result_filename(dataset: str, protocol: str, method: str, bits: int, seed: int,
-                    split_seed: int = 0) -> str:
+                    split_seed: int = 0, regime: str = "full") -> str:
     """The file name of one run: one result per (dataset, protocol, method, bits, seed,
-    split seed); the split seed shows only when it is not the default 0."""
+    split seed, regime); the split seed shows only when it is not the default 0, the
+    regime only when it is not the default ``full``."""
     split = f"-split{split_seed}" if split_seed else ""
-    return f"{dataset}-{protocol}-{method}-{bits}b-seed{seed}{split}.json"
+    head = f"-{regime}" if regime != "full" else ""
+    return f"{dataset}-{protocol}-{method}-{bits}b-seed{seed}{split}{head}.json"
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -169,6 +169,37 @@ class EncoderCache:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    def features(self, key: str, epoch: int, compute) -> tuple[np.ndarray, str]:
+        """The frozen backbone's features of entry ``key`` at ``epoch`` (the head regime,
+        :mod:`qbench.train.backbone`): ``(array, "hit" | "miss")``, the array memory-mapped
+        read-only from ``features-e<epoch>.npy`` after its sha256 matches the sidecar;
+        ``compute() -> (n, F) float32`` on a miss or a corrupt file (reported, replaced).
+        Written to a temporary file and renamed, under the entry's feature lock."""
+        path = self.entry(key) / f"features-e{epoch}.npy"
+        sidecar = path.with_suffix(".sha256")
+        with self.lock(f"{key}-features"):
+            if path.is_file() and sidecar.is_file():
+                if _sha256(path) == sidecar.read_text().strip():
+                    return np.load(path, mmap_mode="r"), "hit"
+                print(f"qbench: cached features {path} fail their checksum; recomputing",
+                      file=sys.stderr)
+            values = np.ascontiguousarray(compute(), dtype=np.float32)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    np.save(fh, values)
+                digest = _sha256(Path(tmp))
+                sidecar.unlink(missing_ok=True)
+                os.replace(tmp, path)
+                sidecar.write_text(digest)
+            except OSError as exc:
+                raise QbenchError(f"encoder cache {self.root}: cannot store features of "
+                                  f"{key}: {exc.strerror or exc}") from None
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        return np.load(path, mmap_mode="r"), "miss"
+
     def get_or_train(self, ctx: RunContext, params: dict, dim: int, tanh: bool,
                      train) -> TrainedEncoder:
         """The entry for this training, trained by ``train() -> Trainer`` on a miss."""

@@ -40,6 +40,8 @@ class InputScaler:
 
     def to_device(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Raw inputs -> standardised float tensor on the device."""
+        if isinstance(x, np.ndarray) and not x.flags.writeable:
+            x = np.array(x)  # a batch of a read-only memory map (torch wants writable)
         t = torch.as_tensor(x).to(self.device, non_blocking=True)
         t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
         return self.layout((t - self.mean) / self.std)
