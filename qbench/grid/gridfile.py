@@ -61,7 +61,7 @@ BLOCK_KEYS = ("description", "protocol", "epochs", "dataset_params", "params", "
               "bits", "seeds", "resources", "regime", "backbone") + RUN_KEYS
 RESOURCE_KEYS = ("cpu", "gpu")
 VARIANT_KEYS = ("method", "params", "description")
-TUNE_KEYS = ("trials", "seed", "shared")
+TUNE_KEYS = ("trials", "seed", "shared", "pruner")
 """Keys of a grid's ``"tune"`` block (:mod:`qbench.grid.tuning` runs it)."""
 
 
@@ -79,6 +79,11 @@ def check_tune_spec(spec, where: str) -> None:
         check_int(value, f"{where}: 'tune.{key}'", low=low, what=f"an integer >= {low}")
     if not isinstance(spec.get("shared", False), bool):
         raise QbenchError(f"{where}: 'tune.shared' must be true or false")
+    from qbench.grid.tune import PRUNERS
+
+    if spec.get("pruner", "none") not in PRUNERS:
+        raise QbenchError(f"{where}: 'tune.pruner' {spec['pruner']!r} is not allowed; "
+                          "allowed: " + ", ".join(PRUNERS))
 
 
 

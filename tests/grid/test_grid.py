@@ -350,6 +350,10 @@ def test_grid_tune_key_is_checked(tmp_path):
         load_grid(write_grid(tmp_path, tune={"trials": 0, "seed": 1}))
     with pytest.raises(QbenchError, match="unknown key 'budget' in 'tune'"):
         load_grid(write_grid(tmp_path, tune={"trials": 3, "seed": 1, "budget": 9}))
+    with pytest.raises(QbenchError, match="'tune.pruner' 'hyperband' is not allowed; "
+                                          "allowed: none, median"):
+        load_grid(write_grid(tmp_path, tune={"trials": 3, "seed": 1, "pruner": "hyperband"}))
+    assert load_grid(write_grid(tmp_path, tune={"trials": 3, "seed": 1, "pruner": "median"}))
 
 
 def dying_run(req):
