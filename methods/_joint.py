@@ -36,7 +36,7 @@ from qbench.methods._base import (
     pad_columns,
     pq_layout,
 )
-from qbench.methods._trained import PQRepresentation, select_and_encode
+from qbench.methods._trained import PQRepresentation, live_scoring, select_and_encode
 from qbench.quant import ProductQuantizer
 from qbench.registry import Param, Space
 from qbench.train.encoder_cache import stage1_encoder
@@ -241,11 +241,12 @@ class JointMethod(Method):
             base = stage1_encoder(ctx, self.params, dim, tanh=tanh)
             warm, stage1_s = base.snapshot, base.train_s
             used = base.provenance
+        pq = PQRepresentation(lambda: ProductQuantizer(subspaces, nbits, seed=ctx.seed),
+                              subspaces, hooks.to_space_np)
+        scored = live_scoring(ctx, trainer, pq.represent)  # a tuning trial's pruning
         trainer.fit(resume=warm)
         encoder = TrainedEncoder.from_trainer(trainer, progress=ctx.progress)
         encoder.cache_key, encoder.cache_status = used["key"], used["cache"]
-        pq = PQRepresentation(lambda: ProductQuantizer(subspaces, nbits, seed=ctx.seed),
-                              subspaces, hooks.to_space_np)
         info = {
             "subspaces": subspaces,
             "codewords": 1 << nbits,
@@ -262,4 +263,5 @@ class JointMethod(Method):
             "refits": hooks.refits,
         }
         return select_and_encode(ctx, encoder, pq.represent, pq.encode, info=info,
-                                 describe=pq.describe, float_space=hooks.to_space_np)
+                                 describe=pq.describe, float_space=hooks.to_space_np,
+                                 scored=scored)

@@ -18,7 +18,7 @@ import numpy as np
 from qbench.core.codes import Codes, FloatCodes, PQCodes
 from qbench.data.context import RunContext
 from qbench.methods._base import MethodOutput, l2_normalise, pad_columns
-from qbench.train.selection import Represent, select
+from qbench.train.selection import Represent, score_candidate, select
 from qbench.train.trained_encoder import TrainedEncoder
 
 
@@ -28,7 +28,7 @@ def select_and_encode(ctx: RunContext, encoder: TrainedEncoder, represent: Repre
                       float_space: Callable[[np.ndarray], np.ndarray] = l2_normalise,
                       fit_after: Callable[[int], object] | None = None,
                       tuning_value: Callable[[object, int], float] | None = None,
-                      ) -> MethodOutput:
+                      scored: dict | None = None) -> MethodOutput:
     """The method output of ``encoder`` under one model-selection rule (``ctx.select``).
 
     ``describe(fitted)`` adds what the chosen fit reports to ``info``; ``float_space`` maps
@@ -39,9 +39,12 @@ def select_and_encode(ctx: RunContext, encoder: TrainedEncoder, represent: Repre
     (Householder's rotation); its result replaces the selection's fit for ``encode`` and
     ``describe``, its seconds are ``fit_s`` and the selection's own fits count into
     ``select_s``. ``tuning_value(fitted, epoch)``: what tuning maximises when it is not the
-    selection's chosen value, recorded as ``selection.tuning_value``.
+    selection's chosen value, recorded as ``selection.tuning_value``. ``scored``:
+    candidates a tuning trial scored during training (:func:`live_scoring`), not scored
+    again.
     """
-    choice = select(encoder, ctx.splits.train, ctx.pool, ctx.dataset.y, represent, ctx.select)
+    choice = select(encoder, ctx.splits.train, ctx.pool, ctx.dataset.y, represent, ctx.select,
+                    scored=scored)
     fitted, timings = choice.fitted, {"train_s": encoder.train_s, "select_s": choice.select_s,
                                       "fit_s": choice.fit_s}
     if fit_after is not None:
@@ -50,6 +53,8 @@ def select_and_encode(ctx: RunContext, encoder: TrainedEncoder, represent: Repre
         timings.update(select_s=choice.select_s + choice.fit_s,
                        fit_s=time.perf_counter() - start)
     selection = choice.selection.to_dict()
+    selection["epochs_trained"] = encoder.summary.get("epochs_trained")
+    selection["epochs_budget"] = encoder.summary.get("epochs")
     if tuning_value is not None:
         selection["tuning_value"] = tuning_value(fitted, choice.epoch)
     if ctx.selection_only:
@@ -67,6 +72,33 @@ def select_and_encode(ctx: RunContext, encoder: TrainedEncoder, represent: Repre
         selection=selection,
         encoder=encoder.provenance,
     )
+
+
+def live_scoring(ctx: RunContext, trainer, represent: Represent) -> dict:
+    """Let a tuning trial (``ctx.report``) see each candidate's validation value while
+    training runs, and stop the training when its pruner says so.
+
+    Sets ``trainer.on_candidate``: after each candidate epoch the candidate is embedded
+    (train, validation queries, pool) and scored exactly as :func:`select` scores it
+    (:func:`qbench.train.selection.score_candidate`), the value reported, and the training
+    stopped when the report returns True. Returns the dict it fills, epoch -> score, for
+    :func:`select_and_encode`'s ``scored`` (so no candidate is scored twice). Without a
+    reporter it does nothing and returns an empty dict.
+    """
+    scored: dict = {}
+    if ctx.report is None:
+        return scored
+    labels, pool, x = ctx.dataset.y, ctx.pool, ctx.dataset.X
+    report = ctx.report
+
+    def on_candidate(epoch: int) -> bool:
+        embeddings = [trainer.embed(x[idx]) for idx in (ctx.splits.train, pool.val, pool.pool)]
+        scored[epoch] = score_candidate(embeddings, represent, labels[pool.val],
+                                        labels[pool.pool])
+        return bool(report(epoch, scored[epoch][1]))
+
+    trainer.on_candidate = on_candidate
+    return scored
 
 
 class PQRepresentation:

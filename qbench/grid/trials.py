@@ -12,7 +12,8 @@ from typing import Any
 from qbench.registry import Param
 
 Report = Callable[[int, float], bool]
-Objective = Callable[[dict, Report], float]
+Objective = Callable[[dict, Report], "float | dict"]
+"""(sampled params, report) -> the value, or {"value", "epochs_trained", "epochs_budget"}."""
 
 
 def trial_request(template, params: dict):
@@ -100,8 +101,29 @@ def budget_callback(trials: int, echo: Callable[[str], None] | None, *,
             again = "" if same is None else f"; same parameters as trial {same}, not rerun"
             echo(f"{head}: {trial.value:.4f} (best {best:.4f}{again}) [{params}]")
         elif trial.state == TrialState.PRUNED:
-            echo(f"{head}: pruned at epoch {trial.last_step} [{params}]")
+            trained = trial.user_attrs.get("epochs_trained")
+            budget = trial.user_attrs.get("epochs_budget")
+            of = "" if trained is None else f", {trained} of {budget} epochs trained"
+            echo(f"{head}: pruned at epoch {trial.last_step}{of} [{params}]")
         else:
             echo(f"{head}: failed, {trial.user_attrs.get('fail_reason', '?')} [{params}]")
 
     return callback
+
+
+def trained_epochs(study) -> dict:
+    """What the study's finished trials trained: epochs trained and budgeted (summed over
+    the trials that recorded them: a trial reusing an earlier one's point trains nothing
+    and is left out), and the share of the budget that pruning saved."""
+    from optuna.trial import TrialState
+
+    trained = budget = counted = 0
+    for trial in study.get_trials(deepcopy=False,
+                                  states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        attrs = trial.user_attrs
+        if "epochs_trained" in attrs and "epochs_budget" in attrs:
+            trained += attrs["epochs_trained"]
+            budget += attrs["epochs_budget"]
+            counted += 1
+    return {"trials_counted": counted, "trained": trained, "budget": budget,
+            "saved_share": (1 - trained / budget) if budget else None}

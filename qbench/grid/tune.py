@@ -59,6 +59,7 @@ from qbench.grid.trials import (
     outcome,
     replay,
     suggest,
+    trained_epochs,
     trial_request,
     trial_value,
 )
@@ -72,11 +73,13 @@ PRUNERS = ("none", "median")
 
 
 def default_study_name(dataset: str, protocol: str, method: str, bits: int, seed: int, *,
-                       shared: bool = False) -> str:
+                       shared: bool = False, regime: str = "full") -> str:
     """``<dataset>-<protocol>-<method>-<bits>b-seed<S>``; a shared (stage-1) study has no
-    bit length: ``<dataset>-<protocol>-<method>-stage1-seed<S>``."""
+    bit length: ``<dataset>-<protocol>-<method>-stage1-seed<S>``; ``-head`` ends the name
+    of a study in the frozen-backbone regime."""
     middle = "stage1" if shared else f"{bits}b"
-    return f"{dataset}-{protocol}-{method}-{middle}-seed{seed}"
+    head = f"-{regime}" if regime != "full" else ""
+    return f"{dataset}-{protocol}-{method}-{middle}-seed{seed}{head}"
 
 
 def pipeline_objective(template) -> Objective:
@@ -87,18 +90,35 @@ def pipeline_objective(template) -> Objective:
     ``chosen_value`` (validation MAP of the method's representation on the selection pool),
     or its ``tuning_value`` where the method's final representation comes after selection
     (householder's rotation).
-    The selection curve is reported point by point after the run, so a pruner takes the
-    same decisions as it would during training, but saves no training time.
+    Methods that train under the trial (dqn, ssm, gsl) report each candidate's value
+    during training, and the training stops when the pruner says so. Where the candidates
+    come from the shared, cached stage-1 encoder (a stopped training must not be cached as
+    if complete), the selection curve is reported point by point after the run: the
+    pruner then takes the same decisions but saves no training time. Returns the value
+    and the epochs trained against the budget (``epochs_trained``, ``epochs_budget``).
     """
 
-    def objective(params: dict, report: Report) -> float:
+    def objective(params: dict, report: Report) -> dict:
         from qbench.run.pipeline import run_selection
 
-        selection = run_selection(trial_request(template, params))
-        for epoch, value in zip(selection["epochs"], selection["values"]):
-            if value is not None and math.isfinite(value) and report(epoch, value):
-                break
-        return trial_value(selection)
+        live: set[int] = set()
+        stopped: list[bool] = []
+
+        def during_training(epoch: int, value: float) -> bool:
+            live.add(epoch)
+            stopped.append(bool(report(epoch, value)))
+            return stopped[-1]
+
+        selection = run_selection(trial_request(template, params), report=during_training)
+        if not any(stopped):
+            for epoch, value in zip(selection["epochs"], selection["values"]):
+                if epoch in live or value is None or not math.isfinite(value):
+                    continue
+                if report(epoch, value):
+                    break
+        return {"value": trial_value(selection),
+                "epochs_trained": selection.get("epochs_trained"),
+                "epochs_budget": selection.get("epochs_budget")}
 
     return objective
 
@@ -183,7 +203,8 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
         fixed["epochs"] = template.epochs
     protocol = prep.protocol_spec.name
     name = study_name or default_study_name(template.dataset, protocol, template.method,
-                                            template.bits, template.seed, shared=shared)
+                                            template.bits, template.seed, shared=shared,
+                                            regime=template.regime)
     if not SAFE_NAME.match(name):
         raise QbenchError(f"--study {name!r} is not a valid name; allowed: letters, digits "
                           "and . _ + - (not first)")
@@ -199,6 +220,7 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
         "protocol": protocol, "bits": None if shared else template.bits,
         "seed": template.seed, "split_seed": template.split_seed,
         "select": template.select, "pool_size": template.pool_size,
+        "regime": template.regime, "backbone": prep.backbone,
         "fixed": json.loads(json.dumps(fixed)),
         "space": {k: p.tune.as_dict() for k, p in space.items()},
     }
@@ -236,6 +258,11 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
 
         try:
             value = objective(params, report)
+            if isinstance(value, dict):  # the value and what the trial trained
+                for key in ("epochs_trained", "epochs_budget"):
+                    if value.get(key) is not None:
+                        trial.set_user_attr(key, int(value[key]))
+                value = value["value"]
         except Exception as exc:
             trial.set_user_attr("fail_reason", one_line(exc))
             raise
@@ -296,7 +323,8 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
                     "n_startup_trials": STARTUP_TRIALS, "constant_liar": True,
                     "multivariate": True},
         "pruner": pruner_record,
-        "compute": {"trial_wall_s": wall_s, "device": device},
+        "compute": {"trial_wall_s": wall_s, "device": device,
+                    "epochs": trained_epochs(study)},
         "notes": notes,
         "qbench_version": __version__,
     }, kind="tuning", device=device)

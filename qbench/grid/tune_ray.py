@@ -60,6 +60,9 @@ def optimize_on_ray(study, space: dict, template, remaining: int, *, timeout: fl
             trial.set_user_attr("fail_reason", one_line(error))
             study.tell(trial, state=state.FAIL)
         else:
+            for key in ("epochs_trained", "epochs_budget"):  # remote trials train fully
+                if selection.get(key) is not None:
+                    trial.set_user_attr(key, int(selection[key]))
             for epoch, value in zip(selection["epochs"], selection["values"]):
                 if value is not None and math.isfinite(value):
                     trial.report(value, epoch)

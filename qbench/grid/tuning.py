@@ -13,6 +13,7 @@ stage-1 encoder per seed.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import as_completed
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,34 +28,49 @@ def _tuning_record(path: Path, cell, shared_params: dict) -> tuple[dict, dict]:
     return params, {**tuning, "best_params": {**shared_params, **tuning["best_params"]}}
 
 
-def _tune_study(template, trials: int, study: str, verbose: bool) -> Path:
+def _tune_study(template, trials: int, study: str, verbose: bool, pruner: str = "none") -> Path:
     """One study in a worker process (module level, so that it pickles); its lines are
     prefixed with the study's name."""
     from qbench.grid.tune import tune
 
     echo = (lambda line: print(f"[{study}] {line}", flush=True)) if verbose else None
-    path, _ = tune(template, trials=trials, study_name=study, echo=echo)
+    path, _ = tune(template, trials=trials, study_name=study, echo=echo, pruner=pruner)
     return path
 
 
-def _run_studies(todo: list, trials: int, jobs: int, echo) -> dict:
+def study_name(cell, seed: int, *, shared: bool = False) -> str:
+    """A grid study's name (:func:`qbench.grid.tune.default_study_name` of the cell)."""
+    from qbench.grid.tune import default_study_name
+
+    return default_study_name(cell.dataset, cell.protocol, "float" if shared else cell.name,
+                              cell.bits, seed, shared=shared, regime=cell.regime)
+
+
+def _run_studies(todo: list, trials: int, jobs: int, echo, pruner: str = "none",
+                 bar=None) -> dict:
     """{key: summary path} of the studies ``todo`` ((key, template, study) triples): one
     after another in this process, or ``jobs`` at a time in spawned worker processes with
     cores // jobs threads each (the trials of one study stay sequential: TPE learns from
     each)."""
     if jobs <= 1 or len(todo) <= 1:
-        from qbench.grid.tune import tune
-
-        return {key: tune(template, trials=trials, study_name=study, echo=echo)[0]
-                for key, template, study in todo}
+        done = {}
+        for key, template, study in todo:
+            done[key] = _tune_study(template, trials, study, echo is not None, pruner)
+            if bar is not None:
+                bar.update(trials)
+        return done
     from qbench.core.cores import worker_threads
     from qbench.grid.backends.local import stop_workers, worker_pool
 
     pool = worker_pool(min(jobs, len(todo)), worker_threads(jobs))
     try:
-        futures = {key: pool.submit(_tune_study, template, trials, study, echo is not None)
-                   for key, template, study in todo}
-        done = {key: future.result() for key, future in futures.items()}
+        futures = {pool.submit(_tune_study, template, trials, study, echo is not None,
+                               pruner): key for key, template, study in todo}
+        done = {}
+        for future in as_completed(futures):
+            done[futures[future]] = future.result()
+            if bar is not None:
+                bar.update(trials)
     except BaseException:
         stop_workers(pool)
         raise
@@ -70,10 +86,12 @@ def tune_cells(spec: dict, cells: list, request: Callable, *,
     Studies live under ``<out>/tune/`` and resume: a rerun adds only missing trials.
     ``jobs`` > 1: after the shared stage-1 study, that many studies run at once (each in
     its own process, its trials in order)."""
+    from tqdm.auto import tqdm
+
     from qbench.grid.tune import tune
     from qbench.registry import METHODS, space_of
 
-    seed, trials = spec["seed"], spec["trials"]
+    seed, trials, pruner = spec["seed"], spec["trials"], spec.get("pruner", "none")
     finals = [c for c in cells if c.seed != seed]
     if not finals:
         raise QbenchError(f"'tune.seed' {seed} is the grid's only seed: the final runs need "
@@ -85,9 +103,9 @@ def tune_cells(spec: dict, cells: list, request: Callable, *,
         declared = {p.name for p in METHODS.get("float").params}
         params = {k: v for k, v in first.params.items() if k in declared}  # the grid's "*"
         float_cell = replace(first, method="float", name="float", params=params, seed=seed)
-        study = f"{first.dataset}-{first.protocol}-float-stage1-seed{seed}"
-        path, _ = tune(request(float_cell), trials=trials, shared=True, study_name=study,
-                       echo=echo)
+        path, _ = tune(request(float_cell), trials=trials, shared=True,
+                       study_name=study_name(float_cell, seed, shared=True), echo=echo,
+                       pruner=pruner)
         shared_params, shared_tuning = _tuning_record(path, float_cell, {})
 
     tuned: dict[tuple[str, int], tuple[dict, dict | None]] = {}
@@ -103,10 +121,13 @@ def tune_cells(spec: dict, cells: list, request: Callable, *,
             tuned[key] = (base, shared_tuning if base else None)
             continue
         trial_cell = replace(cell, seed=seed, params={**cell.params, **base})
-        study = f"{cell.dataset}-{cell.protocol}-{cell.name}-{cell.bits}b-seed{seed}"
-        todo.append((key, request(trial_cell), study))
+        todo.append((key, request(trial_cell), study_name(cell, seed)))
         firsts[key] = (cell, base)
-    for key, path in _run_studies(todo, trials, jobs, echo).items():
+    bar = tqdm(total=len(todo) * trials, unit="trial", desc="tuning studies",
+               disable=not todo or echo is None, dynamic_ncols=True)
+    with bar:
+        studies = _run_studies(todo, trials, jobs, echo, pruner, bar)
+    for key, path in studies.items():
         cell, base = firsts[key]
         params, record = _tuning_record(path, cell, base)
         tuned[key] = ({**base, **params}, record)

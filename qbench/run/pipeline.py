@@ -22,7 +22,6 @@ from qbench.data.protocols import materialise
 from qbench.eval.evaluator import evaluate
 from qbench.registry import DATASETS, METHODS
 from qbench.run.results import new_record, result_filename, write_json_atomic
-from qbench.train.backbone import backbone_context, check_regime, resolve_backbone_params
 from qbench.train.selection import RULES
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -134,6 +133,8 @@ def prepare(req: RunRequest) -> Prepared:
     if not isinstance(req.bits, int) or isinstance(req.bits, bool):
         raise QbenchError(f"--bits must be an integer, got {req.bits!r}")
     method.check_bits(req.bits)
+    from qbench.train.backbone import check_regime, resolve_backbone_params
+
     check_regime(req.regime)
     if req.backbone and req.regime != "head":
         raise QbenchError("--backbone applies to --regime head only; got --regime "
@@ -196,6 +197,8 @@ def _context(prep: Prepared) -> tuple[RunContext, float, dict | None]:
                      select=req.select, pool=pool, cache=cache)
     if prep.backbone is None:
         return ctx, load_s, None
+    from qbench.train.backbone import backbone_context
+
     ctx, record = backbone_context(ctx, prep.backbone)
     return ctx, load_s, record
 
@@ -276,8 +279,8 @@ def _run(prep: Prepared) -> tuple[Path, dict]:
         metrics["float_map_all"] = float_map
         metrics["retention"] = metrics["map_all"] / float_map if float_map > 0 else None
 
-    timings = {"load_s": load_s,
-               **({"backbone_s": backbone["seconds"]} if backbone else {}), **output.timings, **ev.timings,
+    backbone_s = {"backbone_s": backbone["seconds"]} if backbone else {}
+    timings = {"load_s": load_s, **backbone_s, **output.timings, **ev.timings,
                "total_s": time.perf_counter() - started}
     result = new_record({
         "method": req.method,

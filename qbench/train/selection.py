@@ -80,16 +80,32 @@ Represent = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[Codes, object]]
 fitted, e.g. a quantizer fitted on the training embeddings)."""
 
 
+Scored = tuple[str, float, object, float]
+"""What scoring one candidate gives: (criterion, value, what was fitted, fit seconds)."""
+
+
+def score_candidate(embeddings: list[np.ndarray], represent: Represent, val_labels: np.ndarray,
+                    pool_labels: np.ndarray) -> Scored:
+    """Score one candidate from its train / val / pool embeddings (one rule, used by
+    :func:`select` and by a tuning trial scoring candidates during training)."""
+    t0 = time.perf_counter()
+    codes, fitted = represent(*embeddings)
+    fit_s = time.perf_counter() - t0
+    return criterion(codes), score(codes, val_labels, pool_labels), fitted, fit_s
+
+
 def select(encoder, train: np.ndarray, pool: SelectionPool, labels: np.ndarray,
            represent: Represent, rule: str, *,
-           on_value: Callable[[int, float], None] | None = None) -> Choice:
+           on_value: Callable[[int, float], None] | None = None,
+           scored: dict[int, Scored] | None = None) -> Choice:
     """Score the candidates of ``encoder`` (all for ``best``, the last for ``last``); choose.
 
     ``encoder``: a :class:`qbench.train.trained_encoder.TrainedEncoder` (``candidates`` and
     ``embeddings(epoch, idx)``); ``train``: the training split's indices; ``labels``: the
     dataset's labels. ``on_value(epoch, value)`` is called after each score, in epoch
     order; where small fits run side by side, every candidate is embedded first, so
-    raising from it stops the fits not yet started but no embedding.
+    raising from it stops the fits not yet started but no embedding. ``scored``: candidates
+    already scored during training (:func:`score_candidate`), not scored again.
     """
     epochs = encoder.candidates
     if rule not in RULES:
@@ -98,35 +114,38 @@ def select(encoder, train: np.ndarray, pool: SelectionPool, labels: np.ndarray,
         raise QbenchError("model selection has no candidate epoch (no epoch trained)")
     started = time.perf_counter()
     val_labels, pool_labels = labels[pool.val], labels[pool.pool]
-    scored = epochs if rule == "best" else epochs[-1:]
+    done = dict(scored or {})
+    chosen_from = epochs if rule == "best" else epochs[-1:]
+    scored = [e for e in chosen_from if e not in done]
     record = Selection(rule, "", pool.summary())
 
     def embedded(epoch: int) -> list[np.ndarray]:
         return [encoder.embeddings(epoch, idx) for idx in (train, pool.val, pool.pool)]
 
-    def fit_and_score(emb: list[np.ndarray]) -> tuple[str, float, object, float]:
-        t0 = time.perf_counter()
-        codes, fitted = represent(*emb)
-        fit_s = time.perf_counter() - t0
-        return criterion(codes), score(codes, val_labels, pool_labels), fitted, fit_s
+    def fit_and_score(emb: list[np.ndarray]) -> Scored:
+        return score_candidate(emb, represent, val_labels, pool_labels)
 
     # Embedding runs in torch, one candidate after another; small fits (PQ, OPQ, ITQ on a
     # few thousand vectors) then run side by side, single-threaded each (under either rule,
     # so an epoch scores the same under best and last); large ones one at a time.
     from qbench.quant import fit_workers, side_by_side
 
-    first = embedded(scored[0])
-    workers = fit_workers(first[0].size, len(scored))
+    first = embedded(scored[0]) if scored else None
+    workers = fit_workers(first[0].size, len(scored)) if scored else 0
     with contextlib.ExitStack() as stack:
-        if workers:
+        if not scored:
+            outcomes = iter(())
+        elif workers:
             embeddings = [first] + [embedded(epoch) for epoch in scored[1:]]
             outcomes = stack.enter_context(side_by_side(workers)).map(fit_and_score,
                                                                        embeddings)
         else:
             outcomes = (fit_and_score(first if i == 0 else embedded(epoch))
                         for i, epoch in enumerate(scored))
+        pending = iter(outcomes)  # in the order of ``scored``; pulling one runs its fit
         best: tuple[float, int, object, float] | None = None
-        for epoch, (crit, value, fitted, fit_s) in zip(scored, outcomes):
+        for epoch in chosen_from:
+            crit, value, fitted, fit_s = done[epoch] if epoch in done else next(pending)
             record.criterion = crit
             record.epochs.append(int(epoch))
             record.values.append(float(value))

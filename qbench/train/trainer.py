@@ -21,6 +21,7 @@ inference (:mod:`qbench.train.embedder`).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -95,6 +96,9 @@ class Trainer:
         self.start_epoch = 0
         self.train_s = 0.0
         self.train_tables: dict[int, np.ndarray] = {}  # see embed_train()
+        self.on_candidate: Callable[[int], bool] | None = None
+        """Called after each candidate epoch is kept, with the weights still loaded (a
+        tuning trial scores and reports it); True stops the training after that epoch."""
 
     # -- training -------------------------------------------------------------------
     def fit(self, *, resume: Snapshot | None = None, stop_after: int | None = None,
@@ -138,6 +142,9 @@ class Trainer:
             if epoch in keep and self.hooks.selectable(epoch):
                 self.candidates[epoch] = cpu_state(self.model)
                 self.embedder.candidate = epoch
+                if self.on_candidate is not None and self.on_candidate(epoch):
+                    stop = epoch + 1  # the pruner stopped the training here
+                    break
         if snapshot_at == stop:
             self.snapshot = capture(stop, self.model, opt, sched, self.rng, self.loss_curve)
         self.start_epoch = stop
@@ -216,6 +223,7 @@ class Trainer:
             "encoder": self.encoder_name,
             "epochs": self.epochs,
             "candidate_epochs": sorted(self.candidates),
+            "epochs_trained": len(self.loss_curve),
             "loss_curve": list(self.loss_curve),
             "final_loss": self.loss_curve[-1] if self.loss_curve else None,
         }

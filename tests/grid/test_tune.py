@@ -238,7 +238,7 @@ def test_repeated_points_are_not_run_again_on_the_ask_and_tell_path(tmp_path, mo
 
     evaluated = []
 
-    def fake_run_selection(req):
+    def fake_run_selection(req, report=None):
         law = req.method_params["law"]
         evaluated.append(law)
         return {"epochs": [1], "values": [0.5], "chosen_epoch": 1,
@@ -401,7 +401,7 @@ def test_the_pipeline_objective_scores_the_selection_and_reports_its_curve(tmp_p
 
     requests = []
 
-    def fake_run_selection(req):
+    def fake_run_selection(req, report=None):
         requests.append(req)
         return {"epochs": [4, 9], "values": [0.5, 0.6], "chosen_epoch": 9,
                 "chosen_value": 0.6 + req.method_params["lam"] / 100}
@@ -409,7 +409,7 @@ def test_the_pipeline_objective_scores_the_selection_and_reports_its_curve(tmp_p
     monkeypatch.setattr(qbench.run.pipeline, "run_selection", fake_run_selection, raising=False)
     reported = []
     objective = tune_module.pipeline_objective(template(tmp_path, method_params={"k": "2"}))
-    value = objective({"lam": 1.0}, lambda e, v: reported.append((e, v)) or False)
+    value = objective({"lam": 1.0}, lambda e, v: reported.append((e, v)) or False)["value"]
     assert value == pytest.approx(0.61)
     assert reported == [(4, 0.5), (9, 0.6)]
     assert requests[0].method_params == {"k": "2", "lam": 1.0}
@@ -419,7 +419,7 @@ def test_the_pipeline_objective_scores_the_selection_and_reports_its_curve(tmp_p
 def test_the_tune_command_prints_trials_and_the_best_parameters(tmp_path, monkeypatch):
     import qbench.run.pipeline
 
-    monkeypatch.setattr(qbench.run.pipeline, "run_selection", lambda req: {
+    monkeypatch.setattr(qbench.run.pipeline, "run_selection", lambda req, report=None: {
         "epochs": [0], "values": [0.5], "chosen_value": score(req.method_params)},
         raising=False)
     result = CliRunner().invoke(cli, ["tune", "--method", "toy-tuned", "--trials", "2",
@@ -457,9 +457,11 @@ def test_the_tune_command_fixes_the_knobs_of_a_params_from_file(tmp_path, monkey
     shared, record = tune(template(tmp_path), trials=1, shared=True,
                           objective=lambda params, report: 0.5)
     seen = []
-    monkeypatch.setattr(qbench.run.pipeline, "run_selection", lambda req: seen.append(req) or {
-        "epochs": [0], "values": [0.5], "chosen_value": score(req.method_params)},
-        raising=False)
+    monkeypatch.setattr(qbench.run.pipeline, "run_selection",
+                        lambda req, report=None: seen.append(req) or {
+                            "epochs": [0], "values": [0.5],
+                            "chosen_value": score(req.method_params)},
+                        raising=False)
     result = CliRunner().invoke(cli, ["tune", "--method", "toy-tuned", "--trials", "1",
                                       "--device", "cpu", "--out", str(tmp_path), "--quiet",
                                       "--params-from", str(shared)])
