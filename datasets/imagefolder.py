@@ -97,9 +97,10 @@ class ImageFolder(DatasetPlugin):
                    "(-D path=ROOT)")
     params = (
         Param("path", str, "", "the folder ROOT holding train/ and test/"),
-        Param("n_query", int, 1000, "query items (per class: n_query / classes)", minimum=1),
-        Param("n_train", int, 5000, "training items (per class)", minimum=2),
-        Param("n_val", int, 1000, "validation items (per class, taken from the database)",
+        Param("n_query", int, 1000, "query items in all (n_query / classes per class)", minimum=1),
+        Param("n_train", int, 5000, "training items in all (n_train / classes per class)",
+              minimum=2),
+        Param("n_val", int, 1000, "validation items in all (taken from the database)",
               minimum=1),
     )
 

@@ -53,8 +53,7 @@ def select_and_encode(ctx: RunContext, encoder: TrainedEncoder, represent: Repre
         timings.update(select_s=choice.select_s + choice.fit_s,
                        fit_s=time.perf_counter() - start)
     selection = choice.selection.to_dict()
-    selection["epochs_trained"] = encoder.summary.get("epochs_trained")
-    selection["epochs_budget"] = encoder.summary.get("epochs")
+    selection["epochs_trained"], selection["epochs_budget"] = encoder.training_effort
     if tuning_value is not None:
         selection["tuning_value"] = tuning_value(fitted, choice.epoch)
     if ctx.selection_only:

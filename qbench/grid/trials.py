@@ -113,15 +113,16 @@ def budget_callback(trials: int, echo: Callable[[str], None] | None, *,
 
 def trained_epochs(study) -> dict:
     """What the study's finished trials trained: epochs trained and budgeted (summed over
-    the trials that recorded them: a trial reusing an earlier one's point trains nothing
-    and is left out), and the share of the budget that pruning saved."""
+    the trials that trained: a trial reusing an earlier one's point, or one whose encoder
+    came from the cache, trains nothing and is left out; epochs a joint method took over
+    from its warm start count in neither), and the share of the budget pruning saved."""
     from optuna.trial import TrialState
 
     trained = budget = counted = 0
     for trial in study.get_trials(deepcopy=False,
                                   states=(TrialState.COMPLETE, TrialState.PRUNED)):
         attrs = trial.user_attrs
-        if "epochs_trained" in attrs and "epochs_budget" in attrs:
+        if attrs.get("epochs_budget"):  # 0: its encoder came from the cache
             trained += attrs["epochs_trained"]
             budget += attrs["epochs_budget"]
             counted += 1

@@ -142,6 +142,10 @@ def _make_pruner(name: str):
     return optuna.pruners.NopPruner(), {"name": "none"}
 
 
+#: What a study made before training regimes existed holds for the keys it lacks.
+IDENTITY_BEFORE_REGIMES = {"regime": "full", "backbone": None}
+
+
 def _check_identity(study, identity: dict, storage_text: str) -> None:
     """Record ``identity`` in a new study; refuse a study made for something else."""
     stored = study.user_attrs.get("qbench")
@@ -152,10 +156,11 @@ def _check_identity(study, identity: dict, storage_text: str) -> None:
         study.set_user_attr("qbench", identity)
         return
     for key, value in identity.items():
-        if stored.get(key) != value:
+        recorded = stored.get(key, IDENTITY_BEFORE_REGIMES.get(key))
+        if recorded != value:
             raise QbenchError(
                 f"study {study.study_name!r} in {storage_text} was created for {key} "
-                f"{stored.get(key)!r}, not {value!r}; give another --study or --storage")
+                f"{recorded!r}, not {value!r}; give another --study or --storage")
 
 
 def tune(template, *, trials: int, shared: bool = False, storage: str | None = None,

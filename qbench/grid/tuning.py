@@ -13,7 +13,7 @@ stage-1 encoder per seed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import as_completed
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import replace
 from pathlib import Path
 
@@ -46,6 +46,48 @@ def study_name(cell, seed: int, *, shared: bool = False) -> str:
                               cell.bits, seed, shared=shared, regime=cell.regime)
 
 
+#: Seconds between two looks at the running studies' trial counts (the progress bar).
+POLL_S = 5.0
+
+
+class _TrialCounter:
+    """Finished trials of a grid's studies while worker processes run them, read from each
+    study's storage (``<out>/tune/<study>.db``), so the bar moves with every trial."""
+
+    def __init__(self, todo: list):
+        self.paths = {key: Path(template.out) / "tune" / f"{study}.db"
+                      for key, template, study in todo}
+        self.names = {key: study for key, _, study in todo}
+        self.counts = dict.fromkeys(self.paths, 0)
+        self.closed: set = set()
+        self.studies: dict = {}
+
+    def finish(self, key, trials: int) -> None:
+        self.counts[key] = max(self.counts[key], trials)
+        self.closed.add(key)
+        self.studies.pop(key, None)
+
+    def total(self) -> int:
+        for key in set(self.paths) - self.closed:
+            self.counts[key] = max(self.counts[key], self._finished(key))
+        return sum(self.counts.values())
+
+    def _finished(self, key) -> int:
+        import optuna
+        from optuna.trial import TrialState
+
+        try:
+            if key not in self.studies:
+                if not self.paths[key].is_file():
+                    return 0
+                self.studies[key] = optuna.load_study(
+                    study_name=self.names[key], storage=f"sqlite:///{self.paths[key]}")
+            return len(self.studies[key].get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        except Exception:  # noqa: BLE001 - a study not created yet, or mid-write: look later
+            return self.counts[key]
+
+
 def _run_studies(todo: list, trials: int, jobs: int, echo, pruner: str = "none",
                  bar=None) -> dict:
     """{key: summary path} of the studies ``todo`` ((key, template, study) triples): one
@@ -63,14 +105,19 @@ def _run_studies(todo: list, trials: int, jobs: int, echo, pruner: str = "none",
     from qbench.grid.backends.local import stop_workers, worker_pool
 
     pool = worker_pool(min(jobs, len(todo)), worker_threads(jobs))
+    counter = _TrialCounter(todo)
     try:
         futures = {pool.submit(_tune_study, template, trials, study, echo is not None,
                                pruner): key for key, template, study in todo}
         done = {}
-        for future in as_completed(futures):
-            done[futures[future]] = future.result()
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
+            for future in finished:
+                done[futures[future]] = future.result()
+                counter.finish(futures[future], trials)
             if bar is not None:
-                bar.update(trials)
+                bar.update(counter.total() - bar.n)
     except BaseException:
         stop_workers(pool)
         raise

@@ -289,7 +289,8 @@ def _run(prep: Prepared) -> tuple[Path, dict]:
         "dataset": req.dataset,
         "dataset_params": prep.dataset_plugin.params,
         "dataset_source": ctx.dataset.source,
-        "dataset_checksum": ctx.dataset.checksum,
+        # the raw data's checksum in both regimes (the features' is in ``backbone``)
+        "dataset_checksum": backbone["data_checksum"] if backbone else ctx.dataset.checksum,
         "protocol": prep.protocol_spec.name,
         "protocol_description": prep.protocol_spec.description,
         "bits": req.bits,

@@ -127,6 +127,8 @@ def backbone_context(ctx: RunContext, params: dict) -> tuple[RunContext, dict]:
         "key": encoder.cache_key,
         "cache": encoder.cache_status,
         "features_cache": feature_status,
+        "data_checksum": dataset.checksum,
+        "features_checksum": checksum,
         "epoch": int(epoch),
         "encoder": encoder.summary["encoder"],
         "feature_dim": int(features.shape[1]),

@@ -32,6 +32,7 @@ class TrainedEncoder:
         self.snapshot: Snapshot | None = None  # state at the joint methods' warm-up epoch
         self.cache_key: str | None = None
         self.cache_status = "off"  # "hit", "miss" or "off"
+        self.trained_here = False  # trained by this process (not loaded from the cache)
 
     @classmethod
     def from_trainer(cls, trainer: Trainer, *, progress: bool = False) -> TrainedEncoder:
@@ -40,7 +41,18 @@ class TrainedEncoder:
         encoder = cls(trainer, trainer.candidates, trainer.summary(), trainer.train_s,
                       progress=progress)
         encoder.snapshot = trainer.snapshot
+        encoder.trained_here = True
         return encoder
+
+    @property
+    def training_effort(self) -> tuple[int, int]:
+        """(epochs this process trained for this encoder, epochs it would have trained had
+        no pruner stopped it): (0, 0) when it was loaded from the cache; epochs taken over
+        from a warm start's snapshot count in neither."""
+        if not self.trained_here:
+            return 0, 0
+        resumed = self.summary.get("epochs_resumed", 0)
+        return self.summary["epochs_trained"] - resumed, self.summary["epochs"] - resumed
 
     @property
     def provenance(self) -> dict:

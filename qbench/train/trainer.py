@@ -94,6 +94,7 @@ class Trainer:
         self.candidates: dict[int, dict] = {}
         self.snapshot: Snapshot | None = None
         self.start_epoch = 0
+        self.epochs_resumed = 0  # epochs taken over from a warm start's snapshot
         self.train_s = 0.0
         self.train_tables: dict[int, np.ndarray] = {}  # see embed_train()
         self.on_candidate: Callable[[int], bool] | None = None
@@ -123,7 +124,7 @@ class Trainer:
             restore(resume, self.model, opt, sched, self.rng)
             self.loss_curve = list(resume.loss)
             self.embedder.candidate = None
-            self.start_epoch = resume.epoch
+            self.start_epoch = self.epochs_resumed = resume.epoch
         stop = self.epochs if stop_after is None else min(stop_after, self.epochs)
         x_train = self.scaler.to_device(self.ctx.x("train"))  # on the device for the whole run
         keep = set(candidate_epochs(self.epochs))
@@ -223,7 +224,8 @@ class Trainer:
             "encoder": self.encoder_name,
             "epochs": self.epochs,
             "candidate_epochs": sorted(self.candidates),
-            "epochs_trained": len(self.loss_curve),
+            "epochs_trained": len(self.loss_curve),  # the resumed ones included
+            "epochs_resumed": self.epochs_resumed,
             "loss_curve": list(self.loss_curve),
             "final_loss": self.loss_curve[-1] if self.loss_curve else None,
         }

@@ -66,3 +66,37 @@ def test_pruning_reaches_the_best_value_with_fewer_epochs(studies):
     assert pruned["compute"]["epochs"]["trained"] < plain["compute"]["epochs"]["trained"]
     assert pruned["compute"]["epochs"]["saved_share"] > 0
     assert pruned["best_value"] == pytest.approx(plain["best_value"])
+
+
+def test_a_study_made_before_regimes_resumes_in_the_full_regime():
+    import optuna
+
+    from qbench.core.errors import QbenchError
+    from qbench.grid.tune import _check_identity
+
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("qbench", {"method": "dqn", "bits": 32})  # no regime, no backbone
+    _check_identity(study, {"method": "dqn", "bits": 32, "regime": "full", "backbone": None},
+                    "memory")
+    with pytest.raises(QbenchError, match="created for regime 'full', not 'head'"):
+        _check_identity(study, {"method": "dqn", "regime": "head"}, "memory")
+
+
+def test_the_tuning_bar_counts_the_finished_trials_of_running_studies(tmp_path):
+    import optuna
+
+    from qbench.grid.tuning import _TrialCounter
+
+    class Template:
+        out = tmp_path
+
+    (tmp_path / "tune").mkdir()
+    storage = f"sqlite:///{tmp_path / 'tune' / 's1.db'}"
+    study = optuna.create_study(study_name="s1", storage=storage, direction="maximize")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    counter = _TrialCounter([("a", Template, "s1"), ("b", Template, "s2")])
+    assert counter.total() == 3  # s2 has no storage yet: 0
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert counter.total() == 5
+    counter.finish("b", 4)
+    assert counter.total() == 9

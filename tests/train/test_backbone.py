@@ -199,3 +199,24 @@ def test_grid_block_regime_and_backbone(tmp_path):
     path.write_text(json.dumps(grid))
     with pytest.raises(QbenchError, match="'frozen'"):
         load_grid(path)
+
+
+def test_a_finished_head_grid_is_done_on_a_rerun(tmp_path):
+    """Head results record the raw data's checksum (the features' is under ``backbone``),
+    so resuming a head-regime grid redoes nothing."""
+    from qbench.grid.runner import run_grid
+
+    grid = {"methods": ["float", "lsh"], "bits": [16], "seeds": [0], "pool_size": 300,
+            "datasets": {"digits": {"regime": "head", "epochs": 2,
+                                    "backbone": {"epochs": 2}}}}
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(grid))
+    out = tmp_path / "out"
+    first = run_grid(path, out=out, progress=False)
+    assert len(first.done) == 2
+    result = json.loads(next(out.glob("*-float-*.json")).read_text())
+    assert result["dataset_checksum"] == result["backbone"]["data_checksum"]
+    assert result["backbone"]["features_checksum"] != result["dataset_checksum"]
+    assert run_grid(path, out=out, dry_run=True).endswith("2 done, 0 to run, 0 stale (rerun)")
+    again = run_grid(path, out=out, progress=False)
+    assert again.done == [] and len(again.skipped) == 2

@@ -83,3 +83,14 @@ def test_a_cached_stage1_training_is_never_stopped_or_cached_partial(tmp_path):
     assert again["epochs"] == stopped["epochs"] and len(again["epochs"]) == 10
     np.testing.assert_array_equal(again["values"], stopped["values"])
     assert again["chosen_value"] == pytest.approx(stopped["chosen_value"])
+
+
+def test_epochs_trained_leave_out_a_warm_start_and_a_cached_encoder(tmp_path):
+    # dqn warm-starts from the cached stage-1 snapshot at its default warm-up epoch (1 of
+    # 10): a trial stopped at epoch 4 trained epochs 1..4 (4) of the 9 it would have trained
+    selection = run_selection(_request(tmp_path, "dqn", "a", subspaces=2),
+                              report=lambda e, v: e >= 4)
+    assert (selection["epochs_trained"], selection["epochs_budget"]) == (4, 9)
+    # the stage-1 encoder was trained above (for the warm start): a float run now loads it
+    cached = run_selection(_request(tmp_path, "float", "b"))
+    assert (cached["epochs_trained"], cached["epochs_budget"]) == (0, 0)
