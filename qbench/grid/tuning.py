@@ -12,6 +12,7 @@ stage-1 encoder per seed.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import replace
@@ -60,12 +61,10 @@ class _TrialCounter:
         self.names = {key: study for key, _, study in todo}
         self.counts = dict.fromkeys(self.paths, 0)
         self.closed: set = set()
-        self.studies: dict = {}
 
     def finish(self, key, trials: int) -> None:
         self.counts[key] = max(self.counts[key], trials)
         self.closed.add(key)
-        self.studies.pop(key, None)
 
     def total(self) -> int:
         for key in set(self.paths) - self.closed:
@@ -73,18 +72,22 @@ class _TrialCounter:
         return sum(self.counts.values())
 
     def _finished(self, key) -> int:
-        import optuna
-        from optuna.trial import TrialState
+        """Finished trials in the study's storage, read through a read-only connection
+        (never optuna's: opening a storage another process is creating races its schema
+        set-up); 0 before the storage exists, the last count while it cannot be read."""
+        import sqlite3
 
+        path = self.paths[key]
+        if not path.is_file():
+            return 0
         try:
-            if key not in self.studies:
-                if not self.paths[key].is_file():
-                    return 0
-                self.studies[key] = optuna.load_study(
-                    study_name=self.names[key], storage=f"sqlite:///{self.paths[key]}")
-            return len(self.studies[key].get_trials(
-                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-        except Exception:  # noqa: BLE001 - a study not created yet, or mid-write: look later
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True,
+                                                    timeout=1)) as db:
+                (count,), = db.execute(
+                    "SELECT COUNT(*) FROM trials JOIN studies USING (study_id) WHERE "
+                    "study_name = ? AND state IN ('COMPLETE', 'PRUNED')", (self.names[key],))
+            return int(count)
+        except sqlite3.Error:  # schema not created yet, or busy: look again later
             return self.counts[key]
 
 
