@@ -53,10 +53,11 @@ def select_and_encode(ctx: RunContext, encoder: TrainedEncoder, represent: Repre
         timings.update(select_s=choice.select_s + choice.fit_s,
                        fit_s=time.perf_counter() - start)
     selection = choice.selection.to_dict()
-    selection["epochs_trained"], selection["epochs_budget"] = encoder.training_effort
     if tuning_value is not None:
         selection["tuning_value"] = tuning_value(fitted, choice.epoch)
-    if ctx.selection_only:
+    if ctx.selection_only:  # a tuning trial: what it trained (results leave it out, since
+        # it depends on which run of a grid trained the shared encoder first)
+        selection["epochs_trained"], selection["epochs_budget"] = encoder.training_effort
         return MethodOutput(codes=None, selection=selection, timings=timings)
     start = time.perf_counter()
     query = encoder.embeddings(choice.epoch, ctx.splits.query)
