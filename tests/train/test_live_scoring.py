@@ -1,59 +1,11 @@
 """Scoring candidates during training (a tuning trial's pruning): the trainer stops when
-its candidate callback says so, selection reuses scores given to it, and the cached
-stage-1 training is never stopped (so the cache never holds a partial training)."""
+its candidate callback says so, and the cached stage-1 training is never stopped (so the
+cache never holds a partial training). Selection reusing the scores: test_selection.py."""
 
 import numpy as np
 import pytest
 
-from qbench.core.codes import FloatCodes
-from qbench.data.pool import selection_pool
-from qbench.data.protocols import Splits
 from qbench.run.pipeline import RunRequest, run_selection
-from qbench.train.selection import score_candidate, select
-
-
-def _splits(n=200, classes=4):
-    y = np.arange(n) % classes
-    idx = np.arange(n)
-    return Splits("t", 0, idx[:20], idx[20:80], idx[80:100], idx[20:]), y
-
-
-class FakeEncoder:
-    """Candidates whose embeddings make validation MAP follow ``quality`` per epoch."""
-
-    def __init__(self, y, quality):
-        self.y, self.quality = y, quality
-        self.candidates = sorted(quality)
-
-    def embeddings(self, epoch, idx):
-        rng = np.random.default_rng(epoch)
-        onehot = np.eye(4)[self.y[idx]]
-        return (self.quality[epoch] * onehot + rng.normal(size=onehot.shape)).astype(np.float32)
-
-
-def _cosine(train, val, pool):
-    return FloatCodes(val, pool, metric="cosine"), "fitted"
-
-
-def test_select_reuses_the_scores_of_candidates_scored_during_training():
-    splits, y = _splits()
-    pool = selection_pool(splits, y, cap=0)
-    encoder = FakeEncoder(y, {1: 0.5, 3: 8.0, 5: 1.0})
-    plain = select(encoder, splits.train, pool, y, _cosine, "best")
-    embedded = []
-    original = encoder.embeddings
-    encoder.embeddings = lambda epoch, idx: embedded.append(epoch) or original(epoch, idx)
-    early = {e: score_candidate([original(e, i) for i in (splits.train, pool.val, pool.pool)],
-                                _cosine, y[pool.val], y[pool.pool]) for e in (1, 3)}
-    reused = select(encoder, splits.train, pool, y, _cosine, "best", scored=early)
-    assert set(embedded) == {5}  # only the candidate not scored during training
-    assert reused.selection.to_dict() == plain.selection.to_dict()
-    everything = {**early, 5: score_candidate(
-        [original(5, i) for i in (splits.train, pool.val, pool.pool)], _cosine,
-        y[pool.val], y[pool.pool])}
-    embedded.clear()
-    assert select(encoder, splits.train, pool, y, _cosine, "last",
-                  scored=everything).epoch == 5 and not embedded
 
 
 def _request(tmp_path, method, out, **params):

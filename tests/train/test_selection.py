@@ -8,7 +8,7 @@ from qbench.core.errors import QbenchError
 from qbench.data.pool import selection_pool
 from qbench.data.protocols import Splits
 from qbench.run.pipeline import RunRequest, run_experiment
-from qbench.train.selection import criterion, select
+from qbench.train.selection import criterion, score_candidate, select
 
 
 def _splits(n=200, classes=4):
@@ -71,6 +71,27 @@ class FakeEncoder:
 
 def _cosine(train, val, pool):
     return FloatCodes(val, pool, metric="cosine"), "fitted"
+
+
+def test_select_reuses_the_scores_of_candidates_scored_during_training():
+    splits, y = _splits()
+    pool = selection_pool(splits, y, cap=0)
+    encoder = FakeEncoder(y, {1: 0.5, 3: 8.0, 5: 1.0})
+    plain = select(encoder, splits.train, pool, y, _cosine, "best")
+    embedded = []
+    original = encoder.embeddings
+    encoder.embeddings = lambda epoch, idx: embedded.append(epoch) or original(epoch, idx)
+    early = {e: score_candidate([original(e, i) for i in (splits.train, pool.val, pool.pool)],
+                                _cosine, y[pool.val], y[pool.pool]) for e in (1, 3)}
+    reused = select(encoder, splits.train, pool, y, _cosine, "best", scored=early)
+    assert set(embedded) == {5}  # only the candidate not scored during training
+    assert reused.selection.to_dict() == plain.selection.to_dict()
+    everything = {**early, 5: score_candidate(
+        [original(5, i) for i in (splits.train, pool.val, pool.pool)], _cosine,
+        y[pool.val], y[pool.pool])}
+    embedded.clear()
+    assert select(encoder, splits.train, pool, y, _cosine, "last",
+                  scored=everything).epoch == 5 and not embedded
 
 
 def test_best_picks_the_highest_validation_map_and_last_the_last_epoch():
