@@ -85,6 +85,7 @@ endif
 ## Benchmarks: figures written to results/bench/.
 bench: install
 	$(BIN)/python bench/bench_evaluator.py --out results/bench/evaluator.json
+	$(BIN)/python bench/profile_evaluator.py --out results/bench/evaluator-profile.json
 	$(BIN)/python bench/bench_tune.py --out results/bench/tune.json
 	$(BIN)/python bench/bench_regime.py --out results/bench/regime.json
 
