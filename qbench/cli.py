@@ -226,6 +226,19 @@ def compare_command(files, fmt: str, out: Path | None, metric: str,
     click.echo(run_compare(list(files), fmt=fmt, out=out, metric=metric, baseline=baseline))
 
 
+@cli.command("report")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("report.html"),
+              show_default=True, help="The HTML file to write (replaced atomically).")
+@click.option("--title", default=None, help="Page title (default: the folders' names).")
+def report_command(folders, out: Path, title: str | None) -> None:
+    """One self-contained HTML page (tables, claims, figures, tuning, environment) for
+    results folders; opens from disk, no network needed."""
+    from qbench.report.html import write_report
+
+    click.echo(f"wrote {write_report(list(folders), out, title)}")
+
+
 @cli.command("grid")
 @click.argument("grid_file", type=click.Path(path_type=Path), default=Path("grids/default.json"))
 @click.option("--dataset", default="digits", show_default=True, help="Dataset of the grid.")
