@@ -96,6 +96,8 @@ class Outcome:
     message: str = ""
     traceback: str = ""
     result: dict | None = None
+    skipped: bool = False  # another grid on the same --out ran the cell meanwhile
+    busy: bool = False  # another grid holds the cell's lock: not run, try it later
 
 
 @dataclass(frozen=True)
@@ -120,3 +122,5 @@ class CellOptions:
     cache_dir: Path | None
     use_cache: bool
     resources: RunResources = RunResources()  # what one run asks of a cluster node
+    lock_dir: Path | None = None  # per-cell locks on a shared --out (local backend)
+    planned_at: float = 0.0  # time.time() when the grid planned: a result newer is another's

@@ -25,6 +25,10 @@ task on a cluster, after one task per distinct stage-1 encoder
 This module plans, records outcomes and writes failure records, the same for every
 backend. KeyboardInterrupt / SystemExit stop the grid; results are written atomically, so
 rerunning the same command resumes without redoing finished runs.
+
+Grids started on one ``--out`` at once (local backend) share its cells: each cell runs
+under its lock in ``<out>/.locks/``, and a grid that gets a cell's lock after another grid
+wrote its result skips it, so every cell runs once.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from qbench.grid.worker import run_pipeline
 from qbench.run.results import FAILURE_SUFFIX, load_result, new_record, write_json_atomic
 
 FAILED_DIR = "failed"
+LOCK_DIR = ".locks"
+"""Under ``--out``: one lock file per cell, held while the cell runs (local backend)."""
 
 
 @dataclass
@@ -248,13 +254,17 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", backend: Backend | Non
             out, data_dir, device, cache_dir=cache_root, use_cache=use_cache),
             echo=None if progress is False else print,
             jobs=backend.jobs)
+    planned_at = time.time()
     plan = plan_grid(cells, out, data_dir, cache_root)
     if dry_run:
         note = ("\n(the grid tunes first: cells are listed with default parameters; run it "
                 "to tune and to see which tuned results are current)") if tune_spec else ""
         return describe_plan(plan) + note
+    # local workers share --out: each cell runs under its lock there, so grids started on
+    # one --out at once run every cell once (a cluster's driver writes results itself)
+    lock_dir = out / LOCK_DIR if backend.name == "local" else None
     options = CellOptions(out, data_dir, device, runner or run_pipeline, cache_root,
-                          use_cache, resources)
+                          use_cache, resources, lock_dir, planned_at)
     summary = GridSummary(grid_file, dataset, out, backend.jobs, backend.name)
     started = time.perf_counter()
 
@@ -273,6 +283,10 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", backend: Backend | Non
     def report(outcome: Outcome) -> None:
         cell = by_stem[outcome.stem]
         summary.run_s += outcome.seconds
+        if outcome.skipped:  # another grid on this --out ran it meanwhile
+            summary.skipped.append(cell.stem)
+            bar.update(1)
+            return
         if outcome.ok and outcome.result is not None:
             write_json_atomic(out / cell.filename, outcome.result)
         if outcome.ok:

@@ -8,7 +8,9 @@ The grid driver (:mod:`qbench.grid.runner`) and the backends (:mod:`qbench.grid.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import time
 import traceback
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qbench.core.cores import use_worker_threads
+from qbench.core.errors import QbenchError
 from qbench.grid.cells import Outcome
 from qbench.run.results import load_result
 
@@ -48,18 +51,75 @@ def run_pipeline(request) -> tuple[Path, dict]:
     return pipeline.run_experiment(request)
 
 
+@contextlib.contextmanager
+def cell_lock(lock_dir: Path | None, stem: str, wait: bool = True):
+    """Hold the lock of cell ``stem`` (``lock_dir/<stem>.lock``) until the block ends;
+    yields whether this process holds it (always True with ``wait``, which blocks).
+
+    Grids sharing an ``--out`` take a cell's lock before running it, so a second grid
+    leaves a cell the first is running for later, or waits for it, and then finds its
+    result. ``lock_dir`` None: no lock (a cluster's driver writes every result itself).
+    The lock files stay (empty): removing one while another process waits on it would let
+    two processes hold "the" lock."""
+    if lock_dir is None:
+        yield True
+        return
+    path = Path(lock_dir) / f"{stem}.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+")  # noqa: SIM115 -- closed below, after the unlock
+    except OSError as exc:
+        raise QbenchError(f"cannot take the lock of cell {stem} ({path}): "
+                          f"{exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    finally:
+        fh.close()
+
+
+def _written_since(cell: Cell, out: Path, planned_at: float) -> Path | None:
+    """The cell's result when another process wrote a valid one after the grid planned."""
+    path = Path(out) / cell.filename
+    try:
+        if path.stat().st_mtime < planned_at:
+            return None
+        load_result(path)
+    except (OSError, QbenchError):
+        return None
+    return path
+
+
 def execute_cell(cell: Cell, out: Path, data_dir: Path | None, device: str,
                  runner: Callable = run_pipeline, cache_dir: Path | None = None,
-                 use_cache: bool = True) -> Outcome:
+                 use_cache: bool = True, lock_dir: Path | None = None,
+                 planned_at: float = 0.0, wait: bool = True) -> Outcome:
     """Run one cell in this process; an :class:`Exception` becomes a failed outcome.
 
+    With ``lock_dir`` the cell runs under its lock (:func:`cell_lock`). Another process
+    holding it: without ``wait`` the outcome is ``busy`` (nothing ran; try it later), with
+    ``wait`` this waits for it. When, holding the lock, a valid result written after
+    ``planned_at`` is there (another grid on the same ``--out`` ran the cell meanwhile),
+    nothing runs and the outcome is ``skipped``.
     KeyboardInterrupt and SystemExit propagate: they stop the grid, not one cell.
     """
     started = time.perf_counter()
     try:
-        path, _ = runner(cell.request(out, data_dir, device, cache_dir=cache_dir,
-                                      use_cache=use_cache))
-        load_result(path)
+        with cell_lock(lock_dir, cell.stem, wait) as held:
+            if not held:
+                return Outcome(cell.stem, False, 0.0, busy=True)
+            if lock_dir is not None and (done := _written_since(cell, out, planned_at)):
+                return Outcome(cell.stem, True, 0.0, path=str(done), skipped=True)
+            path, _ = runner(cell.request(out, data_dir, device, cache_dir=cache_dir,
+                                          use_cache=use_cache))
+            load_result(path)
     except Exception as exc:  # noqa: BLE001 -- isolate every failure of one run
         return Outcome(cell.stem, False, time.perf_counter() - started,
                        error_type=type(exc).__name__, message=str(exc),

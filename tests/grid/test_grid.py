@@ -436,3 +436,47 @@ def test_shared_tuning_without_a_float_cell_tunes_on_float_and_runs_the_grid(tmp
     assert (out / "tune" / "digits-standard-float-stage1-seed0.json").is_file()
     result = load_result(out / "digits-standard-two-stage-pq-12b-seed1.json")
     assert result["params"]["normalise"] is False and result["tuning"] is not None
+
+
+def slow_run(req):
+    """fake_run after a pause, so that two grids overlap."""
+    import time
+
+    time.sleep(0.3)
+    return fake_run(req)
+
+
+def _grid_process(grid: str, out: str, jobs: int, queue) -> None:
+    summary = run_grid(Path(grid), out=Path(out), runner=slow_run,
+                       backend=make_backend("local", jobs=jobs), progress=False)
+    queue.put((sorted(summary.done), sorted(summary.skipped), sorted(summary.failed)))
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_two_grids_on_one_out_at_once_run_every_cell_once(tmp_path, jobs):
+    """Two grid processes started together on one --out: each cell runs once (under its
+    lock), both grids end complete, every result valid; a third run is a no-op."""
+    import multiprocessing
+
+    grid, out = write_grid(tmp_path), tmp_path / "out"
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    procs = [context.Process(target=_grid_process, args=(str(grid), str(out), jobs, queue))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    summaries = [queue.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    calls = [line.split()[1] for line in (out / "calls.log").read_text().splitlines()]
+    assert len(calls) == 12 and len(set(calls)) == 12  # every cell ran exactly once
+    for done, skipped, failed in summaries:
+        assert not failed and len(done) + len(skipped) == 12
+    assert sorted(summaries[0][0] + summaries[1][0]) == sorted(c.removesuffix(".json")
+                                                               for c in calls)
+    assert all(summary[0] for summary in summaries)  # both grids did part of the work
+    for path in out.glob("*.json"):
+        load_result(path)
+    again = run_grid(grid, out=out, runner=fake_run, progress=False)
+    assert len(again.skipped) == 12 and not again.done

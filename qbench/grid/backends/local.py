@@ -7,6 +7,7 @@ and calls :func:`qbench.grid.worker.execute_cell`; the runner writes the result 
 
 from __future__ import annotations
 
+import collections
 import multiprocessing
 import os
 import signal
@@ -94,11 +95,28 @@ class LocalBackend:
             report: Callable[[Outcome], None]) -> None:
         """Run ``cells``; ``report`` each outcome as it comes in."""
         if self.jobs == 1 or len(cells) <= 1:
-            for cell in cells:
-                report(execute_cell(cell, options.out, options.data_dir, options.device,
-                                    options.runner, options.cache_dir, options.use_cache))
+            self._run_serial(cells, options, report)
         else:
             self._run_parallel(cells, options, report)
+
+    @staticmethod
+    def _run_serial(cells: list[Cell], options: CellOptions,
+                    report: Callable[[Outcome], None]) -> None:
+        """One cell after another; a cell another grid is running goes to the back of the
+        queue, and when every cell left is busy the next one is waited for."""
+        queue, busy_in_a_row = collections.deque(cells), 0
+        while queue:
+            cell = queue.popleft()
+            outcome = execute_cell(cell, options.out, options.data_dir, options.device,
+                                   options.runner, options.cache_dir, options.use_cache,
+                                   options.lock_dir, options.planned_at,
+                                   wait=busy_in_a_row > len(queue))
+            if outcome.busy:
+                queue.append(cell)
+                busy_in_a_row += 1
+                continue
+            busy_in_a_row = 0
+            report(outcome)
 
     def _run_parallel(self, cells: list[Cell], options: CellOptions,
                       report: Callable[[Outcome], None]) -> None:
@@ -109,31 +127,37 @@ class LocalBackend:
         the cells that had not started go to a fresh pool of ``jobs`` workers."""
         devices = worker_devices(options.device, self.jobs)
         with tempfile.TemporaryDirectory(prefix="qbench-running-") as running:
-            todo, suspects = interleave_seeds(cells), []
+            todo, suspects, wait_busy = interleave_seeds(cells), [], False
             while todo:
-                unstarted = []
+                unstarted, busy = [], []
                 for cell, outcome in self._pool_pass(todo, options, devices, self.jobs,
-                                                     running):
-                    if outcome is not None:
+                                                     running, wait_busy):
+                    if outcome is not None and outcome.busy:  # another grid runs it
+                        busy.append(cell)
+                    elif outcome is not None:
                         report(outcome)
                     elif (Path(running) / cell.stem).exists():
                         suspects.append(cell)
                     else:
                         unstarted.append(cell)
-                todo = unstarted
+                # cells another grid was running are waited for once the rest are done
+                todo, wait_busy = (unstarted, False) if unstarted else (busy, True)
+                if unstarted:
+                    todo += busy
             for cell in suspects:  # one at a time: a death is this cell's own
-                (_, outcome), = self._pool_pass([cell], options, devices, 1, running)
+                (_, outcome), = self._pool_pass([cell], options, devices, 1, running, True)
                 report(outcome or Outcome(
                     cell.stem, False, 0.0, error_type="BrokenProcessPool",
                     message=f"a worker process died under this run {MAX_ATTEMPTS} times "
                             "(killed, out of memory or a crash)"))
 
     def _pool_pass(self, cells: list[Cell], options: CellOptions, devices, workers: int,
-                   running: str):
-        """Yield (cell, outcome) as cells finish; outcome None when the pool broke under it."""
+                   running: str, wait_busy: bool):
+        """Yield (cell, outcome) as cells finish; outcome None when the pool broke under it.
+        ``wait_busy``: wait for cells another grid holds (else they come back ``busy``)."""
         pool = worker_pool(workers, worker_threads(self.jobs), devices)
         try:
-            futures = {pool.submit(_tracked_cell, running, c, options): c for c in cells}
+            futures = {pool.submit(_tracked_cell, running, c, options, wait_busy): c for c in cells}
             remaining = set(futures)
             while remaining:
                 finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
@@ -160,12 +184,13 @@ def worker_pool(workers: int, threads: int,
                                initargs=(threads, devices, context.Value("i", 0)))
 
 
-def _tracked_cell(running: str, cell: Cell, options: CellOptions) -> Outcome:
+def _tracked_cell(running: str, cell: Cell, options: CellOptions, wait: bool) -> Outcome:
     """:func:`qbench.grid.worker.execute_cell` with a marker file in ``running`` while it runs."""
     marker = Path(running) / cell.stem
     marker.touch()
     outcome = execute_cell(cell, options.out, options.data_dir, options.device,
-                           options.runner, options.cache_dir, options.use_cache)
+                           options.runner, options.cache_dir, options.use_cache,
+                           options.lock_dir, options.planned_at, wait)
     marker.unlink()
     return outcome
 
