@@ -16,6 +16,11 @@ expected side of 0, *does not hold* when it lies entirely on the other side, *un
 otherwise or with fewer than 2 paired seeds. Beside it, the retention (MAP / float MAP) of
 the two-stage-pq baseline in the same cell, mean over seeds: how much room quantization
 left to win.
+
+A claim against ``best_of`` (today's baselines, issue 21) compares ``a`` in each cell with
+whichever of those variants has the highest mean headline MAP there (tuned runs first,
+where the cell has any), so "ssm beats today's best" is tested against the strongest of
+them at that bit length; the row's ``b`` names the one chosen.
 """
 
 from __future__ import annotations
@@ -25,12 +30,19 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from qbench.report.rows import HEADLINE
 from qbench.report.stats import CELL_KEYS, Aggregate, paired_t_test, paired_values
 
 BASELINE_VARIANT = "two-stage-pq"
 HOLDS, FAILS, UNDECIDED = "holds", "does not hold", "undecided"
 _JOINT = ("DQN, SSM and GSL seed documents (SPEC §3): learning the embedding jointly with "
           "its quantizer beats quantizing a separately trained embedding")
+TODAYS_BASELINES = ("csq", "greedyhash", "orthohash")
+"""Today's deep-hashing baselines (issue 21): does a seed method still beat the best?"""
+TODAYS_BEST = "best of " + "/".join(TODAYS_BASELINES)
+_TODAY = ("issue 21: a seed method (2016-2017) is still worth using only if it beats the "
+          "strongest of today's baselines (CSQ 2020, GreedyHash 2018, OrthoHash 2021) at "
+          "the same bits per item")
 
 
 @dataclass(frozen=True)
@@ -41,11 +53,26 @@ class Claim:
     b: str
     expected: int
     source: str
+    best_of: tuple[str, ...] = ()  # b is the best of these in each cell; b names the set
 
     @property
     def text(self) -> str:
         """The claim in words, e.g. "dqn beats two-stage-opq"."""
         return f"{self.a} {'beats' if self.expected > 0 else 'loses to'} {self.b}"
+
+    def opponent(self, runs: pd.DataFrame) -> str | None:
+        """The row variant ``a`` is compared with in one cell's ``runs``: ``b``, or the
+        variant of ``best_of`` with the highest mean headline MAP (tuned runs first where
+        the cell has any); None when none of them has runs there."""
+        if not self.best_of:
+            return self.b
+        present = runs[runs["variant"].isin(self.best_of)]
+        if present.empty:
+            return None
+        if present["tuned"].any():
+            present = present[present["tuned"]]
+        means = present.groupby("variant")[HEADLINE].mean()
+        return str(means.sort_index().idxmax())
 
 
 CLAIMS: tuple[Claim, ...] = (
@@ -64,8 +91,10 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("dqn", "two-stage-pq", 1, _JOINT),
     Claim("ssm", "two-stage-pq", 1, _JOINT),
     Claim("gsl", "two-stage-pq", 1, _JOINT),
+    *(Claim(seed, TODAYS_BEST, 1, _TODAY, best_of=TODAYS_BASELINES)
+      for seed in ("dqn", "ssm", "gsl", "householder", "two-stage-opq")),
 )
-"""The claims checked by ``qbench compare`` (SPEC §7, issue 11 §4)."""
+"""The claims checked by ``qbench compare`` (SPEC §7, issue 11 §4, issue 21)."""
 
 CLAIM_COLUMNS = ["claim", "a", "b", "dataset", "protocol", "bits", "compared", "n_seeds",
                  "mean_a", "mean_b", "diff", "ci_low", "ci_high", "verdict",
@@ -121,11 +150,14 @@ def evaluate_claims(agg: Aggregate, claims: tuple[Claim, ...] = CLAIMS) -> pd.Da
         info = dict(zip(CELL_KEYS, cell))
         retention = _baseline_retention(part)
         for index, claim in enumerate(claims):
-            for compared, runs_a, runs_b in _pairings(part, claim.a, claim.b):
+            opponent = claim.opponent(part)
+            if opponent is None:
+                continue
+            for compared, runs_a, runs_b in _pairings(part, claim.a, opponent):
                 a, b, _ = paired_values(runs_a, runs_b)
                 test = paired_t_test(a, b)
                 rows.append({
-                    "claim": claim.text, "a": claim.a, "b": claim.b,
+                    "claim": claim.text, "a": claim.a, "b": opponent,
                     "dataset": info["dataset"], "protocol": info["protocol"],
                     "bits": info["bits"], "compared": compared, "n_seeds": test.n,
                     "mean_a": float(a.mean()) if test.n else math.nan,

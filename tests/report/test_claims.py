@@ -38,11 +38,34 @@ def test_verdict_follows_the_ci_and_the_expected_sign():
 
 
 def test_claims_are_data_covering_the_seed_papers():
-    pairs = {(c.a, c.b) for c in CLAIMS}
+    pairs = {(c.a, c.b) for c in CLAIMS if not c.best_of}
     assert pairs == {("dqn", "two-stage-opq"), ("dqn", "dqn[loss=ip]"), ("householder", "sign"),
                      ("ssm", "dqn"), ("gsl", "dqn"), ("dqn", "two-stage-pq"),
                      ("ssm", "two-stage-pq"), ("gsl", "two-stage-pq")}
     assert all(c.expected == 1 and c.source for c in CLAIMS)
+    today = {c.a: c.best_of for c in CLAIMS if c.best_of}
+    assert set(today) == {"dqn", "ssm", "gsl", "householder", "two-stage-opq"}
+    assert set(today.values()) == {("csq", "greedyhash", "orthohash")}
+
+
+def test_a_seed_method_is_tested_against_the_best_of_todays_baselines_in_each_cell(tmp_path):
+    """ssm vs the strongest of csq / greedyhash / orthohash at each bit length: greedyhash
+    at 12 bits, orthohash at 24; a cell with none of them has no such row."""
+    paths = []
+    for bits, maps in ((12, {"greedyhash": 0.66, "orthohash": 0.62, "csq": 0.50}),
+                       (24, {"greedyhash": 0.60, "orthohash": 0.72, "csq": 0.70}),
+                       (32, {})):
+        paths += results(tmp_path, "ssm", [0.70, 0.71, 0.69], bits)
+        for method, value in maps.items():
+            paths += results(tmp_path, method, [value, value + 0.01, value - 0.01], bits)
+    frame = claims_of(paths)
+    rows = frame[frame["claim"] == "ssm beats best of csq/greedyhash/orthohash"]
+    rows = rows.set_index("bits")
+    assert list(rows.index) == [12, 24]
+    assert rows.at[12, "b"] == "greedyhash" and rows.at[24, "b"] == "orthohash"
+    assert rows.at[12, "diff"] == pytest.approx(0.04) and rows.at[12, "verdict"] == "holds"
+    assert rows.at[24, "diff"] == pytest.approx(-0.02)
+    assert rows.at[24, "verdict"] == "does not hold"
 
 
 def test_each_claim_gets_a_paired_difference_ci_and_verdict_per_bit_length(tmp_path):
