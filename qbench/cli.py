@@ -332,11 +332,14 @@ def cache_list_command(cache_dir: Path | None) -> None:
 @cache_group.command("clear")
 @_cache_dir_option
 def cache_clear_command(cache_dir: Path | None) -> None:
-    """Remove every cached encoder and decoded dataset (downloads are kept)."""
+    """Remove every cached encoder and decoded dataset (downloads are kept); an encoder a
+    running job has locked is kept."""
     from qbench.train.encoder_cache import clear_cache
 
     root = _cache_folder(cache_dir, write=True)
-    click.echo(f"removed {clear_cache(root)} entries from {root}")
+    removed, kept = clear_cache(root)
+    in_use = f"; kept {kept} entries in use" if kept else ""
+    click.echo(f"removed {removed} entries from {root}{in_use}")
 
 
 _TUNE_SHARES_RUN_OPTIONS = ("method", "dataset", "bits", "seed", "protocol", "epochs", "device",

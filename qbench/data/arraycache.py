@@ -13,7 +13,7 @@ metadata.
   decoding the source). An entry that fails any check is reported in one line on stderr,
   removed and treated as a miss: it is never used.
 - Removing: an entry is first renamed to a ``.tmp-*`` name, then deleted. Temporary folders
-  left by a killed process of this host are deleted by the next writer.
+  left by a killed process of this host are deleted by the next reader or writer.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,28 @@ from qbench.core.errors import QbenchError
 
 MANIFEST = "manifest.json"
 TMP_PREFIX = ".tmp-"
+STALE_AFTER_S = 24 * 3600  # a temporary untouched this long is no longer being written
+
+
+def writer_tag() -> str:
+    """``<host>-<pid>`` of this process, put in the names of its temporaries so that another
+    process can tell whether they are still being written (:func:`is_stale`)."""
+    return f"{_host()}-{os.getpid()}"
+
+
+def is_stale(path: Path, tag: str) -> bool:
+    """Whether the temporary ``path``, whose name carries writer tag ``tag`` after its
+    prefix, is left over: its writer was a process of this host that has died, or it was
+    last modified more than :data:`STALE_AFTER_S` ago (another host's, or an untagged name)."""
+    host = _host()
+    if tag.startswith(f"{host}-"):
+        pid = tag[len(host) + 1:].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            return True
+    try:
+        return time.time() - path.lstat().st_mtime > STALE_AFTER_S
+    except OSError:
+        return False
 
 
 def digest(parts: Mapping) -> str:
@@ -81,7 +104,9 @@ class ArrayCache:
 
         A corrupt entry (unreadable manifest or array, wrong dtype or shape, checksum
         mismatch) is reported on stderr in one line, removed, and None is returned.
+        Temporary folders left by dead processes of this host are deleted first.
         """
+        self._remove_orphans()
         path = self.folder / key
         try:
             return _read_entry(path, key)
@@ -179,13 +204,29 @@ class ArrayCache:
             pass
         shutil.rmtree(aside, ignore_errors=True)
 
+    def clear(self) -> int:
+        """Remove every entry (renamed aside first, so a reader sees all of it or none) and
+        every stale temporary; the number of entries removed. Live writers' temporaries stay."""
+        if not self.folder.is_dir():
+            return 0
+        self._remove_orphans()
+        count = 0
+        for path in sorted(self.folder.iterdir()):
+            if path.is_dir() and not path.name.startswith(TMP_PREFIX):
+                self._remove(path)
+                count += not path.exists()
+        return count
+
     def _remove_orphans(self) -> None:
-        """Delete temporary folders left by dead processes of this host."""
-        host = _host()
-        for path in self.folder.glob(f"{TMP_PREFIX}{host}-*-*"):
-            pid = path.name[len(TMP_PREFIX) + len(host) + 1:].split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
-                shutil.rmtree(path, ignore_errors=True)
+        """Delete temporary folders left by dead processes of this host, or stale ones
+        (:func:`is_stale`)."""
+        try:
+            orphans = [path for path in self.folder.glob(f"{TMP_PREFIX}*")
+                       if is_stale(path, path.name[len(TMP_PREFIX):])]
+        except OSError:
+            return
+        for path in orphans:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _read_entry(path: Path, key: str) -> Entry:
@@ -225,7 +266,7 @@ def _host() -> str:
 
 
 def _tmp_prefix() -> str:
-    return f"{TMP_PREFIX}{_host()}-{os.getpid()}-"
+    return f"{TMP_PREFIX}{writer_tag()}-"
 
 
 def _alive(pid: int) -> bool:

@@ -15,7 +15,12 @@ every file) and ``weights.pt``; ``emb-e<epoch>.npz`` + ``.sha256`` per candidate
 written to a temporary folder and renamed; a per-key ``fcntl`` lock makes concurrent
 workers train a key once (the kernel releases the lock of a process that dies, so a dead
 holder's lock is simply taken over). A checksum mismatch is reported in one line and the
-entry retrained, never used.
+entry retrained, never used. A temporary folder is named
+``.tmp-<key>-<host>-<pid>-*`` after its writer (a file being written inside an entry
+``.tmp-<host>-<pid>-*``); opening the cache deletes those whose writer is a dead process of
+this host, or untouched for a day. A file matching its checksum that cannot be loaded is
+corrupt too. A directory in place of a lock file is removed. ``qbench cache clear``
+removes only entries whose locks it can take at once, and keeps the (empty) lock files.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qbench.core.errors import QbenchError
+from qbench.core.errors import QbenchError, one_line
+from qbench.data.arraycache import ArrayCache, is_stale, writer_tag
 from qbench.data.context import RunContext
 from qbench.train.encoders import resolve_encoder
 from qbench.train.params import STAGE1_KEYS, training_epochs, warmup_epochs
@@ -44,6 +50,7 @@ from qbench.train.trainer import Trainer
 
 CACHE_ENV = "QBENCH_CACHE"
 ENTRY_VERSION = 1
+TMP_PREFIX = ".tmp-"
 
 
 def default_cache_dir(out: Path) -> Path:
@@ -101,6 +108,50 @@ def encoder_key(fields: dict) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def _tmp_prefix(key: str) -> str:
+    """The name prefix of this process's temporary folder for entry ``key``."""
+    return f"{TMP_PREFIX}{key}-{writer_tag()}-"
+
+
+def _remove_orphans(folder: Path) -> None:
+    """Delete the stale temporaries under ``folder`` (:func:`is_stale`): entry folders
+    ``.tmp-<key>-<host>-<pid>-*`` and embedding or feature files ``<key>/.tmp-<host>-<pid>-*``
+    left by a writer that died; those of live writers are left alone."""
+    try:
+        stale = [path for path in folder.glob(f"{TMP_PREFIX}*")
+                 if is_stale(path, path.name[len(TMP_PREFIX):].partition("-")[2])]
+        stale += [path for path in folder.glob(f"*/{TMP_PREFIX}*")
+                  if not path.parent.name.startswith(TMP_PREFIX)
+                  and is_stale(path, path.name[len(TMP_PREFIX):])]
+    except OSError:
+        return
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _open_lock(root: Path, name: str):
+    """The lock file ``<root>/locks/<name>.lock``, open for ``fcntl.flock``. A directory in
+    its place is a corrupt lock (nothing can hold it) and is removed first."""
+    path = Path(root) / "locks" / f"{name}.lock"
+    try:
+        if path.is_dir() and not path.is_symlink():
+            print(f"qbench: lock {path} is a directory, not a lock file; removing it",
+                  file=sys.stderr)
+            shutil.rmtree(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+")
+    except OSError as exc:
+        raise QbenchError(f"encoder cache lock {path} cannot be opened: "
+                          f"{exc.strerror or exc}; allowed: an empty lock file or "
+                          "nothing at that path") from None
+    with fh:
+        yield fh
+
+
 class EncoderCache:
     """Stage-1 entries under ``root`` (created if missing; an unwritable root is an error)."""
 
@@ -114,6 +165,7 @@ class EncoderCache:
         except OSError as exc:
             raise QbenchError(f"--cache-dir {self.root} is not writable: "
                               f"{exc.strerror or exc}") from None
+        _remove_orphans(self.root / "encoders")
 
     def entry(self, key: str) -> Path:
         return self.root / "encoders" / key
@@ -121,7 +173,7 @@ class EncoderCache:
     @contextlib.contextmanager
     def lock(self, name: str):
         """An exclusive lock named ``name``, held by this process until the block ends."""
-        with open(self.root / "locks" / f"{name}.lock", "a+") as fh:
+        with _open_lock(self.root, name) as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
@@ -151,8 +203,9 @@ class EncoderCache:
         return meta
 
     def _write(self, key: str, fields: dict, trainer: Trainer) -> None:
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=self.root / "encoders"))
+        tmp = None
         try:
+            tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(key), dir=self.root / "encoders"))
             snap = trainer.snapshot
             torch.save({"candidates": trainer.candidates,
                         "snapshot": None if snap is None else vars(snap)}, tmp / "weights.pt")
@@ -163,11 +216,11 @@ class EncoderCache:
             (tmp / "entry.json").write_text(json.dumps(meta, indent=1))
             shutil.rmtree(self.entry(key), ignore_errors=True)
             os.replace(tmp, self.entry(key))
-        except OSError as exc:
-            raise QbenchError(f"encoder cache {self.root}: cannot store entry {key}: "
-                              f"{exc.strerror or exc}") from None
+        except (OSError, RuntimeError) as exc:  # torch.save raises RuntimeError on a full disk
+            raise _store_error(self.root, f"entry {key}", exc) from None
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
 
     def features(self, key: str, epoch: int, compute) -> tuple[np.ndarray, str]:
         """The frozen backbone's features of entry ``key`` at ``epoch`` (the head regime,
@@ -184,7 +237,8 @@ class EncoderCache:
                 print(f"qbench: cached features {path} fail their checksum; recomputing",
                       file=sys.stderr)
             values = np.ascontiguousarray(compute(), dtype=np.float32)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
+            fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{writer_tag()}-", suffix=".npy",
+                                       dir=path.parent)
             try:
                 with os.fdopen(fd, "wb") as fh:
                     np.save(fh, values)
@@ -207,18 +261,28 @@ class EncoderCache:
         key = encoder_key(fields)
         with self.lock(key):
             meta = self._read(key)
+            if meta is not None:
+                try:
+                    stored = torch.load(self.entry(key) / "weights.pt", weights_only=True)
+                    snap = stored["snapshot"]
+                    snapshot = None if snap is None else Snapshot(**snap)
+                    candidates, summary = stored["candidates"], meta["summary"]
+                except Exception as exc:  # matches its checksum, yet torch cannot load it
+                    print(f"qbench: encoder cache entry {self.entry(key)} is corrupt "
+                          f"(weights.pt cannot be loaded: {one_line(exc)[:200]}); retraining it",
+                          file=sys.stderr)
+                    shutil.rmtree(self.entry(key), ignore_errors=True)
+                    meta = None
             if meta is None:
                 trainer = train()
                 self._write(key, fields, trainer)
                 encoder = TrainedEncoder.from_trainer(trainer, progress=ctx.progress)
                 status = "miss"
             else:
-                stored = torch.load(self.entry(key) / "weights.pt", weights_only=True)
                 trainer = Trainer(ctx, params, dim, tanh=tanh)
-                encoder = TrainedEncoder(trainer, stored["candidates"], meta["summary"], 0.0,
+                encoder = TrainedEncoder(trainer, candidates, summary, 0.0,
                                          progress=ctx.progress)
-                snap = stored["snapshot"]
-                encoder.snapshot = None if snap is None else Snapshot(**snap)
+                encoder.snapshot = snapshot
                 status = "hit"
         encoder.store = _EmbeddingStore(self, key)
         encoder.cache_key, encoder.cache_status = key, status
@@ -250,8 +314,14 @@ class _EmbeddingStore:
                   file=sys.stderr)
             path.unlink(missing_ok=True)
             return None
-        with np.load(path) as z:
-            return z["values"].copy(), z["have"].copy()
+        try:
+            with np.load(path) as z:
+                return z["values"].copy(), z["have"].copy()
+        except Exception as exc:  # matches its checksum, yet numpy cannot load it
+            print(f"qbench: cached embeddings {path} cannot be loaded ({one_line(exc)}); "
+                  "recomputing", file=sys.stderr)
+            path.unlink(missing_ok=True)
+            return None
 
     def save_embeddings(self, epoch: int, values: np.ndarray, have: np.ndarray) -> None:
         """Merge with what another run stored meanwhile, then replace atomically."""
@@ -261,15 +331,19 @@ class _EmbeddingStore:
             if other is not None:
                 extra = other[1] & ~have
                 values[extra], have[extra] = other[0][extra], True
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=self.folder)
+            tmp = None
             try:
+                fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{writer_tag()}-", suffix=".npz",
+                                           dir=self.folder)
                 with os.fdopen(fd, "wb") as fh:
                     np.savez(fh, values=values, have=have)
                 digest = _sha256(Path(tmp))
                 os.replace(tmp, path)
                 path.with_suffix(".sha256").write_text(digest)
+            except OSError as exc:
+                raise _store_error(self.cache.root, f"embeddings of {self.key}", exc) from None
             finally:
-                if os.path.exists(tmp):
+                if tmp is not None and os.path.exists(tmp):
                     os.unlink(tmp)
 
 
@@ -297,6 +371,8 @@ def list_entries(root: Path) -> list[str]:
     """One line per encoder entry under ``root``: key, dataset, seed, D, epochs, MB."""
     rows = []
     for meta_path in sorted((Path(root) / "encoders").glob("*/entry.json")):
+        if meta_path.parent.name.startswith("."):  # a temporary folder, not an entry
+            continue
         try:
             meta = json.loads(meta_path.read_text())
             fields = meta["fields"]
@@ -309,14 +385,49 @@ def list_entries(root: Path) -> list[str]:
     return rows
 
 
-def clear_cache(root: Path) -> int:
-    """Remove every encoder entry and decoded dataset under ``root``; the count removed."""
-    count = 0
-    for sub in ("encoders", "datasets"):
-        folder = Path(root) / sub
-        if folder.is_dir():
-            count += sum(1 for _ in folder.iterdir()) if sub == "encoders" else \
-                sum(1 for p in folder.glob("*/*") if p.is_dir())
-            shutil.rmtree(folder)
-    shutil.rmtree(Path(root) / "locks", ignore_errors=True)
-    return count
+def _store_error(root: Path, what: str, exc: Exception) -> QbenchError:
+    """The one-line error for a cache write that failed: ``exc`` is an OSError, or the
+    RuntimeError torch.save raises when its writes fail (a full disk)."""
+    reason = (exc.strerror if isinstance(exc, OSError) else None) or one_line(exc)
+    return QbenchError(f"encoder cache {root}: cannot store {what}: the disk is full or not "
+                       f"writable ({reason}); free space there, choose another --cache-dir or "
+                       "turn caching off with --no-cache")
+
+
+def _entry_locks(key: str) -> tuple[str, ...]:
+    """The names of every lock an entry's users take (the entry, embeddings, features)."""
+    return key, f"{key}-emb", f"{key}-features"
+
+
+def clear_cache(root: Path) -> tuple[int, int]:
+    """Remove every encoder entry and decoded dataset under ``root``: ``(removed, kept)``.
+
+    An encoder entry is removed only under all of its locks, each taken without waiting;
+    an entry whose lock a run holds is kept (counted in ``kept``). Temporary folders of
+    live writers and the (empty) lock files are left in place.
+    """
+    removed = kept = 0
+    encoders = Path(root) / "encoders"
+    if encoders.is_dir():
+        _remove_orphans(encoders)
+        for folder in sorted(encoders.iterdir()):
+            if folder.name.startswith(TMP_PREFIX):
+                continue
+            with contextlib.ExitStack() as stack:
+                try:
+                    for name in _entry_locks(folder.name):
+                        fh = stack.enter_context(_open_lock(root, name))
+                        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    kept += 1
+                    continue
+                if folder.is_dir() and not folder.is_symlink():
+                    shutil.rmtree(folder)
+                else:
+                    folder.unlink()
+                removed += 1
+    datasets = Path(root) / "datasets"
+    if datasets.is_dir():
+        removed += sum(ArrayCache(folder).clear() for folder in sorted(datasets.iterdir())
+                       if folder.is_dir())
+    return removed, kept

@@ -833,3 +833,34 @@ def test_writer_removes_temporary_folders_of_dead_processes_only(tmp_path):
     live.mkdir()
     ArrayCache(folder).put("k", {"y": np.arange(3)}, {})
     assert not orphan.exists() and live.exists()
+
+
+def test_reader_removes_temporary_folders_of_dead_processes_only(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    folder = tmp_path / "c"
+    orphan = folder / f"{arraycache.TMP_PREFIX}{arraycache._host()}-{dead}-abc"
+    live = folder / f"{arraycache._tmp_prefix()}xyz"
+    old = folder / f"{arraycache.TMP_PREFIX}another_host-1-old"
+    young = folder / f"{arraycache.TMP_PREFIX}another_host-1-new"
+    for path in (orphan, live, old, young):
+        path.mkdir(parents=True)
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    assert ArrayCache(folder).get("k") is None
+    assert not orphan.exists() and not old.exists()
+    assert live.exists() and young.exists()
+
+
+def test_clear_removes_entries_and_keeps_live_temporaries(tmp_path):
+    cache = ArrayCache(tmp_path / "c")
+    cache.put("k1", {"y": np.arange(3)}, {})
+    cache.put("k2", {"y": np.arange(4)}, {})
+    live = tmp_path / "c" / f"{arraycache._tmp_prefix()}xyz"
+    live.mkdir()
+    assert cache.clear() == 2
+    assert [p.name for p in (tmp_path / "c").iterdir()] == [live.name]
+    assert cache.get("k1") is None

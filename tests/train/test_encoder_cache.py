@@ -1,8 +1,13 @@
 """Train once, quantize many: the stage-1 encoder cache."""
 
+import errno
 import fcntl
 import json
 import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -117,7 +122,8 @@ def test_cache_list_and_clear(tmp_path):
     _run(tmp_path, "float", epochs=2)
     rows = list_entries(tmp_path / "cache")
     assert len(rows) == 1 and "digits seed 0 D=64" in rows[0]
-    assert clear_cache(tmp_path / "cache") >= 1
+    removed, kept = clear_cache(tmp_path / "cache")
+    assert removed >= 1 and kept == 0
     assert list_entries(tmp_path / "cache") == []
 
 
@@ -177,3 +183,175 @@ def test_concurrent_workers_train_one_key_once(tmp_path):
         worker.join(30)
     assert statuses == ["hit", "miss"]
     assert len(_entries(tmp_path)) == 1
+
+
+def test_a_directory_in_place_of_a_lock_is_removed(tmp_path, capsys):
+    cache = EncoderCache(tmp_path)
+    (tmp_path / "locks" / "k.lock" / "junk").mkdir(parents=True)
+    with cache.lock("k"):
+        pass
+    assert (tmp_path / "locks" / "k.lock").is_file()
+    assert "is a directory, not a lock file; removing it" in capsys.readouterr().err
+
+
+def test_a_run_goes_on_past_a_directory_in_place_of_its_lock(tmp_path):
+    first = _run(tmp_path, "float", epochs=2)
+    lock = tmp_path / "cache" / "locks" / f"{first['encoder_key']}.lock"
+    lock.unlink()
+    lock.mkdir()
+    assert _run(tmp_path, "float", epochs=2)["encoder_cache"] == "hit"
+
+
+def test_an_unremovable_directory_lock_is_a_one_line_error(tmp_path, monkeypatch):
+    cache = EncoderCache(tmp_path)
+    (tmp_path / "locks" / "k.lock").mkdir()
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr("qbench.train.encoder_cache.shutil.rmtree", refuse)
+    with pytest.raises(QbenchError, match=r"lock .*k\.lock cannot be opened: Permission "
+                                          r"denied; allowed: ") as info:
+        with cache.lock("k"):
+            pass
+    assert "\n" not in str(info.value)
+
+
+def _fake_entry(root, key):
+    folder = root / "encoders" / key
+    folder.mkdir(parents=True)
+    (folder / "entry.json").write_text("{}")
+
+
+def test_clear_keeps_an_entry_whose_lock_is_held_and_every_lock_file(tmp_path):
+    cache = EncoderCache(tmp_path)
+    _fake_entry(tmp_path, "busy")
+    _fake_entry(tmp_path, "idle")
+    with cache.lock("busy"):
+        assert clear_cache(tmp_path) == (1, 1)
+        assert (tmp_path / "locks" / "busy.lock").is_file()
+    assert (tmp_path / "encoders" / "busy" / "entry.json").is_file()
+    assert not (tmp_path / "encoders" / "idle").exists()
+    assert (tmp_path / "locks" / "idle.lock").is_file()
+    with cache.lock("busy-emb"):  # a run storing the entry's embeddings
+        assert clear_cache(tmp_path) == (0, 1)
+    assert clear_cache(tmp_path) == (1, 0)
+    assert not (tmp_path / "encoders" / "busy").exists()
+    assert (tmp_path / "locks" / "busy.lock").is_file()
+
+
+def test_cache_clear_command_reports_the_entries_in_use(tmp_path):
+    from click.testing import CliRunner
+
+    from qbench.cli import cli
+
+    cache = EncoderCache(tmp_path)
+    _fake_entry(tmp_path, "busy")
+    _fake_entry(tmp_path, "idle")
+    with cache.lock("busy"):
+        result = CliRunner().invoke(cli, ["cache", "clear", "--cache-dir", str(tmp_path)])
+    assert result.exit_code == 0
+    assert f"removed 1 entries from {tmp_path}; kept 1 entries in use" in result.output
+    again = CliRunner().invoke(cli, ["cache", "clear", "--cache-dir", str(tmp_path)])
+    assert again.exit_code == 0 and "in use" not in again.output
+
+
+def _start_write_and_die(encoders, key):
+    from qbench.train import encoder_cache
+
+    path = tempfile.mkdtemp(prefix=encoder_cache._tmp_prefix(key), dir=encoders)
+    with open(os.path.join(path, "entry.json"), "w") as fh:
+        fh.write("{}")
+    os._exit(0)  # killed mid-write: the folder stays
+
+
+def _dead_pid():
+    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_opening_the_cache_removes_temporaries_of_dead_writers_only(tmp_path):
+    from qbench.data.arraycache import _host
+
+    EncoderCache(tmp_path)
+    encoders = tmp_path / "encoders"
+    writer = multiprocessing.get_context("fork").Process(target=_start_write_and_die,
+                                                         args=(encoders, "a" * 24))
+    writer.start()
+    writer.join(30)
+    (orphan,) = encoders.iterdir()
+    assert orphan.name.startswith(f".tmp-{'a' * 24}-")
+    live = encoders / f".tmp-{'b' * 24}-{_host()}-{os.getpid()}-x2"
+    elsewhere = encoders / f".tmp-{'c' * 24}-another_host-{_dead_pid()}-x3"
+    stranger = encoders / f".tmp-{'d' * 24}-{_host()}-{_dead_pid()}-x4"
+    _fake_entry(tmp_path, live.name)
+    _fake_entry(tmp_path, elsewhere.name)
+    _fake_entry(tmp_path, stranger.name)
+    assert list_entries(tmp_path) == []  # temporaries are not entries
+    EncoderCache(tmp_path)
+    assert not orphan.exists() and not stranger.exists()
+    assert live.exists() and elsewhere.exists()
+
+
+def test_a_full_disk_while_storing_an_entry_is_a_one_line_error(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    def full(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos 64\n"
+                           "PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr("qbench.train.encoder_cache.torch.save", full)
+    with pytest.raises(QbenchError, match=r"encoder cache .*cache: cannot store entry \w+: "
+                                          r"the disk is full or not writable "
+                                          r"\(RuntimeError: \[enforce fail") as info:
+        _run(tmp_path, "float", epochs=2)
+    assert "\n" not in str(info.value)
+    assert list((tmp_path / "cache" / "encoders").iterdir()) == []
+
+
+def test_no_space_while_storing_an_entry_is_a_one_line_error(tmp_path, monkeypatch):
+    def full(obj, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("qbench.train.encoder_cache.torch.save", full)
+    with pytest.raises(QbenchError, match=r"cannot store entry \w+: the disk is full or not "
+                                          r"writable \(No space left on device\)") as info:
+        _run(tmp_path, "float", epochs=2)
+    assert "\n" not in str(info.value)
+    assert list((tmp_path / "cache" / "encoders").iterdir()) == []
+
+
+def test_an_entry_matching_its_checksum_that_cannot_be_loaded_is_retrained(tmp_path, capsys):
+    from qbench.train.encoder_cache import _sha256
+
+    _run(tmp_path, "float", epochs=2)
+    (key,) = _entries(tmp_path)
+    folder = tmp_path / "cache" / "encoders" / key
+    (folder / "weights.pt").write_bytes(b"not a torch file")
+    meta = json.loads((folder / "entry.json").read_text())
+    meta["files"]["weights.pt"] = _sha256(folder / "weights.pt")
+    (folder / "entry.json").write_text(json.dumps(meta))
+    assert _run(tmp_path, "float", epochs=2)["encoder_cache"] == "miss"
+    err = capsys.readouterr().err
+    assert err.count("weights.pt cannot be loaded") == 1 and "retraining it" in err
+    assert _run(tmp_path, "float", epochs=2)["encoder_cache"] == "hit"
+    assert "cannot be loaded" not in capsys.readouterr().err
+
+
+def test_temporary_files_of_dead_writers_inside_an_entry_are_removed(tmp_path):
+    from qbench.data.arraycache import _host
+
+    _run(tmp_path, "float", epochs=2)
+    (key,) = _entries(tmp_path)
+    folder = tmp_path / "cache" / "encoders" / key
+    dead = folder / f".tmp-{_host()}-{_dead_pid()}-x1.npz"
+    live = folder / f".tmp-{_host()}-{os.getpid()}-x2.npz"
+    old = folder / ".tmp-x3.npz"  # an untagged name: removed once a day old
+    young = folder / ".tmp-x4.npz"
+    for path in (dead, live, old, young):
+        path.write_bytes(b"partial")
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    EncoderCache(tmp_path / "cache")
+    assert not dead.exists() and not old.exists()
+    assert live.exists() and young.exists() and (folder / "entry.json").is_file()
