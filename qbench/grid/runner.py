@@ -161,8 +161,10 @@ def failure_path(out: Path, cell: Cell) -> Path:
 
 
 def record_failure(out: Path, cell: Cell, outcome: Outcome, grid_file: Path) -> Path:
-    """Write the failure record of ``cell`` atomically; return its path."""
-    return write_json_atomic(failure_path(out, cell), new_record({
+    """Write the failure record of ``cell`` atomically; return its path. A record that
+    cannot be written (a full disk, an unwritable folder) raises :class:`QbenchError`."""
+    path = failure_path(out, cell)
+    record = new_record({
         "grid_file": str(grid_file),
         "cell": {f.name: getattr(cell, f.name) for f in fields(cell) if f.init},
         "result_file": cell.filename,
@@ -170,7 +172,11 @@ def record_failure(out: Path, cell: Cell, outcome: Outcome, grid_file: Path) -> 
         "message": outcome.message,
         "traceback": outcome.traceback,
         "seconds": outcome.seconds,
-    }, kind="qbench-grid-failure"))
+    }, kind="qbench-grid-failure")
+    try:
+        return write_json_atomic(path, record)
+    except OSError as exc:  # atomic_write names most; this catches the rest
+        raise QbenchError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 # -- the grid ------------------------------------------------------------------------------
@@ -294,10 +300,13 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", backend: Backend | Non
             failure_path(out, cell).unlink(missing_ok=True)
         else:
             summary.failed.append(cell.stem)
-            record = record_failure(out, cell, outcome, grid_file)
+            try:  # an unrecordable failure is still a failed cell; the grid goes on
+                recorded = f"recorded in {record_failure(out, cell, outcome, grid_file)}"
+            except QbenchError as exc:
+                recorded = f"the failure could not be recorded: {exc}"
             bar.write(f"failed: {cell.describe()}: {outcome.error_type}: "
                       f"{outcome.message.splitlines()[0] if outcome.message else ''} "
-                      f"(recorded in {record})")
+                      f"({recorded})")
         bar.update(1)
         left = len(cells) - len(summary.done) - len(summary.failed) - len(summary.skipped)
         bar.set_postfix_str(f"done {len(summary.done)}, failed {len(summary.failed)}, "

@@ -4,6 +4,8 @@ was tuned for."""
 
 from __future__ import annotations
 
+import math
+import numbers
 from pathlib import Path
 
 from qbench.core.errors import QbenchError
@@ -21,7 +23,8 @@ def load_tuned_params(path: Path, method: str, dataset: str, bits: int, *,
     checked when given. Returns ``(params, tuning)``: the study's fixed parameters updated
     by its best ones (name -> parsed value), and the record a result carries,
     ``{"trials": finished trials, "best_value": ..., "study": name, "best_params": {...}}``.
-    Unknown parameters and out-of-range values raise :class:`QbenchError`.
+    A ``best_value`` that is not a finite number, unknown parameters and out-of-range
+    values raise :class:`QbenchError`.
     """
     path = Path(path)
     record = read_json(path, "--params-from")
@@ -36,6 +39,10 @@ def load_tuned_params(path: Path, method: str, dataset: str, bits: int, *,
         if not isinstance(record[key], typ):
             raise QbenchError(f"--params-from {path}: {key!r} is a "
                               f"{type(record[key]).__name__}; allowed: a {typ.__name__}")
+    best = record["best_value"]  # a summary is written only once a trial completed
+    if not isinstance(best, numbers.Real) or isinstance(best, bool) or not math.isfinite(best):
+        raise QbenchError(f"--params-from {path}: 'best_value' is {best!r}; allowed: a finite "
+                          "number (the best completed trial's validation score)")
     counts = [record["trials"].get(k, 0) for k in ("complete", "pruned")]
     if not all(is_int(c) and c >= 0 for c in counts):
         raise QbenchError(f"--params-from {path}: 'trials' counts must be integers >= 0, "

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from qbench.core.atomic import atomic_write
+from qbench.core.atomic import write_all_atomic
 from qbench.core.errors import QbenchError, choice_error
 from qbench.report.claims import CLAIMS, evaluate_claims
 from qbench.report.load import load_runs
@@ -63,7 +63,10 @@ def prepare(paths: Iterable[Path], baseline: str | None = None
 
 def write_outputs(out: Path, runs: list[Run], agg: Aggregate, sig: Significance,
                   metric: str) -> list[Path]:
-    """Write tables to ``<out>/tables`` and figures to ``<out>/plots``; return the paths."""
+    """Write tables to ``<out>/tables`` and figures to ``<out>/plots``; return the paths.
+
+    The tables are written all or none (:func:`qbench.core.atomic.write_all_atomic`).
+    """
     from qbench.report.plots import write_plots
 
     tables = Path(out) / "tables"
@@ -82,16 +85,8 @@ def write_outputs(out: Path, runs: list[Run], agg: Aggregate, sig: Significance,
     files["claims.csv"] = claims.to_csv(index=False)
     files["all_metrics.csv"] = agg.summary.to_csv(index=False)
     files["paper_vs_qbench.md"] = paper_markdown(runs, agg)
-    written = []
-    for name, text in files.items():
-        path = tables / name
-        try:
-            with atomic_write(path) as fh:  # never a half-written table
-                fh.write(text.encode())
-        except OSError as exc:
-            raise QbenchError(f"--out {out}: cannot write {path}: {exc.strerror or exc}"
-                              ) from None
-        written.append(path)
+    # all tables or none: a full disk leaves the earlier tables as they were
+    written = write_all_atomic({tables / name: text.encode() for name, text in files.items()})
     written += write_plots(agg, Path(out) / "plots")
     return written
 

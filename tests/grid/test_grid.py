@@ -480,3 +480,53 @@ def test_two_grids_on_one_out_at_once_run_every_cell_once(tmp_path, jobs):
         load_result(path)
     again = run_grid(grid, out=out, runner=fake_run, progress=False)
     assert len(again.skipped) == 12 and not again.done
+
+
+def _no_space_for_failure_records(monkeypatch):
+    """A disk too full for a failure record (mkstemp in <out>/failed raises ENOSPC)."""
+    import errno
+
+    import qbench.core.atomic as atomic
+
+    real = atomic.tempfile.mkstemp
+
+    def mkstemp(**kwargs):
+        if Path(kwargs["dir"]).name == grid_module.FAILED_DIR:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(**kwargs)
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", mkstemp)
+
+
+def test_a_failure_that_cannot_be_recorded_is_one_line_and_the_grid_goes_on(
+        tmp_path, monkeypatch, capsys):
+    _no_space_for_failure_records(monkeypatch)
+    grid, out = write_grid(tmp_path), tmp_path / "out"
+    summary = run_grid(grid, out=out, runner=failing_run, progress=False)
+    assert sorted(summary.failed) == ["digits-standard-float-12b-seed1",
+                                      "digits-standard-pq-24b-seed0",
+                                      "digits-standard-pq-24b-seed1"]
+    assert len(summary.done) == 9
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if "could not be recorded" in line]
+    assert len(lines) == 3
+    assert any(line.startswith("failed: ") and "subspaces=5" in line
+               and f"cannot write to {out / grid_module.FAILED_DIR}: No space left on device"
+               in line for line in lines)
+    assert not list((out / grid_module.FAILED_DIR).iterdir())
+
+
+def test_cli_grid_with_an_unrecordable_failure_exits_1_without_a_traceback(tmp_path,
+                                                                           monkeypatch):
+    from click.testing import CliRunner
+
+    from qbench.cli import cli
+
+    _no_space_for_failure_records(monkeypatch)
+    monkeypatch.setattr("qbench.run.pipeline.run_experiment", failing_run)
+    grid = write_grid(tmp_path, methods=["pq"], bits=[24])
+    res = CliRunner().invoke(cli, ["grid", str(grid), "--out", str(tmp_path / "o"),
+                                   "--seeds", "0"])
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output and "1 failed" in res.output
+    assert "the failure could not be recorded: cannot write to " in res.output
