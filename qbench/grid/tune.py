@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -130,6 +131,20 @@ def sampler_seed(seed: int, trials_so_far: int) -> int:
     draws other random startup trials than the sessions before it instead of repeating them.
     """
     return int(np.random.SeedSequence([seed, trials_so_far]).generate_state(1)[0])
+
+
+def trial_wall_s(trial) -> float:
+    """Seconds ``trial`` ran: its own measured ``wall_s``; for a trial from before it was
+    recorded, complete minus start, except a killed trial (failed by its heartbeat, no
+    reason), whose end is when a later session found it, not when it stopped: 0."""
+    from optuna.trial import TrialState
+
+    if "wall_s" in trial.user_attrs:
+        return float(trial.user_attrs["wall_s"])
+    if trial.datetime_start is None or trial.datetime_complete is None or (
+            trial.state == TrialState.FAIL and "fail_reason" not in trial.user_attrs):
+        return 0.0
+    return (trial.datetime_complete - trial.datetime_start).total_seconds()
 
 
 def _make_pruner(name: str):
@@ -246,6 +261,13 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
     objective = objective or pipeline_objective(template)
 
     def run_trial(trial) -> float:
+        started = time.perf_counter()
+        try:
+            return timed_trial(trial)
+        finally:  # the trial's own run time: a killed trial's downtime never counts
+            trial.set_user_attr("wall_s", time.perf_counter() - started)
+
+    def timed_trial(trial) -> float:
         params = {k: suggest(trial, k, p) for k, p in space.items()}
         earlier = completed_with(trial, params)
         if earlier is not None:  # TPE repeats points of small discrete spaces: reuse
@@ -279,6 +301,9 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
             return float("nan")
         return value
 
+    with warnings.catch_warnings():  # a killed session's trials must not count below
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     counts = trial_counts(study)
     remaining = trials - counts["complete"] - counts["pruned"]
     if remaining > 0 and backend == "ray":
@@ -306,9 +331,7 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
         notes.append(f"{finished} of {trials} trials finished (timeout or failures); rerun "
                      "the same command to run the missing ones")
     device = prep.device
-    wall_s = sum((t.datetime_complete - t.datetime_start).total_seconds()
-                 for t in study.get_trials(deepcopy=False)
-                 if t.datetime_start is not None and t.datetime_complete is not None)
+    wall_s = sum(trial_wall_s(t) for t in study.get_trials(deepcopy=False))
     best = study.best_trial
     record = new_record({
         "study": name,

@@ -492,3 +492,28 @@ def test_a_deeply_nested_file_is_a_one_line_error(tmp_path):
     path.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(QbenchError, match="nested too deeply"):
         load_tuned_params(path, "toy-tuned", "digits", 32)
+
+
+def test_a_killed_trial_is_failed_on_start_even_when_no_trial_remains(tmp_path, monkeypatch):
+    import optuna
+
+    monkeypatch.setattr(studies, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(studies, "GRACE_S", 1)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    tune(template(tmp_path), trials=2, storage=storage, study_name="s", objective=Counting())
+    rdb = studies.open_storage(storage)
+    study = optuna.load_study(study_name="s", storage=rdb)
+    with pytest.warns(UserWarning, match="Heartbeat"):
+        killed = study.ask({"lam": optuna.distributions.FloatDistribution(1e-3, 3.0, log=True)})
+    rdb.record_heartbeat(killed._trial_id)  # the worker started, then died
+    time.sleep(2.05)
+    objective = Counting()
+    _, record = tune(template(tmp_path), trials=2, storage=storage, study_name="s",
+                     objective=objective)
+    assert objective.calls == []  # the budget was already reached
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert record["trials"] == {"complete": 2, "pruned": 0, "failed": 1}
+    own = sum(t.user_attrs["wall_s"] for t in study.get_trials(deepcopy=False)
+              if "wall_s" in t.user_attrs)
+    assert record["compute"]["trial_wall_s"] == pytest.approx(own)  # no downtime counted
