@@ -48,13 +48,15 @@ def writer_tag() -> str:
 
 def is_stale(path: Path, tag: str) -> bool:
     """Whether the temporary ``path``, whose name carries writer tag ``tag`` after its
-    prefix, is left over: its writer was a process of this host that has died, or it was
-    last modified more than :data:`STALE_AFTER_S` ago (another host's, or an untagged name)."""
+    prefix, is left over: its writer was a process of this host that has died, or (another
+    host's, or an untagged name) it was last modified more than :data:`STALE_AFTER_S` ago.
+    A live writer's temporary on this host is never stale, however old: one long write into
+    a single file leaves its folder's mtime unchanged."""
     host = _host()
     if tag.startswith(f"{host}-"):
         pid = tag[len(host) + 1:].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            return True
+        if pid.isdigit():
+            return not _alive(int(pid))
     try:
         return time.time() - path.lstat().st_mtime > STALE_AFTER_S
     except OSError:

@@ -61,18 +61,14 @@ class Claim:
         return f"{self.a} {'beats' if self.expected > 0 else 'loses to'} {self.b}"
 
     def opponent(self, runs: pd.DataFrame) -> str | None:
-        """The row variant ``a`` is compared with in one cell's ``runs``: ``b``, or the
-        variant of ``best_of`` with the highest mean headline MAP (tuned runs first where
-        the cell has any); None when none of them has runs there."""
+        """The row variant ``a`` is compared with in ``runs`` (one cell's runs of one kind,
+        tuned or with defaults): ``b``, or the variant of ``best_of`` with the highest mean
+        headline MAP there; None when none of them has a headline value there."""
         if not self.best_of:
             return self.b
         present = runs[runs["variant"].isin(self.best_of)]
-        if present.empty:
-            return None
-        if present["tuned"].any():
-            present = present[present["tuned"]]
-        means = present.groupby("variant")[HEADLINE].mean()
-        return str(means.sort_index().idxmax())
+        means = present.groupby("variant")[HEADLINE].mean().dropna()
+        return str(means.sort_index().idxmax()) if len(means) else None
 
 
 CLAIMS: tuple[Claim, ...] = (
@@ -128,6 +124,27 @@ def _pairings(runs: pd.DataFrame, a: str, b: str) -> list[tuple[str, pd.DataFram
     return out
 
 
+def _claim_pairings(runs: pd.DataFrame, claim: Claim):
+    """(compared, b's variant, runs of a, runs of b) of ``claim`` in one cell. Against
+    ``best_of``, b is the strongest of them among the runs of the same kind (tuned, or
+    defaults) as the side of a it meets, so each pairing faces its own best opponent."""
+    if not claim.best_of:
+        return [(c, claim.b, ra, rb) for c, ra, rb in _pairings(runs, claim.a, claim.b)]
+    out, seen = [], set()
+    for tuned in (False, True, None):  # None: whichever kind the cell has (mixed pairings)
+        kind = runs if tuned is None else runs[runs["tuned"] == tuned]
+        opponent = claim.opponent(kind)
+        if opponent is None:
+            continue
+        for compared, ra, rb in _pairings(runs, claim.a, opponent):
+            mixed = compared not in ("defaults", "tuned")
+            if (compared == ("tuned" if tuned else "defaults") if tuned is not None
+                    else mixed) and compared not in seen:
+                seen.add(compared)
+                out.append((compared, opponent, ra, rb))
+    return out
+
+
 def _baseline_retention(runs: pd.DataFrame) -> float:
     """Mean over seeds of the two-stage-pq baseline's retention (defaults preferred)."""
     if "retention" not in runs:
@@ -150,10 +167,7 @@ def evaluate_claims(agg: Aggregate, claims: tuple[Claim, ...] = CLAIMS) -> pd.Da
         info = dict(zip(CELL_KEYS, cell))
         retention = _baseline_retention(part)
         for index, claim in enumerate(claims):
-            opponent = claim.opponent(part)
-            if opponent is None:
-                continue
-            for compared, runs_a, runs_b in _pairings(part, claim.a, opponent):
+            for compared, opponent, runs_a, runs_b in _claim_pairings(part, claim):
                 a, b, _ = paired_values(runs_a, runs_b)
                 test = paired_t_test(a, b)
                 rows.append({

@@ -49,6 +49,7 @@ p.note{color:#555;margin:.2em 0}img{max-width:100%;border:1px solid #ddd;margin:
 SCRIPT = """
 (function(){
   function key(cell){
+    if(!cell){ return [2, '']; }
     var t=cell.textContent.trim(), m=t.match(/^[-+\\u2212]?\\d+(\\.\\d+)?(e[-+]?\\d+)?/i);
     return m ? [0, parseFloat(m[0].replace('\\u2212','-'))] : [1, t.toLowerCase()];
   }

@@ -389,6 +389,10 @@ def _store_error(root: Path, what: str, exc: Exception) -> QbenchError:
     """The one-line error for a cache write that failed: ``exc`` is an OSError, or the
     RuntimeError torch.save raises when its writes fail (a full disk)."""
     reason = (exc.strerror if isinstance(exc, OSError) else None) or one_line(exc)
+    if not isinstance(exc, OSError) and "write" not in str(exc).lower():
+        # not a failed write (e.g. something torch cannot serialise): say only what failed
+        return QbenchError(f"encoder cache {root}: cannot store {what} ({reason}); turn "
+                           "caching off with --no-cache to go on")
     return QbenchError(f"encoder cache {root}: cannot store {what}: the disk is full or not "
                        f"writable ({reason}); free space there, choose another --cache-dir or "
                        "turn caching off with --no-cache")

@@ -475,7 +475,6 @@ def test_two_grids_on_one_out_at_once_run_every_cell_once(tmp_path, jobs):
         assert not failed and len(done) + len(skipped) == 12
     assert sorted(summaries[0][0] + summaries[1][0]) == sorted(c.removesuffix(".json")
                                                                for c in calls)
-    assert all(summary[0] for summary in summaries)  # both grids did part of the work
     for path in out.glob("*.json"):
         load_result(path)
     again = run_grid(grid, out=out, runner=fake_run, progress=False)

@@ -146,3 +146,20 @@ def test_custom_claims_with_an_expected_loss(tmp_path):
     _, agg, _, _ = prepare(paths)
     frame = evaluate_claims(agg, (Claim("pq", "opq", -1, "test"),))
     assert frame.loc[0, "claim"] == "pq loses to opq" and frame.loc[0, "verdict"] == "holds"
+
+
+def test_todays_best_is_chosen_among_runs_of_the_same_kind(tmp_path):
+    """At defaults orthohash is the strongest, after tuning greedyhash: each pairing of
+    ssm faces the best of its own kind."""
+    paths = results(tmp_path, "ssm", [0.70, 0.71, 0.69])
+    paths += results(tmp_path, "ssm", [0.74, 0.75, 0.73], tuning=TUNING)
+    paths += results(tmp_path, "orthohash", [0.66, 0.67, 0.65])
+    paths += results(tmp_path, "greedyhash", [0.60, 0.61, 0.59])
+    paths += results(tmp_path, "greedyhash", [0.72, 0.73, 0.71], tuning=TUNING)
+    frame = claims_of(paths)
+    rows = frame[frame["claim"] == "ssm beats best of csq/greedyhash/orthohash"]
+    rows = rows.set_index("compared")
+    assert rows.at["defaults", "b"] == "orthohash"
+    assert rows.at["defaults", "diff"] == pytest.approx(0.04)
+    assert rows.at["tuned", "b"] == "greedyhash"
+    assert rows.at["tuned", "diff"] == pytest.approx(0.02)

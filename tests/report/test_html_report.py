@@ -136,9 +136,16 @@ def test_cli_writes_the_page(tmp_path):
 
 
 def _browser() -> str:
+    """A headless-capable chromium, or skip (a snap wrapper without snapd fails --version)."""
     for name in BROWSERS:
         if path := shutil.which(name):
-            return path
+            try:
+                ok = subprocess.run([path, "--version"], capture_output=True,
+                                    timeout=60).returncode == 0
+            except (OSError, subprocess.TimeoutExpired):
+                ok = False
+            if ok:
+                return path
     pytest.skip("no chromium to render the page (apt-get install chromium; `make test` "
                 "installs it where it can)")
 
