@@ -94,7 +94,7 @@ def write_all_atomic(files: dict[Path, bytes]) -> list[Path]:
 
 
 class _Handle(io.BufferedWriter):
-    """A buffered writer that remembers the OSError of a failed write or flush, so that
+    """A buffered writer that remembers the OSError of a failed write, flush or seek, so that
     :func:`atomic_write` can tell a full disk from an error of the caller's own code."""
 
     write_error: OSError | None = None
@@ -109,6 +109,13 @@ class _Handle(io.BufferedWriter):
     def flush(self):
         try:
             return super().flush()
+        except OSError as exc:
+            self.write_error = exc
+            raise
+
+    def seek(self, *args):  # a seek writes out the buffer first (zipfile, np.savez)
+        try:
+            return super().seek(*args)
         except OSError as exc:
             self.write_error = exc
             raise

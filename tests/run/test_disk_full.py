@@ -85,3 +85,19 @@ def test_run_no_cache_on_a_full_disk_exits_2_with_one_line(tmp_path, monkeypatch
     assert lines[0].endswith(": No space left on device")
     assert "Traceback" not in result.output
     assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
+
+
+def test_a_split_file_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    """np.savez seeks back over what it wrote (zipfile headers): the seek's flush hits the
+    full disk, and that is a failed write too, not a traceback."""
+    import numpy as np
+
+    from qbench.data.protocols import Splits
+
+    _full_disk_mkstemp(monkeypatch)
+    idx = np.arange(10)
+    splits = Splits("standard", 0, *(idx for _ in range(4)))
+    path = tmp_path / "s.npz"
+    with pytest.raises(QbenchError, match=r"^cannot write .*s\.npz: No space left on device$"):
+        splits.save(path)
+    assert list(tmp_path.iterdir()) == []
