@@ -24,11 +24,7 @@ def atomic_write(path: Path) -> Iterator[BinaryIO]:
     the block propagates unchanged.
     """
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    except OSError as exc:
-        raise QbenchError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
+    fd, tmp = _temp_beside(path)
     fh = _Handle(io.FileIO(fd, "wb"))
     try:
         try:
@@ -66,13 +62,7 @@ def write_all_atomic(files: dict[Path, bytes]) -> list[Path]:
     try:
         for path, data in files.items():
             path = Path(path)
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                           suffix=".part")
-            except OSError as exc:
-                raise QbenchError(f"cannot write to {path.parent}: {exc.strerror or exc}"
-                                  ) from None
+            fd, tmp = _temp_beside(path)
             temps.append((tmp, path))
             try:
                 with os.fdopen(fd, "wb") as fh:
@@ -91,6 +81,16 @@ def write_all_atomic(files: dict[Path, bytes]) -> list[Path]:
     finally:
         for tmp, _ in temps:
             Path(tmp).unlink(missing_ok=True)
+
+
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """(fd, name) of a new temp file in ``path``'s folder (created where missing); a folder
+    that cannot be written raises :class:`QbenchError` naming it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    except OSError as exc:
+        raise QbenchError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
 
 
 class _Handle(io.BufferedWriter):

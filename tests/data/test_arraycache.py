@@ -1,24 +1,9 @@
 """The array cache's own housekeeping (entries' use by datasets: test_datasets.py)."""
 
-import subprocess
-import sys
-
 import numpy as np
 
 from qbench.data import arraycache
 from qbench.data.arraycache import ArrayCache
-
-
-def test_reader_removes_temporary_folders_of_dead_processes_only(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    folder = tmp_path / "c"
-    orphan = folder / f"{arraycache.TMP_PREFIX}{arraycache._host()}-{dead}-abc"
-    live = folder / f"{arraycache._tmp_prefix()}xyz"
-    orphan.mkdir(parents=True)
-    live.mkdir()
-    assert ArrayCache(folder).get("k") is None
-    assert not orphan.exists() and live.exists()
 
 
 def test_reader_of_a_missing_folder_creates_nothing(tmp_path):

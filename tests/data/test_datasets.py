@@ -820,35 +820,37 @@ def test_two_processes_decoding_at_once_leave_one_valid_entry(tmp_path, monkeypa
     assert "corrupt" not in capsys.readouterr().err
 
 
-def test_writer_removes_temporary_folders_of_dead_processes_only(tmp_path):
+def _orphan_and_live(folder):
+    """Temporary folders under ``folder``: one of a process of this host that has died, one
+    of this (live) process. Both created."""
     import subprocess
     import sys
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    folder = tmp_path / "c"
     orphan = folder / f"{arraycache.TMP_PREFIX}{arraycache._host()}-{dead}-abc"
     live = folder / f"{arraycache._tmp_prefix()}xyz"
     orphan.mkdir(parents=True)
     live.mkdir()
+    return orphan, live
+
+
+def test_writer_removes_temporary_folders_of_dead_processes_only(tmp_path):
+    folder = tmp_path / "c"
+    orphan, live = _orphan_and_live(folder)
     ArrayCache(folder).put("k", {"y": np.arange(3)}, {})
     assert not orphan.exists() and live.exists()
 
 
 def test_reader_removes_temporary_folders_of_dead_processes_only(tmp_path):
-    import subprocess
-    import sys
     import time
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
     folder = tmp_path / "c"
-    orphan = folder / f"{arraycache.TMP_PREFIX}{arraycache._host()}-{dead}-abc"
-    live = folder / f"{arraycache._tmp_prefix()}xyz"
+    orphan, live = _orphan_and_live(folder)
     old = folder / f"{arraycache.TMP_PREFIX}another_host-1-old"
     young = folder / f"{arraycache.TMP_PREFIX}another_host-1-new"
-    for path in (orphan, live, old, young):
-        path.mkdir(parents=True)
+    for path in (old, young):
+        path.mkdir()
     os.utime(old, (time.time() - 2 * 86400,) * 2)
     assert ArrayCache(folder).get("k") is None
     assert not orphan.exists() and not old.exists()

@@ -302,22 +302,32 @@ def test_the_seeded_sampler_suggests_the_same_parameters_twice(tmp_path):
     assert runs[0] != runs[2]
 
 
-def test_a_killed_trial_is_failed_after_its_heartbeat_stops_and_retried(tmp_path, monkeypatch):
+def _study_with_a_killed_trial(tmp_path, monkeypatch, trials: int, distributions: dict):
+    """(storage, study, killed trial): a study tuned to ``trials`` trials, then a trial that
+    started (one heartbeat) and died, its heartbeat stale by now (1 s heartbeat and grace)."""
     import optuna
 
     monkeypatch.setattr(studies, "HEARTBEAT_S", 1)
     monkeypatch.setattr(studies, "GRACE_S", 1)
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    tune(template(tmp_path), trials=1, storage=storage, study_name="s", objective=Counting())
+    tune(template(tmp_path), trials=trials, storage=storage, study_name="s",
+         objective=Counting())
     rdb = studies.open_storage(storage)
     study = optuna.load_study(study_name="s", storage=rdb)
     with pytest.warns(UserWarning, match="Heartbeat"):  # a worker outside Study.optimize
-        killed = study.ask({
-            "lam": optuna.distributions.FloatDistribution(1e-3, 3.0, log=True),
-            "k": optuna.distributions.IntDistribution(1, 4),
-            "law": optuna.distributions.CategoricalDistribution(["spring", "gravity"])})
+        killed = study.ask(distributions)
     rdb.record_heartbeat(killed._trial_id)  # the worker started, then died
     time.sleep(2.05)  # SQLite's clock has a resolution of one second
+    return storage, study, killed
+
+
+def test_a_killed_trial_is_failed_after_its_heartbeat_stops_and_retried(tmp_path, monkeypatch):
+    import optuna
+
+    storage, _, killed = _study_with_a_killed_trial(tmp_path, monkeypatch, 1, {
+        "lam": optuna.distributions.FloatDistribution(1e-3, 3.0, log=True),
+        "k": optuna.distributions.IntDistribution(1, 4),
+        "law": optuna.distributions.CategoricalDistribution(["spring", "gravity"])})
     objective = Counting()
     _, record = tune(template(tmp_path), trials=2, storage=storage, study_name="s",
                      objective=objective)
@@ -497,16 +507,8 @@ def test_a_deeply_nested_file_is_a_one_line_error(tmp_path):
 def test_a_killed_trial_is_failed_on_start_even_when_no_trial_remains(tmp_path, monkeypatch):
     import optuna
 
-    monkeypatch.setattr(studies, "HEARTBEAT_S", 1)
-    monkeypatch.setattr(studies, "GRACE_S", 1)
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
-    tune(template(tmp_path), trials=2, storage=storage, study_name="s", objective=Counting())
-    rdb = studies.open_storage(storage)
-    study = optuna.load_study(study_name="s", storage=rdb)
-    with pytest.warns(UserWarning, match="Heartbeat"):
-        killed = study.ask({"lam": optuna.distributions.FloatDistribution(1e-3, 3.0, log=True)})
-    rdb.record_heartbeat(killed._trial_id)  # the worker started, then died
-    time.sleep(2.05)
+    storage, study, _ = _study_with_a_killed_trial(tmp_path, monkeypatch, 2, {
+        "lam": optuna.distributions.FloatDistribution(1e-3, 3.0, log=True)})
     objective = Counting()
     _, record = tune(template(tmp_path), trials=2, storage=storage, study_name="s",
                      objective=objective)

@@ -73,17 +73,23 @@ def test_the_callers_error_wins_over_a_failing_final_flush(tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
-def test_run_no_cache_on_a_full_disk_exits_2_with_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(atomic.os, "fsync", _enospc)
-    out = tmp_path / "out"
+def run_on_a_full_disk(out) -> str:
+    """``qbench run --no-cache`` into ``out`` on a full disk: exit 2, one line (returned)
+    saying what could not be written, no traceback."""
     result = CliRunner().invoke(cli, ["run", "--method", "float", "--dataset", "digits",
                                       "--bits", "32", "--quiet", "--no-cache",
                                       "--out", str(out)])
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: cannot write ")
-    assert lines[0].endswith(": No space left on device")
-    assert "Traceback" not in result.output
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write "), result.output
+    assert "No space left on device" in lines[0] and "Traceback" not in result.output
+    return lines[0]
+
+
+def test_run_no_cache_on_a_full_disk_exits_2_with_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(atomic.os, "fsync", _enospc)
+    out = tmp_path / "out"
+    assert run_on_a_full_disk(out).endswith(": No space left on device")
     assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
 
 

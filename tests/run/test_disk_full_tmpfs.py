@@ -5,11 +5,10 @@ import subprocess
 import uuid
 
 import pytest
-from click.testing import CliRunner
 
-from qbench.cli import cli
 from qbench.core.errors import QbenchError
 from qbench.run.results import write_json_atomic
+from tests.run.test_disk_full import run_on_a_full_disk
 
 
 @pytest.fixture
@@ -47,17 +46,10 @@ def test_write_json_atomic_on_a_real_full_disk(full_tmpfs):
 
 
 # room for the run's split file (about 21 KB), not for its result (about 18 KB): the
-# result's write fails (a disk with no room at all fails on the split file, which
-# qbench/data/protocols.py writes without atomic_write)
+# result's write fails (a disk with no room at all fails on the split file, also one
+# line: tests/run/test_disk_full.py)
 @pytest.mark.parametrize("full_tmpfs", [24 * 1024], indirect=True)
 def test_cli_run_on_a_real_full_disk_exits_2_with_one_line(full_tmpfs):
-    out = full_tmpfs / "out"
-    result = CliRunner().invoke(cli, ["run", "--method", "float", "--dataset", "digits",
-                                      "--bits", "32", "--quiet", "--no-cache",
-                                      "--out", str(out)])
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: cannot write"), result.output
-    assert "No space left on device" in lines[0] and "Traceback" not in result.output
+    run_on_a_full_disk(full_tmpfs / "out")
     assert not [p for p in full_tmpfs.rglob("*") if p.name.endswith(".part")]
     assert not [p for p in full_tmpfs.rglob("*.json") if p.name != "old.json"]
