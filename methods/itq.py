@@ -37,8 +37,9 @@ class IterativeQuantization(Method):
     params = ENGINE_PARAMS + (
         Param("dim", int, 0, "embedding width D (0: max(64, bits)); must be >= bits",
               minimum=0, maximum=MAX_BITS),
-        Param("itq_iters", int, 50, "ITQ alternations of sign and Procrustes rotation",
-              minimum=0, tune=Space(10, 100)),
+        # a convergence knob, not an accuracy trade-off: fixed, not tuned
+        Param("itq_iters", int, 50, "ITQ alternations of sign and Procrustes rotation "
+              "(fixed, not tuned)", minimum=0),
         Param("normalise", bool, True, "L2-normalise embeddings before ITQ",
               tune=Space(choices=(True, False))),
     )

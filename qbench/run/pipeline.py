@@ -19,7 +19,7 @@ from qbench.core.validation import check_int
 from qbench.data.context import RunContext
 from qbench.data.pool import DEFAULT_POOL_SIZE, selection_pool
 from qbench.data.protocols import materialise
-from qbench.eval.evaluator import evaluate
+from qbench.eval.evaluator import evaluate, mean_average_precision
 from qbench.registry import DATASETS, METHODS
 from qbench.run.results import new_record, result_filename, write_json_atomic
 from qbench.train.selection import RULES
@@ -274,8 +274,9 @@ def _run(prep: Prepared) -> tuple[Path, dict]:
         if prep.method.family == "float":
             float_map = metrics["map_all"]
         else:
-            float_map = evaluate(output.float_codes, q_labels, db_labels, k=k,
-                                 device=prep.device, curves=False).metrics["map_all"]
+            # MAP@all alone (no tie-aware pass, curves or card): the same ranking and AP
+            float_map = mean_average_precision(output.float_codes, q_labels, db_labels,
+                                               device=prep.device)
         metrics["float_map_all"] = float_map
         metrics["retention"] = metrics["map_all"] / float_map if float_map > 0 else None
 

@@ -866,3 +866,21 @@ def test_clear_removes_entries_and_keeps_live_temporaries(tmp_path):
     assert cache.clear() == 2
     assert [p.name for p in (tmp_path / "c").iterdir()] == [live.name]
     assert cache.get("k1") is None
+
+
+def test_source_identity_resolves_links_and_relative_paths(tmp_path, monkeypatch):
+    """The cache key's file identity: absolute resolved paths (one resolve per folder), a
+    symbolic link named by its target, a missing file making the identity None."""
+    from qbench.data.dataset import _identity
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "a.png").write_bytes(b"a")
+    (tmp_path / "linked").symlink_to(real, target_is_directory=True)
+    (tmp_path / "b.png").symlink_to(real / "a.png")
+    monkeypatch.chdir(tmp_path)
+    got = _identity([Path("linked/a.png"), tmp_path / "b.png", Path("real/../real/a.png")])
+    expected = str((real / "a.png").resolve())
+    assert [row[0] for row in got] == [expected] * 3
+    assert got[0][1:] == got[1][1:] == got[2][1:]
+    assert _identity([Path("real/missing.png")]) is None
