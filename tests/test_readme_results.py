@@ -55,10 +55,15 @@ def test_readme_claims_table_is_compare_of_the_committed_results(regenerated):
     assert readme_block("claims") == (out / "tables" / "claims.md").read_text().strip()
 
 
+# every metric of every cell in long form (2.4 MB): compare regenerates it, git ignores it
+NOT_COMMITTED = {"all_metrics.csv"}
+
+
 def test_committed_tables_are_current(regenerated):
     _, out = regenerated
-    fresh = sorted(p.name for p in (out / "tables").iterdir())
-    committed = sorted(p.name for p in (REFERENCE / "tables").iterdir())
+    fresh = sorted(p.name for p in (out / "tables").iterdir() if p.name not in NOT_COMMITTED)
+    committed = sorted(p.name for p in (REFERENCE / "tables").iterdir()
+                       if p.name not in NOT_COMMITTED)
     assert fresh == committed
     for name in fresh:
         assert (REFERENCE / "tables" / name).read_text() == (out / "tables" / name).read_text(), \
