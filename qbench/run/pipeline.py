@@ -21,6 +21,7 @@ from qbench.data.pool import DEFAULT_POOL_SIZE, selection_pool
 from qbench.data.protocols import materialise
 from qbench.eval.evaluator import evaluate, mean_average_precision
 from qbench.registry import DATASETS, METHODS
+from qbench.run.identity import check_replace, identity_tag, run_identity
 from qbench.run.results import new_record, result_filename, write_json_atomic
 from qbench.train.selection import RULES
 
@@ -97,6 +98,7 @@ class Prepared:
     device: str
     output_path: Path
     backbone: dict | None = None  # resolved backbone parameters (regime head), else None
+    identity: dict = field(default_factory=dict)  # what the user chose (qbench.run.identity)
 
 
 def check_data_dir(data_dir: Path | None) -> None:
@@ -146,11 +148,13 @@ def prepare(req: RunRequest) -> Prepared:
     protocol_spec = dataset_plugin.protocol(req.protocol)
     device = resolve_device(req.device)
     out = Path(req.out)
+    identity = run_identity(req, method.params, dataset_plugin.params, backbone or {})
     output_path = Path(req.output_file) if req.output_file else out / result_filename(
         req.dataset, protocol_spec.name, req.method, req.bits, req.seed, req.split_seed,
-        req.regime)
+        req.regime, identity_tag(identity))
     check_writable(output_path.parent)
-    return Prepared(req, method, dataset_plugin, protocol_spec, device, output_path, backbone)
+    return Prepared(req, method, dataset_plugin, protocol_spec, device, output_path, backbone,
+                    identity)
 
 
 @contextlib.contextmanager
@@ -256,6 +260,9 @@ def run_experiment(req: RunRequest) -> tuple[Path, dict]:
     """Train, encode, search and evaluate; write and return (path, result)."""
     with _no_leftover_out(Path(req.out)):
         prep = prepare(req)
+        # before any work: never replace a result of another run
+        check_replace(prep.output_path, prep.identity,
+                      {p.name: p.default for p in type(prep.method).params})
         with torch_settings(req.deterministic, prep.device):
             return _run(prep)
 
@@ -298,6 +305,7 @@ def _run(prep: Prepared) -> tuple[Path, dict]:
         "seed": req.seed,
         "split_seed": req.split_seed,
         "params": prep.method.params,
+        "run_identity": prep.identity,
         "regime": req.regime,
         "backbone": backbone,
         "selection": output.selection,
