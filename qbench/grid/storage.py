@@ -58,49 +58,61 @@ OVER_BUDGET = "over_budget"
 filled the study's budget (failed, so it never counts)."""
 
 
+DRIVER_ASKED = "asked_by_driver"
+"""User attribute of a trial that an ask-and-tell driver (the Ray backend) created and
+watches itself: it records no heartbeat, and only its driver ends it."""
+
+
 def fail_killed_trials(study) -> list[int]:
     """Fail the RUNNING trials of killed workers, so that they never count and their
     parameters are retried (``MAX_RETRY``); returns their numbers. Optuna's heartbeat check
-    fails a trial whose last heartbeat is older than ``GRACE_S``; a trial killed between its
+    fails a trial whose last heartbeat is older than ``GRACE_S``. A trial killed between its
     creation and its first heartbeat has none, so it is failed here once it started more
     than ``GRACE_S`` ago (a live worker's first heartbeat follows its trial's creation
-    within milliseconds)."""
+    within milliseconds); a trial an ask-and-tell driver watches (:data:`DRIVER_ASKED`) is
+    left to its driver. Ages are read on this host's clock, as Optuna records the start:
+    workers sharing one server database need clocks that agree to well within
+    ``GRACE_S``. A killed trial counts no compute time (``wall_s`` 0): its end is when it
+    was found, not when it stopped."""
     import datetime
 
     optuna = optuna_module()
     from optuna.trial import TrialState
 
-    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
     storage = study._storage
     rdb = getattr(storage, "_backend", storage)
-    if not isinstance(rdb, optuna.storages.RDBStorage):
+    if not isinstance(rdb, optuna.storages.RDBStorage) or rdb.heartbeat_interval is None:
         return []
     from optuna.storages._rdb import models
 
+    stale = set(rdb._get_stale_trial_ids(study._study_id))
     cutoff = datetime.datetime.now() - datetime.timedelta(seconds=GRACE_S)
     with rdb.scoped_session() as session:
-        orphans = [
+        unbeaten = {
             trial.trial_id for trial in session.query(models.TrialModel)
             .filter(models.TrialModel.study_id == study._study_id)
             .filter(models.TrialModel.state == TrialState.RUNNING).all()
             if not trial.heartbeats and trial.datetime_start is not None
-            and trial.datetime_start < cutoff]
+            and trial.datetime_start < cutoff}
     retry = rdb.get_heartbeat_stale_trial_callback()
-    for trial_id in orphans:
+    failed = []
+    for trial_id in sorted(stale | unbeaten):
+        frozen = storage.get_trial(trial_id)
+        if DRIVER_ASKED in frozen.user_attrs:
+            continue
         try:
-            storage.set_trial_user_attr(trial_id, "fail_reason",
-                                        "killed before its first heartbeat")
+            storage.set_trial_user_attr(trial_id, "wall_s", 0.0)
+            storage.set_trial_user_attr(
+                trial_id, "fail_reason", "killed before its first heartbeat"
+                if trial_id in unbeaten else f"killed: no heartbeat for {GRACE_S} s")
             if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker got there first
+            continue  # another worker (or the trial itself) ended it first
+        failed.append(frozen.number)
         if retry is not None:
             retry(study, storage.get_trial(trial_id))
-    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    return sorted(before - running)
+    return failed
 
 
 def write_ahead_log(rdb) -> None:

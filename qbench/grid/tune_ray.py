@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from qbench.core.errors import one_line
-from qbench.grid.storage import optuna_module
+from qbench.grid.storage import DRIVER_ASKED, optuna_module
 from qbench.grid.trials import completed_with, outcome, replay, suggest, trial_request, trial_value
 
 
@@ -45,6 +45,7 @@ def optimize_on_ray(study, space: dict, template, remaining: int, *, timeout: fl
             with warnings.catch_warnings():  # ask-and-tell: this driver is the heartbeat
                 warnings.filterwarnings("ignore", "Heartbeat of storage")
                 trial = study.ask()
+            trial.set_user_attr(DRIVER_ASKED, True)  # watched by this driver, not heartbeats
             params = {k: suggest(trial, k, p) for k, p in space.items()}
             earlier = completed_with(trial, params)
             if earlier is None:
