@@ -10,7 +10,9 @@ different stage-1 encoders). Each cell's result goes to
 ``<out>/<result_filename(dataset, protocol, name, bits, seed, split_seed)>``. A cell is
 skipped only when that file is current (:func:`cell_status`: same schema, resolved
 parameters, selection rule, pool size, split seed, split and dataset checksums, tuning
-record and code version); otherwise it runs (an invalid or stale file is overwritten).
+record and code version); otherwise it runs (an invalid or stale file is overwritten,
+except a result of another run, :mod:`qbench.run.identity`: that cell fails and the file
+stays).
 A run that raises any :class:`Exception` (including :class:`QbenchError`) is recorded in
 ``<out>/failed/<result name>.failed.json`` (error type, message, traceback, cell) and the
 grid goes on; failed cells run again on the next invocation and a success removes the
@@ -33,6 +35,7 @@ wrote its result skips it, so every cell runs once.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -45,6 +48,7 @@ from qbench.grid.cells import Cell, CellOptions, Outcome
 from qbench.grid.gridfile import expand_grid, grid_resources, load_grid
 from qbench.grid.tuning import tune_cells
 from qbench.grid.worker import run_pipeline
+from qbench.run.identity import check_replace, conflicts
 from qbench.run.results import FAILURE_SUFFIX, load_result, new_record, write_json_atomic
 
 FAILED_DIR = "failed"
@@ -115,6 +119,10 @@ def cell_status(cell: Cell, out: Path,
     wanted = (cell.dataset, cell.protocol, cell.method, cell.bits, cell.seed, cell.split_seed)
     if recorded != wanted:
         return "stale", f"records {recorded}, the cell is {wanted}"
+    clash = conflicts(res, cell.choices(out))
+    if clash:
+        return "stale", (f"holds a result of another run ({'; '.join(clash)}): it will not be "
+                         "replaced, so the cell fails")
     selection = res.get("selection") or {}
     if selection.get("rule", cell.select) != cell.select:
         return "stale", f"selected by {selection.get('rule')!r}, the grid asks {cell.select!r}"
@@ -293,8 +301,13 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", backend: Backend | Non
             summary.skipped.append(cell.stem)
             bar.update(1)
             return
-        if outcome.ok and outcome.result is not None:
-            write_json_atomic(out / cell.filename, outcome.result)
+        if outcome.ok and outcome.result is not None:  # a remote run: written here
+            try:
+                check_replace(out / cell.filename, cell.choices(out))
+                write_json_atomic(out / cell.filename, outcome.result)
+            except QbenchError as exc:  # another run's result there, or an unwritable --out
+                outcome = dataclasses.replace(outcome, ok=False, error_type="QbenchError",
+                                              message=str(exc), result=None)
         if outcome.ok:
             summary.done.append(cell.stem)
             failure_path(out, cell).unlink(missing_ok=True)

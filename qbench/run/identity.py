@@ -2,127 +2,176 @@
 method, data, bits and seeds different runs, so that no write ever replaces a result of
 another run without a word.
 
-A run's **identity** is what its user chose beyond the file name's fields (dataset,
-protocol, method, bits, seed, split seed, regime): the method parameters asked for (``-p``,
-``--epochs``, a grid cell's parameters; tuned values are named by their study instead),
-the dataset and backbone parameters asked for, the selection rule and the pool size.
-Defaults that change with the code are not part of it: a rerun after such a change is the
-same run, made by newer code.
+A run's **identity** (``run_identity`` in its result) holds what its user chose beyond the
+file name's fields (dataset, protocol, method, bits, seed, split seed, regime), where it
+differs from the declared default: method parameters (``-p``, ``--epochs``, a grid cell's
+parameters; values a study tuned are named by the study, ``tuned_by``, instead), dataset
+and backbone parameters, the selection rule and the pool size (for methods that select).
+An empty identity is the default run.
 
-- ``qbench run`` names a result with a short hash of its identity when it is not the
-  default one (:func:`identity_tag`), so ``-p lam=0.1`` and ``-p lam=1.0`` write two files.
-- Every write first checks the file it would replace (:func:`check_replace`): a result of
-  another identity there is a one-line error naming the difference, never overwritten.
-  Results recorded before identities were (no ``run_identity`` field) are compared on the
-  parameters they recorded.
+- ``qbench run`` ends a result's file name with 8 hex digits of a hash of a non-empty
+  identity (:func:`identity_tag`): ``-p lam=0.1`` and ``-p lam=1.0`` write two files,
+  ``-p lam=<the default>`` the plain one.
+- Every write first checks the file it would replace (:func:`conflicts`): two runs are the
+  same when, for every choice either of them made, the values they ran with agree. So a
+  rerun after a default changed in the code is the same run (neither chose the value),
+  while a result of other choices there is a one-line error, never overwritten. A result
+  from before identities were recorded counts as having chosen every value it recorded
+  that differs from today's default (tuned values excepted).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from qbench.core.errors import QbenchError
 from qbench.data.pool import DEFAULT_POOL_SIZE
 from qbench.run.results import to_jsonable
 
-FIELDS = ("params", "tuned_by", "dataset_params", "backbone", "select", "pool_size")
+MISSING = "(not recorded)"
 
 
-def default_identity() -> dict:
-    """The identity of a run that chose nothing: every default."""
-    return {"params": {}, "tuned_by": None, "dataset_params": {}, "backbone": {},
-            "select": "best", "pool_size": DEFAULT_POOL_SIZE}
+def _plain(value):
+    return to_jsonable(value)
 
 
-def run_identity(req, method_params: dict, dataset_params: dict,
-                 backbone: dict | None) -> dict:
-    """The identity of request ``req`` (a :class:`qbench.run.pipeline.RunRequest`), its
-    values parsed: ``method_params``, ``dataset_params`` and ``backbone`` as resolved."""
+def _chosen(values: dict, asked, defaults: dict) -> dict:
+    """The entries of ``values`` named in ``asked`` whose value is not the default."""
+    return {k: values[k] for k in sorted(asked)
+            if k in values and _plain(values[k]) != _plain(defaults.get(k, MISSING))}
+
+
+@dataclass
+class RunChoices:
+    """What one run ran with, resolved (``params``, ``dataset_params``, ``backbone``,
+    ``select``, ``pool_size``; the latter two None for a method that selects nothing), the
+    study that tuned it and the keys it chose: :attr:`identity` is the record's
+    ``run_identity``."""
+
+    params: dict
+    dataset_params: dict
+    backbone: dict
+    select: str | None
+    pool_size: int | None
+    tuned_by: str | None
+    identity: dict
+
+
+def run_choices(req, method, dataset_plugin, backbone: dict | None,
+                backbone_defaults: dict) -> RunChoices:
+    """The choices of request ``req`` (a :class:`qbench.run.pipeline.RunRequest`) for the
+    built ``method`` and ``dataset_plugin``, ``backbone`` resolved (or None)."""
     tuned = set((req.tuning or {}).get("best_params") or {})
-    asked = set(req.method_params)
-    if req.epochs is not None and "epochs" in method_params:
+    asked = set(req.method_params) - tuned
+    if req.epochs is not None and "epochs" in method.params:
         asked.add("epochs")
-    return {
-        "params": {k: method_params[k] for k in sorted(asked - tuned) if k in method_params},
+    selects = getattr(method, "selects", True)
+    method_defaults = {p.name: p.default for p in type(method).params}
+    data_defaults = {p.name: p.default for p in type(dataset_plugin).params}
+    identity = {
+        "params": _chosen(method.params, asked, method_defaults),
         "tuned_by": (req.tuning or {}).get("study"),
-        "dataset_params": {k: dataset_params[k] for k in sorted(req.dataset_params)
-                           if k in dataset_params},
-        "backbone": {k: backbone[k] for k in sorted(req.backbone) if k in (backbone or {})},
-        "select": req.select,
-        "pool_size": req.pool_size,
+        "dataset_params": _chosen(dataset_plugin.params, req.dataset_params, data_defaults),
+        "backbone": _chosen(backbone or {}, req.backbone, backbone_defaults),
+        "select": req.select if selects and req.select != "best" else None,
+        "pool_size": (req.pool_size if selects and req.pool_size != DEFAULT_POOL_SIZE
+                      else None),
     }
+    identity = {k: v for k, v in identity.items() if v not in (None, {})}
+    return RunChoices(dict(method.params), dict(dataset_plugin.params), dict(backbone or {}),
+                      req.select if selects else None, req.pool_size if selects else None,
+                      (req.tuning or {}).get("study"), identity)
 
 
 def identity_tag(identity: dict) -> str:
-    """"" for the default identity, else 8 hex digits of its sha256 (for the file name)."""
-    plain = to_jsonable(identity)
-    if plain == to_jsonable(default_identity()):
+    """"" for the default run (empty identity), else 8 hex digits of its sha256."""
+    if not identity:
         return ""
-    text = json.dumps(plain, sort_keys=True, separators=(",", ":"))
+    text = json.dumps(_plain(identity), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def recorded_identity(record: dict, ours: dict, method_defaults: dict) -> dict:
-    """The identity a result record holds, as comparable with ``ours``: its
-    ``run_identity`` field, or for an older record one rebuilt from what it recorded (the
-    parameters ``ours`` asks for, and any other parameter it ran at a value other than
-    today's default that no study tuned)."""
+def _recorded(record: dict) -> RunChoices:
+    """What a result record ran with, and the keys it chose (its ``run_identity``, or for
+    an older record every recorded value that differs from today's default, tuned values
+    excepted)."""
+    def obj(value) -> dict:
+        return value if isinstance(value, dict) else {}
+
+    selection = obj(record.get("selection"))
+    tuning = obj(record.get("tuning"))
+    backbone = obj(obj(record.get("backbone")).get("params"))
+    choices = RunChoices(obj(record.get("params")), obj(record.get("dataset_params")),
+                         backbone, selection.get("rule"), selection.get("pool_size"),
+                         tuning.get("study"), {})
     if isinstance(record.get("run_identity"), dict):
-        return record["run_identity"]
-    params = record.get("params") if isinstance(record.get("params"), dict) else {}
-    tuning = record.get("tuning") if isinstance(record.get("tuning"), dict) else {}
-    tuned = set(tuning.get("best_params") or {})
-    chosen = {k: v for k, v in params.items()
-              if k in ours["params"] or (k not in tuned and k in method_defaults
-                                         and to_jsonable(v) != to_jsonable(method_defaults[k]))}
-    selection = record.get("selection") if isinstance(record.get("selection"), dict) else {}
-    data = record.get("dataset_params") if isinstance(record.get("dataset_params"), dict) else {}
-    backbone = record.get("backbone") if isinstance(record.get("backbone"), dict) else {}
-    backbone = backbone.get("params") if isinstance(backbone.get("params"), dict) else {}
-    return {
-        "params": chosen,
-        "tuned_by": tuning.get("study"),
-        "dataset_params": {k: data.get(k) for k in ours["dataset_params"]},
-        "backbone": {k: backbone.get(k) for k in ours["backbone"]},
-        # a method that selects nothing records neither: nothing to tell apart
-        "select": selection.get("rule", ours["select"]),
-        "pool_size": selection.get("pool_size", ours["pool_size"]),
+        choices.identity = record["run_identity"]
+        return choices
+    from qbench.registry import DATASETS, METHODS
+    from qbench.train.backbone import BACKBONE_PARAMS
+
+    try:
+        method_defaults = {p.name: p.default for p in METHODS.get(record.get("method")).params}
+    except QbenchError:
+        method_defaults = {}
+    try:
+        data_defaults = {p.name: p.default for p in DATASETS.get(record.get("dataset")).params}
+    except QbenchError:
+        data_defaults = {}
+    tuned = set(obj(tuning.get("best_params")))
+    choices.identity = {
+        "params": _chosen(choices.params, set(choices.params) - tuned, method_defaults),
+        "tuned_by": choices.tuned_by,
+        "dataset_params": _chosen(choices.dataset_params, choices.dataset_params, data_defaults),
+        "backbone": _chosen(backbone, backbone, {p.name: p.default for p in BACKBONE_PARAMS}),
+        "select": choices.select if choices.select not in (None, "best") else None,
+        "pool_size": (choices.pool_size if choices.pool_size not in (None, DEFAULT_POOL_SIZE)
+                      else None),
     }
+    return choices
 
 
-def differences(theirs: dict, ours: dict) -> list[str]:
-    """``field: X there, Y here`` for every field (parameter by parameter) that differs."""
+def conflicts(record: dict, ours: RunChoices) -> list[str]:
+    """Why ``record`` holds another run than ``ours`` (``field: X there, Y here`` for each
+    choice either side made on which the values they ran with differ); [] when the same."""
+    theirs = _recorded(record)
     out = []
-    theirs, ours = to_jsonable(theirs), to_jsonable(ours)
-    for name in FIELDS:
-        a, b = theirs.get(name), ours.get(name)
-        if isinstance(a, dict) and isinstance(b, dict):
-            for key in sorted(set(a) | set(b)):
-                if a.get(key, "(default)") != b.get(key, "(default)"):
-                    out.append(f"{name}.{key}: {a.get(key, '(default)')} there, "
-                               f"{b.get(key, '(default)')} here")
-        elif a != b:
+    for name in ("params", "dataset_params", "backbone"):
+        keys = set(theirs.identity.get(name) or {}) | set(ours.identity.get(name) or {})
+        a, b = getattr(theirs, name), getattr(ours, name)
+        for key in sorted(keys):
+            if _plain(a.get(key, MISSING)) != _plain(b.get(key, MISSING)):
+                out.append(f"{name}.{key}: {_plain(a.get(key, MISSING))} there, "
+                           f"{_plain(b.get(key, MISSING))} here")
+    if theirs.tuned_by != ours.tuned_by:
+        out.append(f"tuned_by: {theirs.tuned_by} there, {ours.tuned_by} here")
+    for name in ("select", "pool_size"):
+        a, b = getattr(theirs, name), getattr(ours, name)
+        chosen = name in theirs.identity or name in ours.identity
+        if chosen and a is not None and b is not None and a != b:
             out.append(f"{name}: {a} there, {b} here")
     return out
 
 
-def check_replace(path: Path, ours: dict, method_defaults: dict) -> None:
-    """Raise :class:`QbenchError` when ``path`` holds a result of another run than ``ours``.
-
-    Nothing there, or a file that is not a readable result, is fine (a new write replaces
-    the latter, as a rerun replaces a result of the same run)."""
+def existing_conflicts(path: Path, ours: RunChoices) -> list[str]:
+    """:func:`conflicts` with the result at ``path``; [] when there is none, or the file
+    is not a readable run result (a write replaces that, as a rerun replaces its own)."""
     path = Path(path)
-    if not path.is_file():
-        return
     try:
         record = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        return
+        return []
     if not isinstance(record, dict) or "schema_version" not in record or "kind" in record:
-        return
-    diff = differences(recorded_identity(record, ours, method_defaults), ours)
+        return []
+    return conflicts(record, ours)
+
+
+def check_replace(path: Path, ours: RunChoices) -> None:
+    """Raise :class:`QbenchError` when ``path`` holds a result of another run than ours."""
+    diff = existing_conflicts(path, ours)
     if diff:
         raise QbenchError(f"{path} holds a result of another run ({'; '.join(diff)}); "
                           "it is not replaced: write to another --out, or remove it first")

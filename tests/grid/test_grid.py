@@ -34,7 +34,9 @@ def fake_run(req):
     splits = materialise(dataset, prep.protocol_spec, req.split_seed, Path(req.out) / "splits")
     result["dataset_checksum"] = dataset.checksum
     result.update(split_seed=req.split_seed, code_version=code_version(), tuning=req.tuning,
-                  selection={"rule": req.select, "pool_size": req.pool_size})
+                  selection=({"rule": req.select, "pool_size": req.pool_size}
+                             if prep.method.selects else None),
+                  run_identity=prep.choices.identity)
     result["splits"] = {**result.get("splits", {}), "checksum": splits.checksum}
     with open(Path(req.out) / "calls.log", "a") as log:
         log.write(f"{os.getpid()} {req.output_file.name}\n")

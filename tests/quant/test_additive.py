@@ -115,3 +115,32 @@ def test_additive_codes_are_checked_at_the_boundary(data):
         AdditiveQuantizer("aq", 2, 4)
     with pytest.raises(QbenchError, match="at least 256 training vectors"):
         AdditiveQuantizer("rq", 2, 8).fit(query)
+
+
+def test_the_torch_path_gives_the_numpy_distances(data):
+    train, query, db = data
+    aq = AdditiveQuantizer("rq", 3, 6, seed=0).fit(train)
+    codes = AQCodes(query, aq.encode(db), aq.codebooks)
+    from qbench.eval.distances import make_distances
+
+    search = make_distances(codes, False)
+    np.testing.assert_array_equal(search.torch(0, len(query), "cpu").numpy(),
+                                  search.numpy(0, len(query)))
+    a = evaluate(codes, np.arange(len(query)) % 4, np.arange(len(db)) % 4, backend="torch")
+    b = evaluate(codes, np.arange(len(query)) % 4, np.arange(len(db)) % 4, backend="numpy")
+    assert a.metrics == b.metrics
+
+
+def test_qbench_evaluate_reads_additive_codes_from_a_file(data, tmp_path):
+    """Full-width codebooks (M, K, D) with M > 1 in a codes file are additive codes."""
+    from qbench.eval.codesfile import load_codes_npz
+
+    train, query, db = data
+    aq = AdditiveQuantizer("lsq", 2, 5, seed=0, train_iters=3).fit(train)
+    path = tmp_path / "codes.npz"
+    np.savez(path, query_emb=query, db_codes=aq.encode(db), codebooks=aq.codebooks,
+             query_labels=np.arange(len(query)) % 3, db_labels=np.arange(len(db)) % 3)
+    codes, ql, dl = load_codes_npz(path)
+    assert isinstance(codes, AQCodes) and codes.bits == 10
+    direct = AQCodes(query, aq.encode(db), aq.codebooks)
+    assert evaluate(codes, ql, dl).metrics == evaluate(direct, ql, dl).metrics
