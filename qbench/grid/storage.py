@@ -58,22 +58,16 @@ OVER_BUDGET = "over_budget"
 filled the study's budget (failed, so it never counts)."""
 
 
-DRIVER_ASKED = "asked_by_driver"
-"""User attribute of a trial that an ask-and-tell driver (the Ray backend) created and
-watches itself: it records no heartbeat, and only its driver ends it."""
-
-
 def fail_killed_trials(study) -> list[int]:
     """Fail the RUNNING trials of killed workers, so that they never count and their
     parameters are retried (``MAX_RETRY``); returns their numbers. Optuna's heartbeat check
     fails a trial whose last heartbeat is older than ``GRACE_S``. A trial killed between its
     creation and its first heartbeat has none, so it is failed here once it started more
     than ``GRACE_S`` ago (a live worker's first heartbeat follows its trial's creation
-    within milliseconds); a trial an ask-and-tell driver watches (:data:`DRIVER_ASKED`) is
-    left to its driver. Ages are read on this host's clock, as Optuna records the start:
-    workers sharing one server database need clocks that agree to well within
-    ``GRACE_S``. A killed trial counts no compute time (``wall_s`` 0): its end is when it
-    was found, not when it stopped."""
+    within milliseconds; the Ray driver records its trials' heartbeats itself). Ages are
+    read on this host's clock, as Optuna records the start: workers sharing one server
+    database need clocks that agree to well within ``GRACE_S``. A killed trial counts no
+    compute time (``wall_s`` 0): its end is when it was found, not when it stopped."""
     import datetime
 
     optuna = optuna_module()
@@ -98,8 +92,6 @@ def fail_killed_trials(study) -> list[int]:
     failed = []
     for trial_id in sorted(stale | unbeaten):
         frozen = storage.get_trial(trial_id)
-        if DRIVER_ASKED in frozen.user_attrs:
-            continue
         try:
             storage.set_trial_user_attr(trial_id, "wall_s", 0.0)
             storage.set_trial_user_attr(

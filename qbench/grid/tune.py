@@ -333,7 +333,7 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
     counts = trial_counts(study)
     if counts["complete"] == 0:
         reasons = [t.user_attrs["fail_reason"] for t in study.get_trials(deepcopy=False)
-                   if "fail_reason" in t.user_attrs]
+                   if "fail_reason" in t.user_attrs and t.state == optuna.trial.TrialState.FAIL]
         raise QbenchError(f"no trial of study {name!r} completed ({counts['failed']} failed"
                           + (f"; last: {reasons[-1]}" if reasons else "") + ")")
 

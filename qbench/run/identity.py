@@ -46,10 +46,11 @@ def _chosen(values: dict, asked, defaults: dict) -> dict:
 
 @dataclass
 class RunChoices:
-    """What one run ran with, resolved (``params``, ``dataset_params``, ``backbone``,
-    ``select``, ``pool_size``; the latter two None for a method that selects nothing), the
-    study that tuned it and the keys it chose: :attr:`identity` is the record's
-    ``run_identity``."""
+    """What one run ran with, resolved (``params``, ``dataset_params`` as given,
+    ``backbone``, ``select``, ``pool_size``; the latter two None for a method that selects
+    nothing), the study that tuned it and the choices it made: :attr:`identity` is the
+    record's ``run_identity`` (its dataset values as they identify the data, e.g. a path
+    resolved). ``legacy``: rebuilt from a record made before identities were recorded."""
 
     params: dict
     dataset_params: dict
@@ -58,6 +59,7 @@ class RunChoices:
     pool_size: int | None
     tuned_by: str | None
     identity: dict
+    legacy: bool = False
 
 
 def run_choices(req, method, dataset_plugin, backbone: dict | None,
@@ -71,10 +73,12 @@ def run_choices(req, method, dataset_plugin, backbone: dict | None,
     selects = getattr(method, "selects", True)
     method_defaults = {p.name: p.default for p in type(method).params}
     data_defaults = {p.name: p.default for p in type(dataset_plugin).params}
+    data_values = dataset_plugin.identity_params()
     identity = {
         "params": _chosen(method.params, asked, method_defaults),
         "tuned_by": (req.tuning or {}).get("study"),
-        "dataset_params": _chosen(dataset_plugin.params, req.dataset_params, data_defaults),
+        "dataset_params": {k: data_values[k] for k in
+                           _chosen(dataset_plugin.params, req.dataset_params, data_defaults)},
         "backbone": _chosen(backbone or {}, req.backbone, backbone_defaults),
         "select": req.select if selects and req.select != "best" else None,
         "pool_size": (req.pool_size if selects and req.pool_size != DEFAULT_POOL_SIZE
@@ -94,59 +98,78 @@ def identity_tag(identity: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def _recorded(record: dict) -> RunChoices:
-    """What a result record ran with, and the keys it chose (its ``run_identity``, or for
-    an older record every recorded value that differs from today's default, tuned values
-    excepted)."""
-    def obj(value) -> dict:
-        return value if isinstance(value, dict) else {}
+def _obj(value) -> dict:
+    return value if isinstance(value, dict) else {}
 
-    selection = obj(record.get("selection"))
-    tuning = obj(record.get("tuning"))
-    backbone = obj(obj(record.get("backbone")).get("params"))
-    choices = RunChoices(obj(record.get("params")), obj(record.get("dataset_params")),
+
+def _valid_identity(value) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(value.get(name, {}), dict) for name in ("params", "dataset_params", "backbone"))
+
+
+def _recorded(record: dict) -> RunChoices:
+    """What a result record ran with, and the choices it made (its ``run_identity``, or for
+    an older record every recorded value that differs from today's default, tuned values
+    excepted). Fields of the wrong type count as not recorded."""
+    selection = _obj(record.get("selection"))
+    tuning = _obj(record.get("tuning"))
+    backbone = _obj(_obj(record.get("backbone")).get("params"))
+    study = tuning.get("study") if isinstance(tuning.get("study"), str) else None
+    choices = RunChoices(_obj(record.get("params")), _obj(record.get("dataset_params")),
                          backbone, selection.get("rule"), selection.get("pool_size"),
-                         tuning.get("study"), {})
-    if isinstance(record.get("run_identity"), dict):
+                         study, {})
+    if _valid_identity(record.get("run_identity")):
         choices.identity = record["run_identity"]
         return choices
     from qbench.registry import DATASETS, METHODS
     from qbench.train.backbone import BACKBONE_PARAMS
 
-    try:
-        method_defaults = {p.name: p.default for p in METHODS.get(record.get("method")).params}
-    except QbenchError:
-        method_defaults = {}
-    try:
-        data_defaults = {p.name: p.default for p in DATASETS.get(record.get("dataset")).params}
-    except QbenchError:
-        data_defaults = {}
-    tuned = set(obj(tuning.get("best_params")))
-    choices.identity = {
-        "params": _chosen(choices.params, set(choices.params) - tuned, method_defaults),
-        "tuned_by": choices.tuned_by,
-        "dataset_params": _chosen(choices.dataset_params, choices.dataset_params, data_defaults),
+    def defaults(registry, name) -> dict:
+        if not isinstance(name, str):
+            return {}
+        try:
+            return {p.name: p.default for p in registry.get(name).params}
+        except QbenchError:
+            return {}
+
+    tuned = set(_obj(tuning.get("best_params")))
+    identity = {
+        "params": _chosen(choices.params, set(choices.params) - tuned,
+                          defaults(METHODS, record.get("method"))),
+        "tuned_by": study,
+        "dataset_params": _chosen(choices.dataset_params, choices.dataset_params,
+                                  defaults(DATASETS, record.get("dataset"))),
         "backbone": _chosen(backbone, backbone, {p.name: p.default for p in BACKBONE_PARAMS}),
         "select": choices.select if choices.select not in (None, "best") else None,
         "pool_size": (choices.pool_size if choices.pool_size not in (None, DEFAULT_POOL_SIZE)
                       else None),
     }
+    choices.identity = {k: v for k, v in identity.items() if v not in (None, {})}
+    choices.legacy = True
     return choices
 
 
-def conflicts(record: dict, ours: RunChoices) -> list[str]:
+def conflicts(record: dict, ours: RunChoices, *, ignore_tuned_by: bool = False) -> list[str]:
     """Why ``record`` holds another run than ``ours`` (``field: X there, Y here`` for each
-    choice either side made on which the values they ran with differ); [] when the same."""
+    choice either side made on which the values they ran with differ); [] when the same.
+    A parameter today's method or dataset no longer declares is left out (the result is
+    stale, not another run). ``ignore_tuned_by``: the grid has not tuned yet (a dry run)."""
     theirs = _recorded(record)
     out = []
     for name in ("params", "dataset_params", "backbone"):
-        keys = set(theirs.identity.get(name) or {}) | set(ours.identity.get(name) or {})
-        a, b = getattr(theirs, name), getattr(ours, name)
-        for key in sorted(keys):
-            if _plain(a.get(key, MISSING)) != _plain(b.get(key, MISSING)):
-                out.append(f"{name}.{key}: {_plain(a.get(key, MISSING))} there, "
-                           f"{_plain(b.get(key, MISSING))} here")
-    if theirs.tuned_by != ours.tuned_by:
+        chosen_a, chosen_b = _obj(theirs.identity.get(name)), _obj(ours.identity.get(name))
+        values_a, values_b = getattr(theirs, name), getattr(ours, name)
+        for key in sorted(set(chosen_a) | set(chosen_b)):
+            if key not in values_b:
+                continue  # not declared today
+            if theirs.legacy:  # an older record: the values as given on both sides
+                a, b = values_a.get(key, MISSING), values_b[key]
+            else:  # the values as they identify the run (a data path resolved)
+                a = chosen_a.get(key, values_a.get(key, MISSING))
+                b = chosen_b.get(key, values_b[key])
+            if _plain(a) != _plain(b):
+                out.append(f"{name}.{key}: {_plain(a)} there, {_plain(b)} here")
+    if theirs.tuned_by != ours.tuned_by and not ignore_tuned_by:
         out.append(f"tuned_by: {theirs.tuned_by} there, {ours.tuned_by} here")
     for name in ("select", "pool_size"):
         a, b = getattr(theirs, name), getattr(ours, name)
@@ -162,7 +185,12 @@ def existing_conflicts(path: Path, ours: RunChoices) -> list[str]:
     path = Path(path)
     try:
         record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+    except FileNotFoundError:
+        return []
+    except OSError as exc:  # there but unreadable: it may be a result; never replace it
+        raise QbenchError(f"{path} cannot be read ({exc.strerror or exc}), so it is not "
+                          "replaced: fix its permissions, or write to another --out") from None
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return []
     if not isinstance(record, dict) or "schema_version" not in record or "kind" in record:
         return []

@@ -547,14 +547,6 @@ def test_a_trial_killed_before_its_first_heartbeat_is_failed_once_old_and_retrie
     assert record["failures"] == [{"trial": orphan.number,
                                    "reason": "killed before its first heartbeat"}]
     assert record["compute"]["trial_wall_s"] < 1.0  # its downtime is no compute
-    # a trial the Ray driver asked for has no heartbeat either: its driver watches it
-    with pytest.warns(UserWarning, match="Heartbeat"):
-        watched = study.ask({"lam": optuna.distributions.FloatDistribution(1e-3, 3.0, log=True)})
-    watched.set_user_attr(studies.DRIVER_ASKED, True)
-    time.sleep(1.2)
-    assert studies.fail_killed_trials(study) == []
-    state = optuna.load_study(study_name="s", storage=storage).trials[watched.number].state
-    assert state == optuna.trial.TrialState.RUNNING
 
 
 def _tune_worker(tmp_path, storage, trials, log):

@@ -84,11 +84,19 @@ def test_a_changed_default_is_the_same_run_but_another_choice_is_not(tmp_path):
     assert conflicts(record, ours) == []
     record["params"]["weight_decay"] = 0.5  # as if the default had been 0.5 then
     assert conflicts(record, ours) == []
-    record["params"]["epochs"] = 3
+    record["params"]["epochs"] = record["run_identity"]["params"]["epochs"] = 3
     assert conflicts(record, ours) == ["params.epochs: 3 there, 2 here"]
-    old = {k: v for k, v in record.items() if k != "run_identity"}  # an older record
-    old["dataset_params"] = {"n_val": 3}
-    assert "dataset_params.n_val: 3 there, (not recorded) here" in conflicts(old, ours)
+    # an older record (no run_identity) counts every value off today's default as chosen;
+    # one of a parameter no longer declared is left out (stale, not another run)
+    old = {k: v for k, v in record.items() if k != "run_identity"}
+    old["params"] = {**old["params"], "retired_knob": 7}
+    assert conflicts(old, ours) == ["params.epochs: 3 there, 2 here",
+                                    "params.weight_decay: 0.5 there, 1e-05 here"]
+    # a crafted record is no traceback: fields of the wrong type count as not recorded
+    crafted = {**old, "run_identity": {"params": 5}, "method": ["x"], "tuning": "t",
+               "selection": [1], "backbone": 3}
+    assert conflicts(crafted, ours) == ["params.epochs: 3 there, 2 here",
+                                        "params.weight_decay: 0.5 there, 1e-05 here"]
 
 
 def test_a_grid_cell_never_replaces_a_result_of_another_convention(tmp_path):
@@ -110,3 +118,40 @@ def test_a_grid_cell_never_replaces_a_result_of_another_convention(tmp_path):
     assert record["selection"]["rule"] == "best"
     failures = list((tmp_path / "o" / "failed").glob("*.json"))
     assert failures and "select: best there, last here" in failures[0].read_text()
+
+
+def test_the_same_relative_path_under_two_data_folders_is_two_runs(tmp_path):
+    import numpy as np
+
+    for name, shift in (("a", 0.0), ("b", 5.0)):
+        (tmp_path / name).mkdir()
+        rng = np.random.default_rng(0)
+        np.savez(tmp_path / name / "f.npz", X=rng.standard_normal((300, 8)) + shift,
+                 y=np.arange(300) % 3)
+    out = tmp_path / "out"
+    for name in ("a", "b"):
+        res = CliRunner().invoke(cli, ["run", "-m", "lsh", "-d", "features", "-D", "path=f.npz",
+                                       "-D", "n_query=30", "-D", "n_train=100", "-D", "n_val=30",
+                                       "--data-dir", str(tmp_path / name),
+                                       "--bits", "8", "--out", str(out), "-q"])
+        assert res.exit_code == 0, res.output
+    found = names(out)
+    assert len(found) == 2  # the resolved files differ: two identities, two names
+    paths = {json.loads((out / n).read_text())["run_identity"]["dataset_params"]["path"]
+             for n in found}
+    assert paths == {str((tmp_path / n / "f.npz").resolve()) for n in ("a", "b")}
+
+
+def test_an_evaluation_record_never_replaces_a_run_result(tmp_path):
+    import numpy as np
+
+    assert run(tmp_path).exit_code == 0
+    result = tmp_path / "digits-standard-lsh-16b-seed0.json"
+    before = result.read_bytes()
+    codes = tmp_path / "codes.npz"
+    rng = np.random.default_rng(0)
+    np.savez(codes, query_bits=rng.integers(0, 2, (5, 8)), db_bits=rng.integers(0, 2, (20, 8)),
+             query_labels=np.arange(5) % 2, db_labels=np.arange(20) % 2)
+    res = CliRunner().invoke(cli, ["evaluate", str(codes), "--out", str(result)])
+    assert res.exit_code == 2 and "holds a run result" in res.output
+    assert result.read_bytes() == before
