@@ -101,6 +101,11 @@ class Features(DatasetPlugin):
             path = self.data_dir / path
         return path
 
+    def identity_params(self) -> dict:
+        if not self.params["path"]:
+            return dict(self.params)
+        return {**self.params, "path": str(self.resolve_path().resolve())}
+
     def load(self) -> Dataset:
         path = self.resolve_path()
         arrays = load_npz(path, ("X", "y"))

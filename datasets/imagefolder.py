@@ -125,6 +125,11 @@ class ImageFolder(DatasetPlugin):
             path = self.data_dir / path
         return path
 
+    def identity_params(self) -> dict:
+        if not self.params["path"]:
+            return dict(self.params)
+        return {**self.params, "path": str(self.root().resolve())}
+
     def source_files(self) -> list[Path]:
         """Every image file: a changed, added or removed image changes the cache key."""
         return [path for path, _ in scan(self.root())[1]]

@@ -36,10 +36,11 @@ from qbench.methods._joint import (
     quantizes_normalised,
     tangent_part,
 )
-from qbench.methods._trained import PQRepresentation, select_and_encode
+from qbench.methods._trained import AQRepresentation, PQRepresentation, select_and_encode
 
 __all__ = [
-    "DEFAULT_DIM", "FAMILIES", "MAX_BITS", "JOINT_PARAMS", "CodebookHooks", "JointMethod", "Method",
+    "AQRepresentation", "DEFAULT_DIM", "FAMILIES", "MAX_BITS", "JOINT_PARAMS", "CodebookHooks",
+    "JointMethod", "Method",
     "MethodOutput", "PQRepresentation", "RunContext", "l2_normalise", "pad_columns",
     "pq_layout", "select_and_encode", "tangent_part", "REFIT_NITER", "joint_layout",
     "quantizes_normalised",

@@ -52,6 +52,9 @@ class Method:
     description: str = ""
     params: tuple = ()
     family: str = "float"
+    selects: bool = True
+    """Whether the method selects among candidates on validation data (``--select``,
+    ``--pool-size``); False for the baselines that fit once and train nothing."""
 
     def __init__(self, params: dict):
         self.params = params

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from qbench.core.codes import Codes, FloatCodes, PQCodes
+from qbench.core.codes import AQCodes, Codes, FloatCodes, PQCodes
 from qbench.data.context import RunContext
 from qbench.methods._base import MethodOutput, l2_normalise, pad_columns
 from qbench.train.selection import Represent, score_candidate, select
@@ -139,3 +139,18 @@ class PQRepresentation:
     @staticmethod
     def describe(fitted: tuple) -> dict:
         return dict(fitted[1])
+
+
+class AQRepresentation(PQRepresentation):
+    """Additive codes (RQ, LSQ++) searched by ADC, fitted on the training embeddings of a
+    candidate like :class:`PQRepresentation`; the codebooks are full-width, so nothing is
+    padded and queries are not transformed."""
+
+    def __init__(self, make_quantizer: Callable[[], object],
+                 space: Callable[[np.ndarray], np.ndarray]):
+        super().__init__(make_quantizer, 1, space)
+
+    def encode(self, fitted: tuple, query: np.ndarray, db: np.ndarray) -> AQCodes:
+        quantizer = fitted[0]
+        return AQCodes(self._points(query), quantizer.encode(self._points(db)),
+                       quantizer.codebooks)

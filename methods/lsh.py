@@ -23,6 +23,7 @@ class RandomHyperplanes(Method):
     name = "lsh"
     description = "random hyperplanes on the raw input (unsupervised baseline)"
     family = "binary"
+    selects = False
     params = (
         Param("centre", bool, True, "hyperplanes through the training mean instead of 0"),
     )

@@ -17,6 +17,7 @@ from qbench.registry import METHODS, Param
 
 class _RawPQ(Method):
     family = "pq"
+    selects = False
     params = (
         Param("subspaces", int, 0, "PQ subspaces M (0: automatic from --bits, SPEC §2)",
               minimum=0),

@@ -1,9 +1,11 @@
-"""Two-stage quantization: similarity training, then (O)PQ fitted on the frozen embeddings.
+"""Two-stage quantization: similarity training, then a quantizer fitted on the frozen
+embeddings.
 
 ``two-stage-opq`` is DQN_2+ of the DQN slides: train the encoder with the similarity loss
 only; fit OPQ (rotation R + PQ codebooks) on the training embeddings; encode the database;
 search by ADC with the query rotated by R. ``two-stage-pq`` is DQN_2: the same without the
-rotation.
+rotation. ``two-stage-rq`` and ``two-stage-lsq`` put today's additive quantizers (residual
+quantization, LSQ++; faiss) in PQ's place, at the same bits per item.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 from qbench.methods import (
     DEFAULT_DIM,
     MAX_BITS,
+    AQRepresentation,
     Method,
     MethodOutput,
     PQRepresentation,
@@ -21,7 +24,7 @@ from qbench.methods import (
     pq_layout,
     select_and_encode,
 )
-from qbench.quant import OPQ, ProductQuantizer
+from qbench.quant import OPQ, AdditiveQuantizer, ProductQuantizer
 from qbench.registry import METHODS, Param, Space
 from qbench.train.encoder_cache import stage1_encoder
 from qbench.train.params import ENGINE_PARAMS
@@ -53,12 +56,18 @@ class _TwoStage(Method):
         m, b = pq_layout(ctx.bits, self.params["subspaces"])
         dim = self.params["dim"]
         encoder = stage1_encoder(ctx, self.params, dim)
-        pq = PQRepresentation(lambda: self.make_quantizer(m, b, ctx.seed), m,
-                              l2_normalise if self.params["normalise"] else np.asarray)
-        info = {"subspaces": m, "codewords": 1 << b, "bits_per_subspace": b, "dim": dim,
-                "padded_dim": -(-dim // m) * m, "normalise": self.params["normalise"]}
+        space = l2_normalise if self.params["normalise"] else np.asarray
+        pq = self.representation(lambda: self.make_quantizer(m, b, ctx.seed), m, space)
+        info = self.layout_info(m, b, dim)
         return select_and_encode(ctx, encoder, pq.represent, pq.encode, info=info,
                                  describe=pq.describe)
+
+    def representation(self, make_quantizer, m: int, space) -> PQRepresentation:
+        return PQRepresentation(make_quantizer, m, space)
+
+    def layout_info(self, m: int, b: int, dim: int) -> dict:
+        return {"subspaces": m, "codewords": 1 << b, "bits_per_subspace": b, "dim": dim,
+                "padded_dim": -(-dim // m) * m, "normalise": self.params["normalise"]}
 
 
 @METHODS.register
@@ -90,3 +99,77 @@ class TwoStageOPQ(_TwoStage):
 
     def make_quantizer(self, m: int, b: int, seed: int) -> ProductQuantizer | OPQ:
         return OPQ(m, b, iters=self.params["opq_iters"], seed=seed)
+
+
+class _TwoStageAdditive(_TwoStage):
+    """Similarity-trained embeddings, then an additive quantizer (faiss) fitted on the
+    training embeddings: M codebooks of 2^b full-width codewords, M * b = --bits (the layout
+    of PQ's subspaces, SPEC §2, so both spend the same bits per item). The database is
+    encoded by the quantizer's own encoder; the search is ADC, the squared L2 distance from
+    the unquantized query to each reconstruction, in qbench's evaluator
+    (:class:`qbench.core.codes.AQCodes`; the reconstruction's norm is computed from the
+    codes, as faiss's ``ST_decompress`` search does, so nothing beyond M * b bits is stored).
+    Selection: ADC MAP of the codes fitted on each candidate, as for two-stage-pq.
+    """
+
+    kind = ""
+
+    def make_quantizer(self, m: int, b: int, seed: int) -> AdditiveQuantizer:
+        return AdditiveQuantizer(self.kind, m, b, seed=seed, **self.quantizer_options())
+
+    def quantizer_options(self) -> dict:
+        return {}
+
+    def representation(self, make_quantizer, m: int, space) -> AQRepresentation:
+        return AQRepresentation(make_quantizer, space)
+
+    def layout_info(self, m: int, b: int, dim: int) -> dict:
+        return {"quantizer": self.kind, "codebooks": m, "codewords": 1 << b,
+                "bits_per_codebook": b, "dim": dim, "normalise": self.params["normalise"],
+                **self.quantizer_options()}
+
+
+@METHODS.register
+class TwoStageRQ(_TwoStageAdditive):
+    """Residual quantization (Chen, Guan and Wang, Sensors 2010): codebook m is k-means on
+    the residuals codebooks 1..m-1 leave, and items are encoded by beam search over the
+    codebooks (faiss ``ResidualQuantizer``). Chosen where the paper is open: faiss's beam
+    encoding (width ``beam``, 5 by default, faiss's own default) rather than the paper's
+    greedy encoding (``beam=1``), since it is what users of faiss get; the beam width is a
+    speed/accuracy knob, fixed, not tuned. ``subspaces`` here is the number of codebooks.
+    """
+
+    name = "two-stage-rq"
+    description = ("similarity training, then residual quantization (faiss RQ) on the frozen "
+                   "embeddings")
+    kind = "rq"
+    params = _TwoStage.params + (
+        Param("beam", int, 5, "RQ beam width of encoding and training (1: greedy)",
+              minimum=1, maximum=64),
+    )
+
+    def quantizer_options(self) -> dict:
+        return {"beam": self.params["beam"]}
+
+
+@METHODS.register
+class TwoStageLSQ(_TwoStageAdditive):
+    """LSQ++ (Martinez, Zakhmi, Hoos and Little, ECCV 2018): all codebooks fitted jointly,
+    alternating a least-squares codebook update with iterated local search (ILS) over the
+    codes, with LSQ++'s stochastic relaxation (faiss ``LocalSearchQuantizer``). Chosen
+    where the paper is open: faiss's defaults for the ILS (16 encoding iterations,
+    perturbing 4 codes) and the relaxation; ``train_iters`` (25, faiss's default) is a
+    convergence knob, fixed, not tuned. ``subspaces`` here is the number of codebooks.
+    """
+
+    name = "two-stage-lsq"
+    description = ("similarity training, then LSQ++ (faiss local search quantization) on the "
+                   "frozen embeddings")
+    kind = "lsq"
+    params = _TwoStage.params + (
+        Param("train_iters", int, 25, "LSQ++ alternations of codebook update and code search",
+              minimum=1, maximum=1000),
+    )
+
+    def quantizer_options(self) -> dict:
+        return {"train_iters": self.params["train_iters"]}

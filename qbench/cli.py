@@ -172,7 +172,7 @@ def evaluate_command(codes_file: Path, out: Path | None, k: int | None, normalis
     from qbench.eval.codesfile import load_codes_npz
     from qbench.eval.evaluator import evaluate
     from qbench.run.pipeline import check_writable, resolve_device
-    from qbench.run.results import new_record, write_json_atomic
+    from qbench.run.results import new_record, read_json, write_json_atomic
 
     if float_metric not in ("l2", "cosine"):
         raise QbenchError(f"--metric {float_metric!r} is not allowed; allowed: cosine, l2")
@@ -190,6 +190,13 @@ def evaluate_command(codes_file: Path, out: Path | None, k: int | None, normalis
     ev = evaluate(codes, q_labels, db_labels, k=k, normaliser=normaliser, device=device,
                   sdc=sdc)
     if out is not None:
+        try:
+            existing = read_json(out) if Path(out).is_file() else None
+        except QbenchError:
+            existing = None  # not a readable record: replaced
+        if isinstance(existing, dict) and "schema_version" in existing and "kind" not in existing:
+            raise QbenchError(f"--out {out} holds a run result; an evaluation record never "
+                              "replaces it: choose another file")
         write_json_atomic(out, new_record({
             "source": str(codes_file), "metrics": ev.metrics, "curves": ev.curves,
             "metric_card": ev.metric_card, "timings": ev.timings,

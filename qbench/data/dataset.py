@@ -110,6 +110,12 @@ class DatasetPlugin:
         """Read, verify and decode the source: the dataset, uncached."""
         raise NotImplementedError
 
+    def identity_params(self) -> dict:
+        """The parameters as they identify the data (:mod:`qbench.run.identity`): ``params``;
+        a plugin that reads a file or folder named relative to ``--data-dir`` gives it
+        resolved, so that the same ``-D path`` under two data folders is two runs."""
+        return dict(self.params)
+
     def source_files(self) -> list[Path] | None:
         """The files :meth:`load` reads, located (downloaded if need be) but not read.
 

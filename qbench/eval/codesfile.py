@@ -6,7 +6,9 @@ The ``.npz`` archive holds ``query_labels`` and ``db_labels`` ((n,) integer clas
 - ``query_bits`` + ``db_bits``: (n, B) in {0, 1} or {-1, +1} -> :class:`BinaryCodes`
 - ``query_emb`` + ``db_emb``: (n, D) float -> :class:`FloatCodes` (metric "l2")
 - ``query_emb`` + ``db_codes`` (n_db, M) ints + ``codebooks`` (M, K, D/M) float, K = 2^b
-  -> :class:`PQCodes` (searched by ADC)
+  -> :class:`PQCodes` (searched by ADC); with full-width ``codebooks`` (M, K, D), M > 1:
+  additive codes (residual quantization, LSQ; each item the sum of its M codewords) ->
+  :class:`AQCodes` (searched by ADC). With M = 1 both readings are the same quantizer.
 
 Every problem is a :class:`QbenchError` on one line naming the file, the key, and what
 was expected against what was found.
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qbench.core.codes import BinaryCodes, FloatCodes, PQCodes
+from qbench.core.codes import AQCodes, BinaryCodes, FloatCodes, PQCodes
 from qbench.core.errors import QbenchError
 from qbench.core.labels import as_labels
 
@@ -112,7 +114,8 @@ def _check_width(archive: _Archive, key: str, a: np.ndarray, width: int, hint: s
         raise archive.error(key, f"shape {hint}", f"shape {a.shape}")
 
 
-def load_codes_npz(path) -> tuple[BinaryCodes | FloatCodes | PQCodes, np.ndarray, np.ndarray]:
+def load_codes_npz(path) -> tuple[BinaryCodes | FloatCodes | PQCodes | AQCodes, np.ndarray,
+                                 np.ndarray]:
     """Read ``path`` (.npz, see the module doc) -> (codes, query_labels, db_labels).
 
     query_labels: (n_query,) int64 or (n_query, C) uint8; db_labels likewise for n_db.
@@ -153,17 +156,19 @@ def load_codes_npz(path) -> tuple[BinaryCodes | FloatCodes | PQCodes, np.ndarray
         db = archive.get("db_codes", "iu", 2, "(n_db, M)")
         cb = archive.get("codebooks", "iuf", 3, "(M, K, D/M)")
         m, d = db.shape[1], q.shape[1]
-        if cb.shape[0] != m or cb.shape[0] * cb.shape[2] != d:
+        additive = m > 1 and cb.shape[0] == m and cb.shape[2] == d
+        if not additive and (cb.shape[0] != m or cb.shape[0] * cb.shape[2] != d):
             raise archive.error("codebooks", f"shape (M={m}, K, D/M={d / m:g}) for "
-                                f"'db_codes' with M={m} and 'query_emb' with D={d}",
-                                f"shape {cb.shape}")
+                                f"'db_codes' with M={m} and 'query_emb' with D={d} (or "
+                                f"(M, K, D={d}) for additive codes)", f"shape {cb.shape}")
         k = cb.shape[1]
         if k & (k - 1):
             raise archive.error("codebooks", "K = 2^b codewords per subspace", f"K={k}")
         if db.min() < 0 or db.max() >= k:
             raise archive.error("db_codes", f"codeword ids in [0, {k})",
                                 f"values in [{db.min()}, {db.max()}]")
-        codes = PQCodes(q.astype(np.float32), db.astype(np.int64), cb.astype(np.float32))
+        kind = AQCodes if additive else PQCodes
+        codes = kind(q.astype(np.float32), db.astype(np.int64), cb.astype(np.float32))
 
     n_query, n_db = len(q), len(db)
     query_labels = _labels(archive, "query_labels", n_query, "n_query")

@@ -8,6 +8,9 @@ it), checked once at the boundary (:func:`check_codes`). Distances (SPEC section
 - :class:`~qbench.core.codes.PQCodes`: ADC, the squared L2 distance from the unquantized query to
   each database reconstruction through per-query lookup tables (``"adc-l2sq"``); with
   ``sdc=True`` the query is quantized too (``"sdc-l2sq"``).
+- :class:`~qbench.core.codes.AQCodes`: ADC for additive codes (RQ, LSQ), the same squared L2
+  from the unquantized query to each reconstruction (``"adc-l2sq"``), through per-query
+  tables of inner products and each reconstruction's squared norm.
 - :class:`~qbench.core.codes.FloatCodes`: squared L2 (same order as L2, ``"l2"``) or cosine
   distance 1 - cos (``"cosine"``).
 
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qbench.core.codes import BinaryCodes, FloatCodes, PQCodes
+from qbench.core.codes import AQCodes, BinaryCodes, FloatCodes, PQCodes
 from qbench.core.errors import QbenchError
 
 
@@ -154,6 +157,62 @@ class LookupTableDistances:
         return out
 
 
+class AdditiveDistances:
+    """ADC for additive codes: ||q - x||^2 = (||q||^2 + ||x||^2) - 2 sum_m <q, c_m[code_m]>.
+
+    Tables are (b, M, K) float32 inner products of the query with every codeword, summed in
+    codebook order like PQ's; ||x||^2 of each reconstruction is computed once from the
+    decoded database (exactly what faiss's additive indexes store as a float norm).
+    """
+
+    levels = None
+    bytes_per_pair = 32
+    name = "adc-l2sq"
+
+    def __init__(self, codes: AQCodes):
+        self.codebooks = np.ascontiguousarray(codes.codebooks, dtype=np.float32)  # (M, K, D)
+        self.m, self.k, _ = self.codebooks.shape
+        self.query = np.ascontiguousarray(codes.query, dtype=np.float32)
+        self.query_sq = (self.query * self.query).sum(1)
+        self.codes_t = np.ascontiguousarray(np.asarray(codes.db_codes).T, dtype=np.intp)
+        recon = AQCodes(self.query, np.asarray(codes.db_codes), self.codebooks).reconstruct_db()
+        self.db_sq = (recon * recon).sum(1)
+        self._torch = None
+
+    def tables(self, start: int, stop: int) -> np.ndarray:
+        """(b, M, K) float32 inner products of each query with every codeword."""
+        flat = self.codebooks.reshape(self.m * self.k, -1)
+        return (self.query[start:stop] @ flat.T).reshape(stop - start, self.m, self.k)
+
+    def numpy(self, start: int, stop: int) -> np.ndarray:
+        """(b, n_db) float32 distances, clipped at 0."""
+        lut = self.tables(start, stop)
+        dot = np.empty((len(lut), self.codes_t.shape[1]), dtype=np.float32)
+        part = np.empty(self.codes_t.shape[1], dtype=np.float32)
+        for i, table in enumerate(lut):
+            np.take(table[0], self.codes_t[0], out=dot[i])
+            for m in range(1, self.m):
+                np.take(table[m], self.codes_t[m], out=part)
+                dot[i] += part
+        dist = (self.query_sq[start:stop, None] + self.db_sq[None, :]) - 2 * dot
+        return np.maximum(dist, 0, out=dist)
+
+    def torch(self, start: int, stop: int, device):
+        """The same distances as a float32 tensor on ``device``."""
+        import torch
+
+        if self._torch is None:
+            self._torch = (torch.from_numpy(self.codes_t.astype(np.int64)).to(device),
+                           torch.from_numpy(self.query_sq).to(device),
+                           torch.from_numpy(self.db_sq).to(device))
+        codes_t, qs, ds = self._torch
+        lut = torch.from_numpy(self.tables(start, stop)).to(device)
+        dot = lut[:, 0, :][:, codes_t[0]]
+        for m in range(1, self.m):
+            dot += lut[:, m, :][:, codes_t[m]]
+        return ((qs[start:stop, None] + ds[None, :]) - 2 * dot).clamp_min_(0)
+
+
 class EmbeddingDistances:
     """Float embeddings: squared L2 (clipped at 0) or cosine distance 1 - cos, float32."""
 
@@ -196,7 +255,7 @@ class EmbeddingDistances:
         return ((qs[start:stop, None] + ds[None, :]) - 2 * dot).clamp_min_(0)
 
 
-Distances = HammingDistances | LookupTableDistances | EmbeddingDistances
+Distances = HammingDistances | LookupTableDistances | AdditiveDistances | EmbeddingDistances
 
 
 def check_codes(codes, sdc: bool) -> tuple[int, int]:
@@ -204,7 +263,7 @@ def check_codes(codes, sdc: bool) -> tuple[int, int]:
     if isinstance(codes, BinaryCodes):
         q, d = np.asarray(codes.query_bits), np.asarray(codes.db_bits)
         names = ("query_bits", "db_bits")
-    elif isinstance(codes, PQCodes):
+    elif isinstance(codes, (PQCodes, AQCodes)):
         q, d = np.asarray(codes.query), np.asarray(codes.db_codes)
         names = ("query", "db_codes")
     elif isinstance(codes, FloatCodes):
@@ -212,7 +271,7 @@ def check_codes(codes, sdc: bool) -> tuple[int, int]:
         names = ("query", "db")
     else:
         raise QbenchError(f"cannot evaluate {type(codes).__name__}; expected FloatCodes, "
-                          "PQCodes or BinaryCodes")
+                          "PQCodes, AQCodes or BinaryCodes")
     for a, name in zip((q, d), names):
         if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:
             raise QbenchError(f"codes.{name}: expected a non-empty 2-D array, got shape {a.shape}")
@@ -234,6 +293,14 @@ def check_codes(codes, sdc: bool) -> tuple[int, int]:
         if d.dtype.kind not in "iu" or d.min() < 0 or d.max() >= cb.shape[1]:
             raise QbenchError(f"codes.db_codes: expected integers in [0, {cb.shape[1]})")
         floats.append((cb, "codebooks"))
+    elif isinstance(codes, AQCodes):
+        cb = np.asarray(codes.codebooks)
+        if cb.ndim != 3 or cb.shape[0] != d.shape[1] or cb.shape[2] != q.shape[1]:
+            raise QbenchError(f"codes.codebooks: expected shape (M={d.shape[1]}, K, "
+                              f"D={q.shape[1]}) for additive codes, got {cb.shape}")
+        if d.dtype.kind not in "iu" or d.min() < 0 or d.max() >= cb.shape[1]:
+            raise QbenchError(f"codes.db_codes: expected integers in [0, {cb.shape[1]})")
+        floats.append((cb, "codebooks"))
     else:
         if q.shape[1] != d.shape[1]:
             raise QbenchError(f"codes: query has dimension {q.shape[1]}, db {d.shape[1]}")
@@ -250,6 +317,8 @@ def make_distances(codes, sdc: bool) -> Distances:
         return HammingDistances(codes)
     if isinstance(codes, PQCodes):
         return LookupTableDistances(codes, symmetric=sdc)
+    if isinstance(codes, AQCodes):
+        return AdditiveDistances(codes)
     return EmbeddingDistances(codes)
 
 
@@ -257,7 +326,8 @@ def distances(codes, start: int = 0, stop: int | None = None, *, sdc: bool = Fal
     """The evaluator's distances from queries start..stop-1 to the whole database.
 
     Returns (stop - start, n_db): uint8 (uint16 when B > 255) Hamming distances for
-    BinaryCodes, float32 squared L2 (ADC, or SDC with ``sdc=True``) for PQCodes, float32
+    BinaryCodes, float32 squared L2 (ADC, or SDC with ``sdc=True``) for PQCodes, ADC for
+    AQCodes, float32
     squared L2 or 1 - cos for FloatCodes. Meant for small slices (checks, debugging).
     """
     n_query, _ = check_codes(codes, sdc)

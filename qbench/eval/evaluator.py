@@ -338,7 +338,7 @@ def evaluate(codes, query_labels, db_labels, *, k: int | None = None, normaliser
              sdc: bool = False, backend: str | None = None) -> Evaluation:
     """Rank the database for every query and compute all metrics.
 
-    codes: FloatCodes, PQCodes or BinaryCodes with n_query queries and n_db items;
+    codes: FloatCodes, PQCodes, AQCodes or BinaryCodes with n_query queries and n_db items;
     query_labels: (n_query,) class ids or (n_query, C) multi-hot; db_labels likewise (n_db,
     ...). k: cut-off of MAP@K (None: all); normaliser: AP@K normaliser "rk" | "min_k_r" |
     "r"; device: "cpu" or "cuda"; block_size: queries per block (None: automatic, at most

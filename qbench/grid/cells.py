@@ -61,6 +61,19 @@ class Cell:
     def stem(self) -> str:
         return self.filename.removesuffix(".json")
 
+    def choices(self, out: Path):
+        """What this cell's run chooses (:class:`qbench.run.identity.RunChoices`), as its
+        result will record them, without loading anything."""
+        from qbench.registry import DATASETS, METHODS
+        from qbench.run.identity import run_choices
+        from qbench.train.backbone import resolve_backbone_params
+
+        method = METHODS.get(self.method)(self.resolved)
+        dataset = DATASETS.get(self.dataset)(self.resolved_dataset_params, None)
+        return run_choices(self.request(out, None, "cpu"), method, dataset,
+                           self.resolved_backbone,
+                           resolve_backbone_params({}) if self.resolved_backbone else {})
+
     def describe(self) -> str:
         head = ", head" if self.regime == "head" else ""
         return (f"{self.name} {self.bits} bits seed {self.seed} "

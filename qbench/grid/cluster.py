@@ -164,7 +164,8 @@ def _evaluate(evaluate: Callable[[dict], Any], params: dict, threads: int) -> An
 
 def run_trials(ask: Callable[[], tuple[Any, dict] | None], evaluate: Callable[[dict], Any],
                tell: Callable[[Any, Any, BaseException | None], None], *, parallel: int,
-               address: str | None = None, resources: RunResources | None = None) -> None:
+               address: str | None = None, resources: RunResources | None = None,
+               beat: Callable[[list], None] | None = None, beat_s: float = 30.0) -> None:
     """Ask-and-tell on Ray: the driver alone talks to the study; workers only evaluate.
 
     ask(): the next trial's ``(token, params)``, or None when no more trials should start
@@ -174,6 +175,8 @@ def run_trials(ask: Callable[[], tuple[Any, dict] | None], evaluate: Callable[[d
     tell(token, value, error): called in this process as each finishes, with ``error``
         None, or the exception ``evaluate`` raised (value None), or the Ray error of a
         trial whose worker died more than :data:`MAX_RETRIES` times.
+    beat(tokens): called with the tokens in flight at least every ``beat_s`` seconds (the
+        study's heartbeats of the trials this driver runs).
     """
     ray = _ray()
     resources = resources or RunResources()
@@ -195,7 +198,10 @@ def run_trials(ask: Callable[[], tuple[Any, dict] | None], evaluate: Callable[[d
                         in_flight[task.remote(evaluate, asked[1], resources.cpu)] = asked[0]
                 if not in_flight:
                     return
-                done, _ = ray.wait(list(in_flight), num_returns=1)
+                done, _ = ray.wait(list(in_flight), num_returns=1,
+                                   timeout=beat_s if beat is not None else None)
+                if beat is not None:
+                    beat(list(in_flight.values()))
                 for ref in done:
                     token = in_flight.pop(ref)
                     try:

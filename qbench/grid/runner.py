@@ -10,7 +10,9 @@ different stage-1 encoders). Each cell's result goes to
 ``<out>/<result_filename(dataset, protocol, name, bits, seed, split_seed)>``. A cell is
 skipped only when that file is current (:func:`cell_status`: same schema, resolved
 parameters, selection rule, pool size, split seed, split and dataset checksums, tuning
-record and code version); otherwise it runs (an invalid or stale file is overwritten).
+record and code version); otherwise it runs (an invalid or stale file is overwritten,
+except a result of another run, :mod:`qbench.run.identity`: that cell fails and the file
+stays).
 A run that raises any :class:`Exception` (including :class:`QbenchError`) is recorded in
 ``<out>/failed/<result name>.failed.json`` (error type, message, traceback, cell) and the
 grid goes on; failed cells run again on the next invocation and a success removes the
@@ -33,6 +35,7 @@ wrote its result skips it, so every cell runs once.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -45,6 +48,7 @@ from qbench.grid.cells import Cell, CellOptions, Outcome
 from qbench.grid.gridfile import expand_grid, grid_resources, load_grid
 from qbench.grid.tuning import tune_cells
 from qbench.grid.worker import run_pipeline
+from qbench.run.identity import check_replace, conflicts
 from qbench.run.results import FAILURE_SUFFIX, load_result, new_record, write_json_atomic
 
 FAILED_DIR = "failed"
@@ -67,6 +71,7 @@ class GridSummary:
     wall_s: float = 0.0
     run_s: float = 0.0
     stale: int = 0  # cells rerun because their result was stale
+    clashes: int = 0  # cells not run: their file holds a result of another run
 
     def describe(self) -> str:
         """One paragraph: counts, time, where results and failures are."""
@@ -86,16 +91,23 @@ class GridSummary:
             text += (f" Failures are recorded in {Path(self.out) / FAILED_DIR}/ "
                      f"(e.g. {self.failed[0]}{FAILURE_SUFFIX}); rerun the same command to "
                      "retry them without redoing finished runs.")
+        if self.clashes:
+            text += (f" {self.clashes} of the failed cells were not run: their files hold "
+                     "results of other runs (other choices), which a grid never replaces; "
+                     "use another --out for this grid, or remove those files.")
         return text
 
 
 # -- one cell ------------------------------------------------------------------------------
 
 
-def cell_status(cell: Cell, out: Path,
-                checksums: tuple[str, str] | None = None) -> tuple[str, str]:
-    """("done", "") when the cell's result exists and is current; else ("to-run", why) or
-    ("stale", why).
+def cell_status(cell: Cell, out: Path, checksums: tuple[str, str] | None = None, *,
+                tuning_pending: bool = False) -> tuple[str, str]:
+    """("done", "") when the cell's result exists and is current; else ("to-run", why),
+    ("stale", why), or ("clash", why) when the file holds a result of another run (other
+    choices, :mod:`qbench.run.identity`), which the grid never replaces and does not run.
+    ``tuning_pending``: the grid has not tuned yet (a dry run), so which study tunes the
+    cell is not compared.
 
     Current means: it validates (same schema version), records the cell's dataset,
     protocol, method, bits, seed, split seed, selection rule and pool size, the same
@@ -115,6 +127,10 @@ def cell_status(cell: Cell, out: Path,
     wanted = (cell.dataset, cell.protocol, cell.method, cell.bits, cell.seed, cell.split_seed)
     if recorded != wanted:
         return "stale", f"records {recorded}, the cell is {wanted}"
+    clash = conflicts(res, cell.choices(out), ignore_tuned_by=tuning_pending)
+    if clash:
+        return "clash", (f"holds a result of another run ({'; '.join(clash)}); a grid never "
+                         "replaces it: use another --out, or remove the file")
     selection = res.get("selection") or {}
     if selection.get("rule", cell.select) != cell.select:
         return "stale", f"selected by {selection.get('rule')!r}, the grid asks {cell.select!r}"
@@ -198,8 +214,8 @@ def _check_options(out: Path, data_dir: Path | None, device: str, backend: str) 
 
 
 def plan_grid(cells: list[Cell], out: Path, data_dir: Path | None, cache_dir: Path | None,
-              ) -> list[tuple[Cell, str, str]]:
-    """(cell, status, reason) for every cell: "done", "to-run" or "stale" (see
+              tuning_pending: bool = False) -> list[tuple[Cell, str, str]]:
+    """(cell, status, reason) for every cell: "done", "to-run", "stale" or "clash" (see
     :func:`cell_status`); the data's checksums are computed once per split seed."""
     checksums: dict[int, tuple[str, str]] = {}
     plan = []
@@ -207,7 +223,8 @@ def plan_grid(cells: list[Cell], out: Path, data_dir: Path | None, cache_dir: Pa
         path = Path(out) / cell.filename
         if path.is_file() and cell.split_seed not in checksums:
             checksums[cell.split_seed] = data_checksums(cell, out, data_dir, cache_dir)
-        plan.append((cell, *cell_status(cell, out, checksums.get(cell.split_seed))))
+        plan.append((cell, *cell_status(cell, out, checksums.get(cell.split_seed),
+                                        tuning_pending=tuning_pending)))
     return plan
 
 
@@ -215,9 +232,12 @@ def describe_plan(plan: list[tuple[Cell, str, str]]) -> str:
     """One line per cell (status, cell, reason), then the counts: ``qbench grid --dry-run``."""
     lines = [f"{status:7} {cell.describe()}" + (f": {reason}" if reason else "")
              for cell, status, reason in plan]
-    counts = {s: sum(1 for _, st, _ in plan if st == s) for s in ("done", "to-run", "stale")}
+    counts = {s: sum(1 for _, st, _ in plan if st == s)
+              for s in ("done", "to-run", "stale", "clash")}
     lines.append(f"{len(plan)} cells: {counts['done']} done, {counts['to-run']} to run, "
-                 f"{counts['stale']} stale (rerun)")
+                 f"{counts['stale']} stale (rerun)"
+                 + (f", {counts['clash']} clash (not run: another run's result is there)"
+                    if counts["clash"] else ""))
     return "\n".join(lines)
 
 
@@ -261,7 +281,8 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", backend: Backend | Non
             echo=None if progress is False else print,
             jobs=backend.jobs)
     planned_at = time.time()
-    plan = plan_grid(cells, out, data_dir, cache_root)
+    plan = plan_grid(cells, out, data_dir, cache_root,
+                     tuning_pending=tune_spec is not None and dry_run)
     if dry_run:
         note = ("\n(the grid tunes first: cells are listed with default parameters; run it "
                 "to tune and to see which tuned results are current)") if tune_spec else ""
@@ -274,15 +295,18 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", backend: Backend | Non
     summary = GridSummary(grid_file, dataset, out, backend.jobs, backend.name)
     started = time.perf_counter()
 
-    pending = []
-    for cell, status, _ in plan:
+    pending, clashes = [], []
+    for cell, status, reason in plan:
         if status == "done":
             summary.skipped.append(cell.stem)
             failure_path(out, cell).unlink(missing_ok=True)
+        elif status == "clash":  # never run: its result could not be written
+            clashes.append((cell, reason))
         else:
             pending.append(cell)
     summary.stale = sum(1 for _, status, _ in plan if status == "stale")
-    by_stem = {c.stem: c for c in pending}
+    summary.clashes = len(clashes)
+    by_stem = {c.stem: c for c in pending + [cell for cell, _ in clashes]}
     bar = tqdm(total=len(cells), initial=len(summary.skipped), unit="run", desc=f"grid {dataset}",
                disable=(None if progress is None else not progress), dynamic_ncols=True)
 
@@ -293,8 +317,13 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", backend: Backend | Non
             summary.skipped.append(cell.stem)
             bar.update(1)
             return
-        if outcome.ok and outcome.result is not None:
-            write_json_atomic(out / cell.filename, outcome.result)
+        if outcome.ok and outcome.result is not None:  # a remote run: written here
+            try:
+                check_replace(out / cell.filename, cell.choices(out))
+                write_json_atomic(out / cell.filename, outcome.result)
+            except QbenchError as exc:  # another run's result there, or an unwritable --out
+                outcome = dataclasses.replace(outcome, ok=False, error_type="QbenchError",
+                                              message=str(exc), result=None)
         if outcome.ok:
             summary.done.append(cell.stem)
             failure_path(out, cell).unlink(missing_ok=True)
@@ -312,6 +341,9 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", backend: Backend | Non
         bar.set_postfix_str(f"done {len(summary.done)}, failed {len(summary.failed)}, "
                             f"skipped {len(summary.skipped)}, left {left}")
 
+    for cell, reason in clashes:
+        report(Outcome(cell.stem, False, 0.0, error_type="QbenchError",
+                       message=f"{out / cell.filename} {reason}"))
     try:
         if pending:  # nothing to run starts no worker (and no Ray)
             backend.run(pending, options, report)

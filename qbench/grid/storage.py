@@ -53,6 +53,60 @@ def open_storage(url: str):
             from None
 
 
+OVER_BUDGET = "over_budget"
+"""User attribute of a trial that ran nothing because other workers' trials had already
+filled the study's budget (failed, so it never counts)."""
+
+
+def fail_killed_trials(study) -> list[int]:
+    """Fail the RUNNING trials of killed workers, so that they never count and their
+    parameters are retried (``MAX_RETRY``); returns their numbers. Optuna's heartbeat check
+    fails a trial whose last heartbeat is older than ``GRACE_S``. A trial killed between its
+    creation and its first heartbeat has none, so it is failed here once it started more
+    than ``GRACE_S`` ago (a live worker's first heartbeat follows its trial's creation
+    within milliseconds; the Ray driver records its trials' heartbeats itself). Ages are
+    read on this host's clock, as Optuna records the start: workers sharing one server
+    database need clocks that agree to well within ``GRACE_S``. A killed trial counts no
+    compute time (``wall_s`` 0): its end is when it was found, not when it stopped."""
+    import datetime
+
+    optuna = optuna_module()
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    rdb = getattr(storage, "_backend", storage)
+    if not isinstance(rdb, optuna.storages.RDBStorage) or rdb.heartbeat_interval is None:
+        return []
+    from optuna.storages._rdb import models
+
+    stale = set(rdb._get_stale_trial_ids(study._study_id))
+    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=GRACE_S)
+    with rdb.scoped_session() as session:
+        unbeaten = {
+            trial.trial_id for trial in session.query(models.TrialModel)
+            .filter(models.TrialModel.study_id == study._study_id)
+            .filter(models.TrialModel.state == TrialState.RUNNING).all()
+            if not trial.heartbeats and trial.datetime_start is not None
+            and trial.datetime_start < cutoff}
+    retry = rdb.get_heartbeat_stale_trial_callback()
+    failed = []
+    for trial_id in sorted(stale | unbeaten):
+        frozen = storage.get_trial(trial_id)
+        try:
+            storage.set_trial_user_attr(trial_id, "wall_s", 0.0)
+            storage.set_trial_user_attr(
+                trial_id, "fail_reason", "killed before its first heartbeat"
+                if trial_id in unbeaten else f"killed: no heartbeat for {GRACE_S} s")
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker (or the trial itself) ended it first
+        failed.append(frozen.number)
+        if retry is not None:
+            retry(study, storage.get_trial(trial_id))
+    return failed
+
+
 def write_ahead_log(rdb) -> None:
     """Switch the SQLite file qbench created to write-ahead logging: the heartbeat thread and
     readers no longer block the writer (measured: half the storage time per trial). Commits
@@ -80,9 +134,13 @@ def trial_counts(study) -> dict[str, int]:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    return {key: sum(t.state == state for t in trials) for key, state in
-            (("complete", TrialState.COMPLETE), ("pruned", TrialState.PRUNED),
-             ("failed", TrialState.FAIL))}
+    counts = {key: sum(t.state == state for t in trials) for key, state in
+              (("complete", TrialState.COMPLETE), ("pruned", TrialState.PRUNED),
+               ("failed", TrialState.FAIL))}
+    counts["over_budget"] = sum(t.state == TrialState.FAIL and OVER_BUDGET in t.user_attrs
+                                for t in trials)
+    counts["failed"] -= counts["over_budget"]
+    return counts
 
 
 def save_study_plots(study, folder: Path, name: str, space: list[str]) -> dict[str, str | None]:

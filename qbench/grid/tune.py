@@ -45,6 +45,8 @@ from qbench import __version__
 from qbench.core.errors import QbenchError, choice_error, one_line
 from qbench.core.validation import SAFE_NAME, check_int
 from qbench.grid.storage import (
+    OVER_BUDGET,
+    fail_killed_trials,
     open_storage,
     optuna_module,
     redacted,
@@ -261,11 +263,26 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
     objective = objective or pipeline_objective(template)
 
     def run_trial(trial) -> float:
+        if ahead_of(trial) >= trials:  # other workers' trials fill the budget: run nothing
+            trial.set_user_attr(OVER_BUDGET, True)
+            trial.set_user_attr("fail_reason", "the budget was reached by other workers")
+            trial.study.stop()
+            return float("nan")
         started = time.perf_counter()
         try:
             return timed_trial(trial)
         finally:  # the trial's own run time: a killed trial's downtime never counts
             trial.set_user_attr("wall_s", time.perf_counter() - started)
+
+    def ahead_of(trial) -> int:
+        """Trials that count before this one: the finished ones and the running ones that
+        other workers created earlier (killed workers' trials failed first). Two workers
+        starting at once never both give up: only the later-numbered one sees the other."""
+        fail_killed_trials(study)
+        states = optuna.trial.TrialState
+        return sum(t.state in (states.COMPLETE, states.PRUNED)
+                   or (t.state == states.RUNNING and t.number < trial.number)
+                   for t in study.get_trials(deepcopy=False))
 
     def timed_trial(trial) -> float:
         params = {k: suggest(trial, k, p) for k, p in space.items()}
@@ -301,9 +318,7 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
             return float("nan")
         return value
 
-    with warnings.catch_warnings():  # a killed session's trials must not count below
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+    fail_killed_trials(study)  # a killed session's trials must not count below
     counts = trial_counts(study)
     remaining = trials - counts["complete"] - counts["pruned"]
     if remaining > 0 and backend == "ray":
@@ -318,7 +333,7 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
     counts = trial_counts(study)
     if counts["complete"] == 0:
         reasons = [t.user_attrs["fail_reason"] for t in study.get_trials(deepcopy=False)
-                   if "fail_reason" in t.user_attrs]
+                   if "fail_reason" in t.user_attrs and t.state == optuna.trial.TrialState.FAIL]
         raise QbenchError(f"no trial of study {name!r} completed ({counts['failed']} failed"
                           + (f"; last: {reasons[-1]}" if reasons else "") + ")")
 
@@ -344,7 +359,8 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
         "trials": counts,
         "failures": [{"trial": t.number, "reason": t.user_attrs.get("fail_reason")}
                      for t in study.get_trials(deepcopy=False)
-                     if t.state == optuna.trial.TrialState.FAIL],
+                     if t.state == optuna.trial.TrialState.FAIL
+                     and OVER_BUDGET not in t.user_attrs],
         "objective": "validation MAP of the method's evaluated representation on the "
                      "selection pool (model selection's), never the query split",
         "sampler": {"name": "TPESampler", "seed": template.seed,

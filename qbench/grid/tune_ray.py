@@ -4,6 +4,7 @@ default SQLite storage works), up to ``parallel`` trials at once on the cluster
 
 from __future__ import annotations
 
+import datetime
 import functools
 import math
 import time
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from qbench.core.errors import one_line
-from qbench.grid.storage import optuna_module
+from qbench.grid.storage import HEARTBEAT_S, optuna_module
 from qbench.grid.trials import completed_with, outcome, replay, suggest, trial_request, trial_value
 
 
@@ -36,6 +37,11 @@ def optimize_on_ray(study, space: dict, template, remaining: int, *, timeout: fl
     run_template = replace(template, device=task_device(template.device, resources))
     deadline = None if timeout is None else time.monotonic() + timeout
     asked = [0]
+    rdb = getattr(study._storage, "_backend", study._storage)
+
+    def heartbeat(trial) -> None:
+        if getattr(rdb, "heartbeat_interval", None) is not None:
+            rdb.record_heartbeat(trial._trial_id)
 
     def ask():
         while True:
@@ -45,6 +51,7 @@ def optimize_on_ray(study, space: dict, template, remaining: int, *, timeout: fl
             with warnings.catch_warnings():  # ask-and-tell: this driver is the heartbeat
                 warnings.filterwarnings("ignore", "Heartbeat of storage")
                 trial = study.ask()
+            heartbeat(trial)  # this driver beats for its trials: a killed driver's go stale
             params = {k: suggest(trial, k, p) for k, p in space.items()}
             earlier = completed_with(trial, params)
             if earlier is None:
@@ -56,6 +63,9 @@ def optimize_on_ray(study, space: dict, template, remaining: int, *, timeout: fl
             callback(study, study.get_trials(deepcopy=False)[trial.number])
 
     def tell(trial, selection, error) -> None:
+        # the trial's own time: from its ask to now (a retried trial inherits another's)
+        trial.set_user_attr("wall_s", (datetime.datetime.now()
+                                       - trial.datetime_start).total_seconds())
         if error is not None:
             trial.set_user_attr("fail_reason", one_line(error))
             study.tell(trial, state=state.FAIL)
@@ -77,4 +87,5 @@ def optimize_on_ray(study, space: dict, template, remaining: int, *, timeout: fl
         callback(study, study.get_trials(deepcopy=False)[trial.number])
 
     run_trials(ask, functools.partial(remote_selection, run_template), tell,
-               parallel=parallel, address=address, resources=resources)
+               parallel=parallel, address=address, resources=resources,
+               beat=lambda trials: [heartbeat(t) for t in trials], beat_s=HEARTBEAT_S)

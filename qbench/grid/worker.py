@@ -86,12 +86,16 @@ def cell_lock(lock_dir: Path | None, stem: str, wait: bool = True):
 
 
 def _written_since(cell: Cell, out: Path, planned_at: float) -> Path | None:
-    """The cell's result when another process wrote a valid one after the grid planned."""
+    """The cell's result when another process wrote a valid one of this cell's run (not a
+    result of other choices) after the grid planned."""
+    from qbench.run.identity import conflicts
+
     path = Path(out) / cell.filename
     try:
         if path.stat().st_mtime < planned_at:
             return None
-        load_result(path)
+        if conflicts(load_result(path), cell.choices(out)):
+            return None  # running it reports the clash
     except (OSError, QbenchError):
         return None
     return path

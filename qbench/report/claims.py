@@ -37,12 +37,14 @@ BASELINE_VARIANT = "two-stage-pq"
 HOLDS, FAILS, UNDECIDED = "holds", "does not hold", "undecided"
 _JOINT = ("DQN, SSM and GSL seed documents (SPEC §3): learning the embedding jointly with "
           "its quantizer beats quantizing a separately trained embedding")
-TODAYS_BASELINES = ("csq", "greedyhash", "orthohash")
-"""Today's deep-hashing baselines (issue 21): does a seed method still beat the best?"""
-TODAYS_BEST = "best of " + "/".join(TODAYS_BASELINES)
+TODAYS_BASELINES = ("csq", "greedyhash", "orthohash", "two-stage-rq", "two-stage-lsq")
+"""Today's baselines (issue 21): the deep-hashing methods CSQ, GreedyHash and OrthoHash,
+and RQ / LSQ++ codes of the similarity embedding. Does a seed method still beat the best?"""
+TODAYS_BEST = "best of today's baselines"
+"""The opponent's name in such a claim; its row names which baseline was the best."""
 _TODAY = ("issue 21: a seed method (2016-2017) is still worth using only if it beats the "
-          "strongest of today's baselines (CSQ 2020, GreedyHash 2018, OrthoHash 2021) at "
-          "the same bits per item")
+          "strongest of today's baselines (CSQ 2020, GreedyHash 2018, OrthoHash 2021; RQ "
+          "and LSQ++ codes of a similarity embedding) at the same bits per item")
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ CONTEXT_PARAMS = ("epochs", "encoder", "weights", "augment")
 # the representation a selection criterion scores, as named in ``selection.criterion``
 REPRESENTATIONS = ("tie-aware Hamming", "ADC", "SDC", "cosine")
 METHOD_ORDER = ("float", "sign", "itq", "lsh", "pq", "opq", "two-stage-pq", "two-stage-opq",
-                "dqn", "ssm", "gsl", "householder")
+                "two-stage-rq", "two-stage-lsq", "dqn", "ssm", "gsl", "householder")
 
 
 @dataclass

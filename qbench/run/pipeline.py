@@ -21,6 +21,7 @@ from qbench.data.pool import DEFAULT_POOL_SIZE, selection_pool
 from qbench.data.protocols import materialise
 from qbench.eval.evaluator import evaluate, mean_average_precision
 from qbench.registry import DATASETS, METHODS
+from qbench.run.identity import RunChoices, check_replace, identity_tag, run_choices
 from qbench.run.results import new_record, result_filename, write_json_atomic
 from qbench.train.selection import RULES
 
@@ -97,6 +98,7 @@ class Prepared:
     device: str
     output_path: Path
     backbone: dict | None = None  # resolved backbone parameters (regime head), else None
+    choices: RunChoices | None = None  # what the run chose (qbench.run.identity)
 
 
 def check_data_dir(data_dir: Path | None) -> None:
@@ -146,11 +148,14 @@ def prepare(req: RunRequest) -> Prepared:
     protocol_spec = dataset_plugin.protocol(req.protocol)
     device = resolve_device(req.device)
     out = Path(req.out)
+    choices = run_choices(req, method, dataset_plugin, backbone,
+                          resolve_backbone_params({}) if backbone is not None else {})
     output_path = Path(req.output_file) if req.output_file else out / result_filename(
         req.dataset, protocol_spec.name, req.method, req.bits, req.seed, req.split_seed,
-        req.regime)
+        req.regime, identity_tag(choices.identity))
     check_writable(output_path.parent)
-    return Prepared(req, method, dataset_plugin, protocol_spec, device, output_path, backbone)
+    return Prepared(req, method, dataset_plugin, protocol_spec, device, output_path, backbone,
+                    choices)
 
 
 @contextlib.contextmanager
@@ -256,6 +261,7 @@ def run_experiment(req: RunRequest) -> tuple[Path, dict]:
     """Train, encode, search and evaluate; write and return (path, result)."""
     with _no_leftover_out(Path(req.out)):
         prep = prepare(req)
+        check_replace(prep.output_path, prep.choices)  # before any work, and again below
         with torch_settings(req.deterministic, prep.device):
             return _run(prep)
 
@@ -298,6 +304,7 @@ def _run(prep: Prepared) -> tuple[Path, dict]:
         "seed": req.seed,
         "split_seed": req.split_seed,
         "params": prep.method.params,
+        "run_identity": prep.choices.identity,
         "regime": req.regime,
         "backbone": backbone,
         "selection": output.selection,
@@ -319,5 +326,7 @@ def _run(prep: Prepared) -> tuple[Path, dict]:
         },
         "metric_card": ev.metric_card,
     }, device=prep.device)
+    # a result of another run may have arrived while this one trained: never replace it
+    check_replace(prep.output_path, prep.choices)
     write_json_atomic(prep.output_path, result)
     return prep.output_path, result

@@ -47,13 +47,15 @@ REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
 
 
 def result_filename(dataset: str, protocol: str, method: str, bits: int, seed: int,
-                    split_seed: int = 0, regime: str = "full") -> str:
+                    split_seed: int = 0, regime: str = "full", tag: str = "") -> str:
     """The file name of one run: one result per (dataset, protocol, method, bits, seed,
-    split seed, regime); the split seed shows only when it is not the default 0, the
-    regime only when it is not the default ``full``."""
+    split seed, regime, identity tag); the split seed shows only when it is not the
+    default 0, the regime only when it is not the default ``full``, the tag (a hash of what
+    the user chose, :func:`qbench.run.identity.identity_tag`) only when there is one."""
     split = f"-split{split_seed}" if split_seed else ""
     head = f"-{regime}" if regime != "full" else ""
-    return f"{dataset}-{protocol}-{method}-{bits}b-seed{seed}{split}{head}.json"
+    tag = f"-{tag}" if tag else ""
+    return f"{dataset}-{protocol}-{method}-{bits}b-seed{seed}{split}{head}{tag}.json"
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qbench.core.codes import BinaryCodes, Codes, PQCodes
+from qbench.core.codes import AQCodes, BinaryCodes, Codes, PQCodes
 from qbench.core.errors import QbenchError, choice_error
 from qbench.data.pool import SelectionPool
 from qbench.eval.evaluator import mean_average_precision
@@ -34,6 +34,8 @@ def criterion(codes: Codes) -> str:
         return "tie-aware Hamming MAP@all of the binary codes"
     if isinstance(codes, PQCodes):
         return "MAP@all of the PQ codes by ADC"
+    if isinstance(codes, AQCodes):
+        return "MAP@all of the additive codes by ADC"
     return f"MAP@all of the float embeddings by {codes.metric}"
 
 

@@ -129,4 +129,4 @@ def test_cli_runs_a_method_on_a_folder(tmp_path):
                                    "-D", "n_val=3", "--bits", "8", "--out", str(tmp_path / "o"),
                                    "-q"])
     assert res.exit_code == 0, res.output
-    assert list((tmp_path / "o").glob("imagefolder-standard-lsh-8b-seed0.json"))
+    assert list((tmp_path / "o").glob("imagefolder-standard-lsh-8b-seed0-*.json"))

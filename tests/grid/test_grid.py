@@ -34,7 +34,9 @@ def fake_run(req):
     splits = materialise(dataset, prep.protocol_spec, req.split_seed, Path(req.out) / "splits")
     result["dataset_checksum"] = dataset.checksum
     result.update(split_seed=req.split_seed, code_version=code_version(), tuning=req.tuning,
-                  selection={"rule": req.select, "pool_size": req.pool_size})
+                  selection=({"rule": req.select, "pool_size": req.pool_size}
+                             if prep.method.selects else None),
+                  run_identity=prep.choices.identity)
     result["splits"] = {**result.get("splits", {}), "checksum": splits.checksum}
     with open(Path(req.out) / "calls.log", "a") as log:
         log.write(f"{os.getpid()} {req.output_file.name}\n")
@@ -90,7 +92,7 @@ def test_runs_every_cell_then_skips_finished_runs(tmp_path):
     assert len(third.skipped) == 6 and len(third.done) == 6
 
 
-def test_changed_params_or_corrupt_files_are_rerun(tmp_path):
+def test_corrupt_files_are_rerun_and_other_choices_are_never_written_over(tmp_path):
     grid, out = write_grid(tmp_path), tmp_path / "out"
     run_grid(grid, out=out, runner=fake_run)
     (out / "digits-standard-pq-12b-seed0.json").write_text("{truncated")
@@ -98,10 +100,17 @@ def test_changed_params_or_corrupt_files_are_rerun(tmp_path):
     run_grid(grid, out=out, runner=fake_run)
     assert [c[0] for c in CALLS] == ["digits-standard-pq-12b-seed0.json"]
     CALLS.clear()
+    # the same grid with other epochs is another run: its cells clash, nothing runs, the
+    # results stay; pq declares no epochs, so its cells are the same run and done
+    before = {p.name: p.read_bytes() for p in out.glob("*.json")}
     changed = write_grid(tmp_path, datasets={"digits": {"epochs": 5}})
+    assert "8 clash (not run" in run_grid(changed, out=out, dry_run=True)
     summary = run_grid(changed, out=out, runner=fake_run)
-    assert len(summary.done) == 8  # float and dqn-ip declare epochs; pq does not
-    assert all(not name.startswith("digits-standard-pq") for name, _, _ in CALLS)
+    assert not CALLS and summary.clashes == 8 and len(summary.failed) == 8
+    assert len(summary.skipped) == 4 and "use another --out" in summary.describe()
+    assert {p.name: p.read_bytes() for p in out.glob("*.json")} == before
+    record = json.loads(next((out / "failed").glob("*float-12b-seed0*")).read_text())
+    assert "params.epochs: 3 there, 5 here" in record["message"]
 
 
 def failing_run(req):

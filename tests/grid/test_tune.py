@@ -97,7 +97,7 @@ def test_tune_writes_the_summary_with_best_params_counts_space_and_compute(tmp_p
     assert on_disk["best_params"] == record["best_params"]
     assert set(on_disk["best_params"]) == {"lam", "k", "law"}
     assert on_disk["best_value"] == pytest.approx(score(on_disk["best_params"]))
-    assert on_disk["trials"] == {"complete": 6, "pruned": 0, "failed": 0}
+    assert on_disk["trials"] == {"complete": 6, "pruned": 0, "failed": 0, "over_budget": 0}
     assert on_disk["space"]["lam"] == {"low": 1e-3, "high": 3.0, "log": True, "shared": False}
     assert on_disk["space"]["law"]["choices"] == ["spring", "gravity"]
     assert "lr" not in on_disk["space"]  # a shared stage-1 knob is not the method's own
@@ -131,14 +131,14 @@ def test_an_interrupted_study_resumes_with_only_the_missing_trials(tmp_path):
     resumed = Counting()
     _, record = tune(template(tmp_path), trials=5, objective=resumed)
     assert len(resumed.calls) == 3
-    assert record["trials"] == {"complete": 5, "pruned": 0, "failed": 1}
+    assert record["trials"] == {"complete": 5, "pruned": 0, "failed": 1, "over_budget": 0}
 
 
 def test_failing_and_nan_trials_are_recorded_and_the_study_goes_on(tmp_path):
     objective = Counting(fail={0: ValueError("codebook diverged"), 2: "nan"})
     _, record = tune(template(tmp_path), trials=4, objective=objective)
     assert len(objective.calls) == 4
-    assert record["trials"] == {"complete": 2, "pruned": 0, "failed": 2}
+    assert record["trials"] == {"complete": 2, "pruned": 0, "failed": 2, "over_budget": 0}
     reasons = {f["trial"]: f["reason"] for f in record["failures"]}
     assert reasons == {0: "ValueError: codebook diverged", 2: "objective returned nan"}
     assert any("rerun" in note for note in record["notes"])
@@ -254,7 +254,7 @@ def test_repeated_points_are_not_run_again_on_the_ask_and_tell_path(tmp_path, mo
     lines = []
     _, record = tune(template(tmp_path, method_params={"lam": "0.1", "k": "2"}), trials=6,
                      backend="ray", echo=lines.append)
-    assert record["trials"] == {"complete": 6, "pruned": 0, "failed": 0}
+    assert record["trials"] == {"complete": 6, "pruned": 0, "failed": 0, "over_budget": 0}
     assert len(evaluated) == len(set(evaluated)) <= 2
     assert sum("not rerun" in line for line in lines) == 6 - len(evaluated)
 
@@ -332,7 +332,7 @@ def test_a_killed_trial_is_failed_after_its_heartbeat_stops_and_retried(tmp_path
     _, record = tune(template(tmp_path), trials=2, storage=storage, study_name="s",
                      objective=objective)
     assert objective.calls == [killed.params]
-    assert record["trials"] == {"complete": 2, "pruned": 0, "failed": 1}
+    assert record["trials"] == {"complete": 2, "pruned": 0, "failed": 1, "over_budget": 0}
 
 
 def test_the_median_pruner_prunes_trials_below_the_median_curve_and_is_recorded(tmp_path):
@@ -515,7 +515,76 @@ def test_a_killed_trial_is_failed_on_start_even_when_no_trial_remains(tmp_path, 
     assert objective.calls == []  # the budget was already reached
     states = [t.state for t in study.get_trials(deepcopy=False)]
     assert optuna.trial.TrialState.RUNNING not in states
-    assert record["trials"] == {"complete": 2, "pruned": 0, "failed": 1}
+    assert record["trials"] == {"complete": 2, "pruned": 0, "failed": 1, "over_budget": 0}
     own = sum(t.user_attrs["wall_s"] for t in study.get_trials(deepcopy=False)
               if "wall_s" in t.user_attrs)
     assert record["compute"]["trial_wall_s"] == pytest.approx(own)  # no downtime counted
+
+
+def test_a_trial_killed_before_its_first_heartbeat_is_failed_once_old_and_retried(
+        tmp_path, monkeypatch):
+    """A worker killed between creating its trial and its first heartbeat leaves a RUNNING
+    trial with no heartbeat: the next start fails it once it is older than the grace
+    period, retries its parameters and keeps the budget exact; a younger one is left be."""
+    import optuna
+
+    monkeypatch.setattr(studies, "GRACE_S", 1)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    tune(template(tmp_path), trials=1, storage=storage, study_name="s", objective=Counting())
+    study = optuna.load_study(study_name="s", storage=studies.open_storage(storage))
+    with pytest.warns(UserWarning, match="Heartbeat"):
+        orphan = study.ask({"lam": optuna.distributions.FloatDistribution(1e-3, 3.0, log=True),
+                            "k": optuna.distributions.IntDistribution(1, 4),
+                            "law": optuna.distributions.CategoricalDistribution(
+                                ["spring", "gravity"])})
+    assert studies.fail_killed_trials(study) == []  # too young: maybe a live worker
+    time.sleep(1.2)
+    objective = Counting()
+    _, record = tune(template(tmp_path), trials=2, storage=storage, study_name="s",
+                     objective=objective)
+    assert objective.calls == [orphan.params]  # retried with its parameters
+    assert record["trials"] == {"complete": 2, "pruned": 0, "failed": 1, "over_budget": 0}
+    assert record["failures"] == [{"trial": orphan.number,
+                                   "reason": "killed before its first heartbeat"}]
+    assert record["compute"]["trial_wall_s"] < 1.0  # its downtime is no compute
+
+
+def _tune_worker(tmp_path, storage, trials, log):
+    """One of two concurrent tune processes of one study (module level: it forks)."""
+    def slow(params, report):
+        with open(log, "a") as fh:
+            fh.write(f"{params['lam']}\n")
+        time.sleep(0.4)
+        return score(params)
+
+    tune(template(tmp_path), trials=trials, storage=storage, study_name="s", objective=slow)
+
+
+def test_two_concurrent_tune_processes_never_exceed_the_budget(tmp_path):
+    import multiprocessing
+
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    log = tmp_path / "calls.txt"
+    tune(template(tmp_path), trials=1, storage=storage, study_name="s", objective=Counting())
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_tune_worker, args=(tmp_path, storage, 7, log))
+               for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+        assert w.exitcode == 0
+    study = optuna.load_study(study_name="s", storage=storage)
+    states = [t.state for t in study.get_trials()]
+    finished = sum(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+                   for s in states)
+    assert finished == 7  # exactly the budget, whichever worker ran which trial
+    assert len(log.read_text().split()) == 6  # and only the missing trials ran
+    over = [t for t in study.get_trials() if studies.OVER_BUDGET in t.user_attrs]
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in over)
+    _, record = tune(template(tmp_path), trials=7, storage=storage, study_name="s",
+                     objective=Counting())
+    assert record["trials"]["complete"] == 7 and record["trials"]["failed"] == 0
+    assert record["trials"]["over_budget"] == len(over)

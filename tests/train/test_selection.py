@@ -7,6 +7,7 @@ from qbench.core.codes import BinaryCodes, FloatCodes, PQCodes
 from qbench.core.errors import QbenchError
 from qbench.data.pool import selection_pool
 from qbench.data.protocols import Splits
+from qbench.run.identity import identity_tag
 from qbench.run.pipeline import RunRequest, run_experiment
 from qbench.train.selection import criterion, score_candidate, select
 
@@ -195,9 +196,12 @@ def test_split_seed_fixes_the_split_while_the_training_seed_varies(tmp_path):
                                   out=tmp_path))[1]
     assert a["splits"]["checksum"] == b["splits"]["checksum"] != c["splits"]["checksum"]
     assert (a["split_seed"], c["split_seed"]) == (0, 1)
-    assert sorted(p.name for p in tmp_path.glob("*.json")) == [
-        "digits-standard-float-32b-seed0.json", "digits-standard-float-32b-seed1-split1.json",
-        "digits-standard-float-32b-seed1.json"]
+    tag = identity_tag(a["run_identity"])  # --epochs 2: the same choice in all three
+    assert tag and a["run_identity"] == b["run_identity"] == c["run_identity"]
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == sorted([
+        f"digits-standard-float-32b-seed0-{tag}.json",
+        f"digits-standard-float-32b-seed1-split1-{tag}.json",
+        f"digits-standard-float-32b-seed1-{tag}.json"])
     assert a["metrics"]["map_all"] != b["metrics"]["map_all"]
 
 
