@@ -15,6 +15,9 @@ no method.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import faiss
 import numpy as np
 
@@ -22,6 +25,12 @@ from qbench.core.errors import QbenchError, choice_error
 from qbench.quant.parallel import fit_threads
 
 KINDS = ("rq", "lsq")
+
+_LSQ_LOCK = threading.Lock()
+"""faiss's LocalSearchQuantizer times its steps in one process-wide timer (``lsq_timer``,
+hash maps with no lock) that every ``train`` clears: two LSQ fits or encodings in two
+threads at once (model selection fits candidates side by side) race on it and crash the
+process. Every LSQ call holds this lock; RQ keeps no shared state and runs in parallel."""
 
 
 class AdditiveQuantizer:
@@ -63,6 +72,9 @@ class AdditiveQuantizer:
         aq.search_type = faiss.AdditiveQuantizer.ST_decompress
         return aq
 
+    def _exclusive(self) -> contextlib.AbstractContextManager:
+        return _LSQ_LOCK if self.kind == "lsq" else contextlib.nullcontext()
+
     def fit(self, x: np.ndarray) -> AdditiveQuantizer:
         """Learn the codebooks on x (n, D)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -70,7 +82,7 @@ class AdditiveQuantizer:
             raise QbenchError(f"{self.kind} with {self.codewords} codewords needs at least "
                               f"{self.codewords} training vectors, got {len(x)}")
         aq = self._make(x.shape[1])
-        with fit_threads(x):
+        with self._exclusive(), fit_threads(x):
             aq.train(x)
         self._faiss = aq
         self.codebooks = (faiss.vector_to_array(aq.codebooks)
@@ -83,7 +95,7 @@ class AdditiveQuantizer:
         if self._faiss is None:
             raise QbenchError(f"{self.kind}: encode before fit")
         x = np.ascontiguousarray(x, dtype=np.float32)
-        with fit_threads(x):
+        with self._exclusive(), fit_threads(x):
             packed = self._faiss.compute_codes(x)
         return faiss.unpack_bitstrings(packed, self.codebook_count,
                                        self.nbits).astype(np.int64)
