@@ -9,11 +9,14 @@ the same synthetic data), evaluated with every metric and curve, in one thread
 this thread and the profiler sees all of them). Each phase is the cumulative time of the
 functions that make it, measured once after a warm-up call (the numba kernel compiled):
 
-- distances: the lookup tables and summed table distances (ADC); the packing of bits into
-  words (Hamming; XOR + popcount happen inside the compiled kernel, under ranking);
+- distances: the lookup tables (ADC; on the compiled path the summed table distances
+  happen inside the bucket kernel, under ranking) and, on the numpy path, the summed
+  table distances; the packing of bits into words (Hamming; XOR + popcount happen inside
+  the compiled kernel, under ranking);
 - ranking: the sort of each query's distances, relevance in ranked order and the tie
-  groups (``rank_numpy``) or the compiled Hamming kernel (``hamming_block``), less the
-  distances above;
+  groups (``rank_numpy``), or the compiled Hamming kernel (``hamming_block``), or the
+  compiled bucket kernel of ADC and float distances (``rank_block``), less the distances
+  above;
 - exact metrics: MAP@all and MAP@K, hits at the PR and top-R cut-offs, 11-point PR;
 - tie-aware metrics: expected / best / worst AP and hits over the tie groups;
 - radius curves, the summary (means, curves, metric card) and the rest.
@@ -46,7 +49,8 @@ from qbench.eval.evaluator import evaluate  # noqa: E402
 PHASES = {
     "distances": [("distances.py", "numpy"), ("distances.py", "tables"),
                   ("distances.py", "words64")],
-    "ranking": [("ranking.py", "rank_numpy"), ("kernels.py", "hamming_block")],
+    "ranking": [("ranking.py", "rank_numpy"), ("kernels.py", "hamming_block"),
+                ("buckets.py", "rank_block")],
     "exact metrics": [("metrics.py", "average_precision"), ("metrics.py", "hits_at"),
                       ("metrics.py", "interpolated_precision")],
     "tie-aware metrics": [("ties.py", "__init__"), ("ties.py", "average_precision"),

@@ -34,6 +34,13 @@ def _popcount16_torch(x):
     return (x + (x >> 8)) & 0x1F
 
 
+def _subspace_major(db_codes, k: int) -> np.ndarray:
+    """(M, n) codes, subspace-major, in the smallest unsigned type that holds K codewords:
+    what the compiled ranking of :mod:`qbench.eval.buckets` reads."""
+    dtype = np.uint8 if k <= 2**8 else np.uint16 if k <= 2**16 else np.uint32
+    return np.ascontiguousarray(np.asarray(db_codes).T, dtype=dtype)
+
+
 class HammingDistances:
     """Hamming distances between {0,1} codes: exact integers in [0, B] (``levels`` = B + 1)."""
 
@@ -117,6 +124,7 @@ class LookupTableDistances:
         self.m, self.k, self.dsub = self.codebooks.shape
         self.query = np.ascontiguousarray(codes.query, dtype=np.float32)
         self.codes_t = np.ascontiguousarray(np.asarray(codes.db_codes).T, dtype=np.intp)
+        self.codes = _subspace_major(codes.db_codes, self.k)
         if symmetric:
             diff = self.codebooks[:, :, None, :] - self.codebooks[:, None, :, :]
             self.codeword_dist = (diff * diff).sum(-1)  # (M, K, K)
@@ -131,6 +139,11 @@ class LookupTableDistances:
             return lut
         nearest = lut.argmin(axis=2)  # (b, M): the query's own codes
         return self.codeword_dist[np.arange(self.m)[None, :], nearest]
+
+    def kernel_inputs(self, start: int, stop: int) -> dict:
+        """What :func:`qbench.eval.buckets.rank_block` reads: the block's tables and the
+        codes (the distances are summed in the kernel, in the same order as here)."""
+        return {"tables": self.tables(start, stop), "codes": self.codes}
 
     def numpy(self, start: int, stop: int) -> np.ndarray:
         """(b, n_db) float32 distances."""
@@ -175,6 +188,7 @@ class AdditiveDistances:
         self.query = np.ascontiguousarray(codes.query, dtype=np.float32)
         self.query_sq = (self.query * self.query).sum(1)
         self.codes_t = np.ascontiguousarray(np.asarray(codes.db_codes).T, dtype=np.intp)
+        self.codes = _subspace_major(codes.db_codes, self.k)
         recon = AQCodes(self.query, np.asarray(codes.db_codes), self.codebooks).reconstruct_db()
         self.db_sq = (recon * recon).sum(1)
         self._torch = None
@@ -183,6 +197,12 @@ class AdditiveDistances:
         """(b, M, K) float32 inner products of each query with every codeword."""
         flat = self.codebooks.reshape(self.m * self.k, -1)
         return (self.query[start:stop] @ flat.T).reshape(stop - start, self.m, self.k)
+
+    def kernel_inputs(self, start: int, stop: int) -> dict:
+        """What :func:`qbench.eval.buckets.rank_block` reads: tables, codes and the squared
+        norms (the distances are formed in the kernel, in float32, as here)."""
+        return {"tables": self.tables(start, stop), "codes": self.codes,
+                "q_sq": self.query_sq[start:stop], "db_sq": self.db_sq}
 
     def numpy(self, start: int, stop: int) -> np.ndarray:
         """(b, n_db) float32 distances, clipped at 0."""
@@ -240,6 +260,10 @@ class EmbeddingDistances:
             return np.float32(1) - dot
         dist = (self.query_sq[start:stop, None] + self.db_sq[None, :]) - 2 * dot
         return np.maximum(dist, 0, out=dist)
+
+    def kernel_inputs(self, start: int, stop: int) -> dict:
+        """What :func:`qbench.eval.buckets.rank_block` reads: the block's distances."""
+        return {"dist": self.numpy(start, stop)}
 
     def torch(self, start: int, stop: int, device):
         """The same distances as a float32 tensor on ``device``."""

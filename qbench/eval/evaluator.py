@@ -8,9 +8,11 @@ database index); :mod:`qbench.eval.metrics` (index order) and :mod:`qbench.eval.
 (tie-aware) score the rankings. Queries are processed in blocks (at most ``MAX_BLOCK_QUERIES``
 queries and about ``BLOCK_BYTES`` of working memory each, never a full n_query x n_db float64
 matrix); blocks run on threads, one per core (numpy releases the GIL in the heavy operations).
-Hamming distances go through the compiled kernel of :mod:`qbench.eval.kernels` (numba, no sort:
-counts per distance level, O(N + B) per query) where numba is installed, and through one numpy
-sort per query otherwise; both give the same figures. With ``device="cuda"`` distances and
+Where numba is installed, Hamming distances go through the compiled kernel of
+:mod:`qbench.eval.kernels` (no sort: counts per distance level, O(N + B) per query) and ADC,
+additive and float distances through :mod:`qbench.eval.buckets` (table lookups, an exact
+bucket sort of each query's float32 distances, the metrics in one pass); otherwise through one
+stable numpy sort per query. Every path gives the same figures. With ``device="cuda"`` distances and
 sorting run in torch on the GPU; torch is imported only then.
 """
 
@@ -27,8 +29,20 @@ from qbench.core.errors import QbenchError
 from qbench.core.validation import check_int
 from qbench.eval import metrics as M
 from qbench.eval import ties as T
-from qbench.eval.distances import HammingDistances, check_codes, distances, make_distances
-from qbench.eval.ranking import BlockRanking, groups_from_levels, rank_numpy, rank_torch
+from qbench.eval.distances import (
+    EmbeddingDistances,
+    HammingDistances,
+    check_codes,
+    distances,
+    make_distances,
+)
+from qbench.eval.ranking import (
+    BlockRanking,
+    BucketRanking,
+    groups_from_levels,
+    rank_numpy,
+    rank_torch,
+)
 from qbench.eval.relevance import Labels, relevance
 
 __all__ = ["Evaluation", "distances", "evaluate", "mean_average_precision", "relevance"]
@@ -80,10 +94,14 @@ class _Plan:
 def _score_block(r, plan: _Plan) -> dict[str, np.ndarray]:
     """Per-query numbers of one block (every array has the block's queries on axis 0).
 
-    r: a :class:`~qbench.eval.ranking.BlockRanking` (numpy or torch path) or a
+    r: a :class:`~qbench.eval.ranking.BlockRanking` (numpy or torch path), a
+    :class:`~qbench.eval.buckets.BucketRanking` (compiled float-distance path) or a
     :class:`~qbench.eval.kernels.LevelRanking` (compiled Hamming path)."""
     if isinstance(r, BlockRanking):
         ranks = M.Ranks(r.rel_pos, r.row_ptr, plan.n_db)
+        group_args = (r.group_row, r.group_start, r.group_size)
+    elif isinstance(r, BucketRanking):
+        ranks = M.BoundaryRanks(r, plan.n_db)
         group_args = (r.group_row, r.group_start, r.group_size)
     else:
         ranks = M.LevelRanks(r.level_hist, r.level_rel, r.level_terms, r.cuts, r.cut_hits,
@@ -221,7 +239,10 @@ def _block_size(search, n_query: int, n_db: int, block_size: int | None, torch: 
             raise QbenchError(f"block_size must be >= 1, got {block_size}")
         return min(int(block_size), n_query)
     if kernel:  # at least 2 blocks per thread where there are enough queries
-        return max(1, min(KERNEL_BLOCK_QUERIES, -(-n_query // (2 * workers))))
+        size = max(1, min(KERNEL_BLOCK_QUERIES, -(-n_query // (2 * workers))))
+        if isinstance(search, EmbeddingDistances):  # the block's distances come in
+            size = max(1, min(size, BLOCK_BYTES // (search.bytes_per_pair * n_db)))
+        return size
     per_pair = search.bytes_per_pair + (24 if torch else 0)
     if torch and isinstance(search, HammingDistances):
         per_pair += 8 * search.query_words.shape[1] * np.dtype(search.word).itemsize
@@ -229,17 +250,19 @@ def _block_size(search, n_query: int, n_db: int, block_size: int | None, torch: 
 
 
 def _backend(backend: str | None, device: str, search) -> str:
-    """The ranking backend: "torch" on a GPU or when asked; else the compiled kernel for
-    Hamming distances where numba is installed, the numpy sort for the rest."""
+    """The ranking backend: "torch" on a GPU or when asked; else the compiled kernels where
+    numba is installed (Hamming: counts per distance level; every float distance: the
+    bucket ranking of :mod:`qbench.eval.buckets`), the numpy sort otherwise."""
     if backend is not None and backend not in BACKENDS:
         raise QbenchError(f"unknown backend {backend!r}; allowed: " + ", ".join(BACKENDS))
     if backend == "torch" or device != "cpu":
         return "torch"
-    if backend == "numpy" or not isinstance(search, HammingDistances):
+    if backend == "numpy":
         return "numpy"
     from qbench.eval import kernels
 
-    if kernels.available() and search.levels <= kernels.MAX_LEVELS:
+    hamming = isinstance(search, HammingDistances)
+    if kernels.available() and (not hamming or search.levels <= kernels.MAX_LEVELS):
         return "numba"
     if backend == "numba":
         raise QbenchError("backend 'numba' needs the numba package (pip install numba)")
@@ -281,21 +304,27 @@ def _run(codes, query_labels, db_labels, *, k: int | None, normaliser: str, devi
         plan.pr_cut, plan.top_cut = M.pr_cutoffs(n_db), M.top_r_cutoffs(n_db)
     workers = 1 if use_torch else _workers(device)
     bs = _block_size(search, n_query, n_db, block_size, use_torch, backend == "numba", workers)
+    hamming_kernel = backend == "numba" and isinstance(search, HammingDistances)
     if backend == "numba":
+        from qbench.eval.buckets import rank_block
         from qbench.eval.kernels import hamming_block
 
-        q_words, db_words = search.words64()
         rel_args = labels.kernel_args()
         cuts = np.unique(np.concatenate([[plan.k], plan.pr_cut, plan.top_cut]).astype(np.int64))
+        if hamming_kernel:
+            q_words, db_words = search.words64()
 
     def work(start: int) -> tuple[float, float, dict]:
         stop = min(start + bs, n_query)
         t0 = time.perf_counter()
         if backend == "numba":
-            ranking = hamming_block(
-                q_words[start:stop], db_words, search.levels, cuts,
-                **{key: value[start:stop] if key[0] == "q" else value
-                   for key, value in rel_args.items()})
+            block_labels = {key: value[start:stop] if key[0] == "q" else value
+                            for key, value in rel_args.items()}
+            if hamming_kernel:
+                ranking = hamming_block(q_words[start:stop], db_words, search.levels, cuts,
+                                        **block_labels)
+            else:
+                ranking = rank_block(block_labels, cuts, **search.kernel_inputs(start, stop))
         elif use_torch:
             ranking = rank_torch(search, search.torch(start, stop, device),
                                  labels.block_torch(start, stop, device))

@@ -175,7 +175,55 @@ class Ranks(_RankQueries):
         return out
 
 
-class LevelRanks(_RankQueries):
+class _ListedRanks(_RankQueries):
+    """A ranking kept only where the metrics ask: at listed cut-offs (``cuts`` (C,) with
+    ``cut_hits`` and ``cut_terms`` (b, C)) and at listed boundaries (flat ascending keys
+    row * (n_db + 1) + boundary, with the relevant count and term sum before each);
+    ``count_below`` and ``terms_below`` at any other cut-off raise ValueError."""
+
+    def _listed(self, cuts, cut_hits, cut_terms, bound_keys, bound_rel, bound_terms):
+        self.cuts = np.asarray(cuts, dtype=np.int64)
+        self.cut_hits = np.asarray(cut_hits, dtype=np.int64)
+        self.cut_terms = np.asarray(cut_terms, dtype=np.float64)
+        self._bounds = np.asarray(bound_keys, dtype=np.int64)
+        self._bound_rel = np.asarray(bound_rel, dtype=np.int64)
+        self._bound_terms = np.asarray(bound_terms, dtype=np.float64)
+
+    def _lookup(self, rows, cut, at_bounds: np.ndarray, at_cuts: np.ndarray) -> np.ndarray:
+        rows, cut = np.broadcast_arrays(np.asarray(rows, dtype=np.int64),
+                                        np.asarray(cut, dtype=np.int64))
+        out = np.empty(cut.shape, dtype=at_bounds.dtype)
+        if len(self.cuts):
+            j = np.minimum(np.searchsorted(self.cuts, cut), len(self.cuts) - 1)
+            listed = self.cuts[j] == cut
+            out[listed] = at_cuts[rows[listed], j[listed]]
+            rest = ~listed
+        else:
+            rest = np.ones(cut.shape, dtype=bool)
+        if rest.any():
+            target = rows[rest] * (self.n_db + 1) + cut[rest]
+            k = np.minimum(np.searchsorted(self._bounds, target), len(self._bounds) - 1)
+            if len(self._bounds) == 0 or not np.array_equal(self._bounds[k], target):
+                raise ValueError("cut-off neither at a listed boundary nor among the "
+                                 "kernel's cut-offs")
+            out[rest] = at_bounds[k]
+        return out
+
+    def count_below(self, rows: np.ndarray, cut: np.ndarray) -> np.ndarray:
+        """Relevant items in the top ``cut[j]`` of query ``rows[j]`` (int64)."""
+        return self._lookup(rows, cut, self._bound_rel, self.cut_hits)
+
+    def terms_below(self, rows: np.ndarray, cut: np.ndarray) -> np.ndarray:
+        """Sum of the precision terms of query ``rows[j]``'s relevant items in its top
+        ``cut[j]``."""
+        return self._lookup(rows, cut, self._bound_terms, self.cut_terms)
+
+    def interpolated_precision(self) -> np.ndarray:
+        """(b, 11) float64, as :meth:`Ranks.interpolated_precision` (computed by the kernel)."""
+        return self.pr11
+
+
+class LevelRanks(_ListedRanks):
     """A block's index-order ranking as the compiled Hamming kernel reduces it
     (:class:`qbench.eval.kernels.LevelRanking`): no positions, only what the metrics read.
 
@@ -193,54 +241,42 @@ class LevelRanks(_RankQueries):
         self.n_queries = len(level_hist)
         b, levels = np.shape(level_hist)
         self.n_rel = np.asarray(level_rel, dtype=np.int64).sum(axis=1)
-        self.cuts = np.asarray(cuts, dtype=np.int64)
-        self.cut_hits = np.asarray(cut_hits, dtype=np.int64)
-        self.cut_terms = np.asarray(cut_terms, dtype=np.float64)
         self.level_terms = np.asarray(level_terms, dtype=np.float64)
         self.pr11 = np.asarray(pr11, dtype=np.float64)
         # level boundaries N_<d (d = 0..L) and R_<d, flat and shifted by row * (n_db + 1):
         # ascending over the block, so one searchsorted finds any (row, boundary)
         cum = np.zeros((b, levels + 1), dtype=np.int64)
         np.cumsum(level_hist, axis=1, out=cum[:, 1:])
-        self.rel_cum = np.zeros((b, levels + 1), dtype=np.int64)
-        np.cumsum(level_rel, axis=1, out=self.rel_cum[:, 1:])
-        self._bounds = (np.arange(b, dtype=np.int64)[:, None] * (self.n_db + 1) + cum).ravel()
-
-    def _lookup(self, rows, cut, at_levels: np.ndarray, at_cuts: np.ndarray) -> np.ndarray:
-        rows, cut = np.broadcast_arrays(np.asarray(rows, dtype=np.int64),
-                                        np.asarray(cut, dtype=np.int64))
-        out = np.empty(cut.shape, dtype=at_levels.dtype)
-        if len(self.cuts):
-            j = np.minimum(np.searchsorted(self.cuts, cut), len(self.cuts) - 1)
-            listed = self.cuts[j] == cut
-            out[listed] = at_cuts[rows[listed], j[listed]]
-            rest = ~listed
-        else:
-            rest = np.ones(cut.shape, dtype=bool)
-        if rest.any():
-            target = rows[rest] * (self.n_db + 1) + cut[rest]
-            k = np.minimum(np.searchsorted(self._bounds, target), len(self._bounds) - 1)
-            if not np.array_equal(self._bounds[k], target):
-                raise ValueError("cut-off neither at a distance-level boundary nor among "
-                                 "the kernel's cut-offs")
-            out[rest] = at_levels.ravel()[k]
-        return out
-
-    def count_below(self, rows: np.ndarray, cut: np.ndarray) -> np.ndarray:
-        """Relevant items in the top ``cut[j]`` of query ``rows[j]`` (int64)."""
-        return self._lookup(rows, cut, self.rel_cum, self.cut_hits)
-
-    def terms_below(self, rows: np.ndarray, cut: np.ndarray) -> np.ndarray:
-        """Sum of the precision terms of query ``rows[j]``'s relevant items in its top
-        ``cut[j]``."""
-        return self._lookup(rows, cut, self.level_terms, self.cut_terms)
+        rel_cum = np.zeros((b, levels + 1), dtype=np.int64)
+        np.cumsum(level_rel, axis=1, out=rel_cum[:, 1:])
+        keys = (np.arange(b, dtype=np.int64)[:, None] * (self.n_db + 1) + cum).ravel()
+        self._listed(cuts, cut_hits, cut_terms, keys, rel_cum.ravel(), self.level_terms.ravel())
 
     def total_terms(self) -> np.ndarray:
         return self.level_terms[:, -1]
 
-    def interpolated_precision(self) -> np.ndarray:
-        """(b, 11) float64, as :meth:`Ranks.interpolated_precision` (computed by the kernel)."""
-        return self.pr11
+
+class BoundaryRanks(_ListedRanks):
+    """A block's index-order ranking as the compiled float-distance kernel reduces it
+    (:class:`qbench.eval.buckets.BucketRanking`): the metrics' cut-offs and both ends of
+    every tie group that holds a relevant item, nothing else."""
+
+    def __init__(self, r, n_db: int):
+        self.n_db = int(n_db)
+        self.n_queries = len(r.n_rel)
+        self.n_rel = np.asarray(r.n_rel, dtype=np.int64)
+        self.pr11 = np.asarray(r.pr11, dtype=np.float64)
+        self._total = np.asarray(r.total_terms, dtype=np.float64)
+        base = np.asarray(r.group_row, dtype=np.int64) * (self.n_db + 1)
+        start = base + r.group_start
+        # each group's start, then its end: ascending (groups are disjoint and sorted)
+        keys = np.stack([start, start + r.group_size], axis=1).ravel()
+        rel = np.stack([r.rel_start, r.rel_end], axis=1).ravel()
+        terms = np.stack([r.terms_start, r.terms_end], axis=1).ravel()
+        self._listed(r.cuts, r.cut_hits, r.cut_terms, keys, rel, terms)
+
+    def total_terms(self) -> np.ndarray:
+        return self._total
 
 
 def radius_counts(level_hist: np.ndarray, ranks: Ranks) -> tuple[np.ndarray, np.ndarray]:

@@ -40,6 +40,35 @@ class BlockRanking:
     level_hist: np.ndarray | None = None
 
 
+@dataclass
+class BucketRanking:
+    """One block of b queries reduced by the compiled float-distance kernel
+    (:func:`qbench.eval.buckets.rank_block`).
+
+    n_rel (b,) int64; total_terms (b,) float64: the sum of every relevant item's precision
+    term; cuts (C,) int64 ascending, cut_hits (b, C) int64, cut_terms (b, C) float64: relevant
+    items and their term sum in the top c; pr11 (b, 11) float64; tie groups (G,) int64
+    ``group_row``, ``group_start``, ``group_size`` with the relevant items and term sums
+    before them (``rel_start``, ``terms_start``) and before their end (``rel_end``,
+    ``terms_end``), sorted by (row, start).
+    """
+
+    n_rel: np.ndarray
+    total_terms: np.ndarray
+    cuts: np.ndarray
+    cut_hits: np.ndarray
+    cut_terms: np.ndarray
+    pr11: np.ndarray
+    group_row: np.ndarray
+    group_start: np.ndarray
+    group_size: np.ndarray
+    rel_start: np.ndarray
+    rel_end: np.ndarray
+    terms_start: np.ndarray
+    terms_end: np.ndarray
+    level_hist = None
+
+
 def _row_ptr(rows: np.ndarray, b: int) -> np.ndarray:
     ptr = np.zeros(b + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=b), out=ptr[1:])
