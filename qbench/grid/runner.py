@@ -280,12 +280,15 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", backend: Backend | Non
             out, data_dir, device, cache_dir=cache_root, use_cache=use_cache),
             echo=None if progress is False else print,
             jobs=backend.jobs)
+    elif tune_spec is not None:  # the tuning seed's runs are the studies' trials, not cells
+        cells = [c for c in cells if c.seed != tune_spec["seed"]]
     planned_at = time.time()
     plan = plan_grid(cells, out, data_dir, cache_root,
                      tuning_pending=tune_spec is not None and dry_run)
     if dry_run:
-        note = ("\n(the grid tunes first: cells are listed with default parameters; run it "
-                "to tune and to see which tuned results are current)") if tune_spec else ""
+        note = ("\n(the grid tunes first, on seed " f"{tune_spec['seed']}" ": its final cells "
+                "are listed with default parameters; run it to tune and to see which tuned "
+                "results are current)") if tune_spec else ""
         return describe_plan(plan) + note
     # local workers share --out: each cell runs under its lock there, so grids started on
     # one --out at once run every cell once (a cluster's driver writes results itself)

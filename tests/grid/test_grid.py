@@ -354,6 +354,15 @@ def test_tuned_grid_gives_every_method_the_same_budget_then_runs_the_other_seeds
     assert not again.done and len(again.skipped) == 6
 
 
+def test_dry_run_of_a_tuned_grid_lists_only_the_final_seeds(tmp_path):
+    """The tuning seed's runs are the studies' trials: the plan never lists them as cells."""
+    grid = write_grid(tmp_path, seeds=[0, 1, 2], tune={"trials": 2, "seed": 2})
+    text = run_grid(grid, out=tmp_path / "out", dry_run=True)
+    cells, note = text.split("\n(")
+    assert "seed 2" not in cells and "seed 1" in cells and "tunes first, on seed 2" in note
+    assert "12 cells: 0 done, 12 to run" in cells
+    assert not (tmp_path / "out" / "tune").exists()
+
 def test_grid_tune_key_is_checked(tmp_path):
     with pytest.raises(QbenchError, match="'tune.trials' must be an integer >= 1"):
         load_grid(write_grid(tmp_path, tune={"trials": 0, "seed": 1}))
