@@ -99,7 +99,7 @@ if numba is not None:
             qs = q_sq[i]
             for j in range(n):
                 x = (qs + db_sq[j]) - two * d[j]
-                d[j] = x if x > zero else zero
+                d[j] = zero if x < zero else x  # NaN stays NaN (refused), as np.maximum
 
     @numba.njit(cache=True, nogil=True)
     def _sort_bucket(seg, d):
@@ -133,7 +133,8 @@ if numba is not None:
             hi = max(hi, d[j])
         flo = np.float32(lo)
         scale = np.float32((n_buckets - 1) / (np.float64(hi) - np.float64(lo)) if hi > lo else 0)
-        top, zero = np.float32(n_buckets - 1), np.float32(0)
+        # clamped in integers: float32(L - 1) rounds up to L once L > 2^24
+        top, zero, last = np.float32(n_buckets - 1), np.float32(0), np.int32(n_buckets - 1)
         bad = False
         for j in range(n):  # no branch, vectorised: the bucket of every item
             x = d[j]
@@ -141,7 +142,8 @@ if numba is not None:
             f = (x - flo) * scale
             f = f if f >= zero else zero  # below the sample's range, or NaN (refused)
             f = f if f <= top else top
-            bk[j] = np.int32(f)
+            b = np.int32(f)
+            bk[j] = b if b <= last else last
         if bad:
             return -1, 0
         # per bucket, items (low 32 bits) and relevant items (high 32 bits): one counter

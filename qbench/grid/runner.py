@@ -46,7 +46,7 @@ from qbench.core.provenance import code_version
 from qbench.grid.backends import Backend, make_backend
 from qbench.grid.cells import Cell, CellOptions, Outcome
 from qbench.grid.gridfile import expand_grid, grid_resources, load_grid
-from qbench.grid.tuning import tune_cells
+from qbench.grid.tuning import final_cells, tune_cells
 from qbench.grid.worker import run_pipeline
 from qbench.run.identity import check_replace, conflicts
 from qbench.run.results import FAILURE_SUFFIX, load_result, new_record, write_json_atomic
@@ -281,7 +281,7 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", backend: Backend | Non
             echo=None if progress is False else print,
             jobs=backend.jobs)
     elif tune_spec is not None:  # the tuning seed's runs are the studies' trials, not cells
-        cells = [c for c in cells if c.seed != tune_spec["seed"]]
+        cells = final_cells(tune_spec, cells)
     planned_at = time.time()
     plan = plan_grid(cells, out, data_dir, cache_root,
                      tuning_pending=tune_spec is not None and dry_run)

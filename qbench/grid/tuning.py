@@ -128,6 +128,17 @@ def _run_studies(todo: list, trials: int, jobs: int, echo, pruner: str = "none",
     return done
 
 
+def final_cells(spec: dict, cells: list) -> list:
+    """The cells a tuned grid runs after tuning: those not on the tuning seed (whose runs
+    are the studies' trials); an error when no other seed is left."""
+    seed = spec["seed"]
+    finals = [c for c in cells if c.seed != seed]
+    if not finals:
+        raise QbenchError(f"'tune.seed' {seed} is the grid's only seed: the final runs need "
+                          "seeds other than the tuning seed")
+    return finals
+
+
 def tune_cells(spec: dict, cells: list, request: Callable, *,
                echo: Callable[[str], None] | None = None, jobs: int = 1) -> list:
     """The grid's final cells after tuning: every cell not on ``spec["seed"]``, with the
@@ -142,10 +153,7 @@ def tune_cells(spec: dict, cells: list, request: Callable, *,
     from qbench.registry import METHODS, space_of
 
     seed, trials, pruner = spec["seed"], spec["trials"], spec.get("pruner", "none")
-    finals = [c for c in cells if c.seed != seed]
-    if not finals:
-        raise QbenchError(f"'tune.seed' {seed} is the grid's only seed: the final runs need "
-                          "seeds other than the tuning seed")
+    finals = final_cells(spec, cells)
     shared_params: dict = {}
     shared_tuning = None
     if spec.get("shared"):
