@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from qbench.core.errors import QbenchError
-from qbench.eval.kernels import N_PR11, numba
+from qbench.eval.kernels import N_PR11, cuts_and_pr11, numba
 from qbench.eval.ranking import BucketRanking
 
 INSERTION_MAX = 32
@@ -227,7 +227,6 @@ if numba is not None:
         2: additive inner-product tables with codes, q_sq (b,) and db_sq (n,) float32."""
         b = tables.shape[0] if mode != 0 else dist.shape[0]
         n = codes.shape[1] if mode != 0 else dist.shape[1]
-        n_cuts = cuts.shape[0]
         rel = np.empty(n, dtype=np.uint8)
         d = np.empty(n, dtype=np.float32)
         count = np.empty(n_buckets, dtype=np.int64)
@@ -261,25 +260,9 @@ if numba is not None:
             out[n_groups:n_groups + g] = row_groups[:g]
             out_row[n_groups:n_groups + g] = i
             n_groups += g
-            # cut-offs (ascending): relevant items ranked before c, merged walk
-            q = 0
-            for k in range(n_cuts):
-                while q < t and pos[q] < cuts[k]:
-                    q += 1
-                cut_hits[i, k] = q
-                cut_terms[i, k] = prefix[q]
             total[i] = prefix[t]
-            # 11-point interpolated precision: max term over relevant ranks >= ceil(r R)
-            for level in range(N_PR11):
-                pr11[i, level] = 0.0
-            if t > 0:
-                m = 0.0
-                for q in range(t - 1, -1, -1):  # suffix maxima of the terms, into pos's place
-                    m = max(m, (q + 1.0) / (pos[q] + 1.0))
-                    prefix[q] = m
-                for level in range(N_PR11):
-                    first = max(1, -(-level * t // (N_PR11 - 1)))
-                    pr11[i, level] = prefix[first - 1]
+            # the 11-point precision's suffix maxima go into prefix's place
+            cuts_and_pr11(pos, prefix, t, cuts, cut_hits[i], cut_terms[i], pr11[i], prefix)
         return out[:n_groups], out_row[:n_groups]
 
 
