@@ -275,17 +275,20 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", backend: Backend | Non
     if cache_root is not None:
         EncoderCache(cache_root)  # an unwritable cache is an error before anything runs
     tune_spec = grid["datasets"][dataset].get("tune", grid.get("tune"))
-    if tune_spec is not None and not dry_run:
-        cells = tune_cells(tune_spec, cells, lambda cell: cell.request(
-            out, data_dir, device, cache_dir=cache_root, use_cache=use_cache),
-            echo=None if progress is False else print,
-            jobs=backend.jobs)
+
+    def request(cell: Cell):
+        return cell.request(out, data_dir, device, cache_dir=cache_root, use_cache=use_cache)
+
+    echo = None if progress is False else print
+    # on Ray a tuned grid is one task graph: its studies' trials and final runs are tasks
+    graph = tune_spec is not None and not dry_run and backend.name == "ray"
+    if tune_spec is not None and not dry_run and not graph:
+        cells = tune_cells(tune_spec, cells, request, echo=echo, jobs=backend.jobs)
     elif tune_spec is not None:  # the tuning seed's runs are the studies' trials, not cells
         cells = final_cells(tune_spec, cells)
     planned_at = time.time()
-    plan = plan_grid(cells, out, data_dir, cache_root,
-                     tuning_pending=tune_spec is not None and dry_run)
     if dry_run:
+        plan = plan_grid(cells, out, data_dir, cache_root, tuning_pending=tune_spec is not None)
         note = ("\n(the grid tunes first, on seed " f"{tune_spec['seed']}" ": its final cells "
                 "are listed with default parameters; run it to tune and to see which tuned "
                 "results are current)") if tune_spec else ""
@@ -297,20 +300,8 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", backend: Backend | Non
                           use_cache, resources, lock_dir, planned_at)
     summary = GridSummary(grid_file, dataset, out, backend.jobs, backend.name)
     started = time.perf_counter()
-
-    pending, clashes = [], []
-    for cell, status, reason in plan:
-        if status == "done":
-            summary.skipped.append(cell.stem)
-            failure_path(out, cell).unlink(missing_ok=True)
-        elif status == "clash":  # never run: its result could not be written
-            clashes.append((cell, reason))
-        else:
-            pending.append(cell)
-    summary.stale = sum(1 for _, status, _ in plan if status == "stale")
-    summary.clashes = len(clashes)
-    by_stem = {c.stem: c for c in pending + [cell for cell, _ in clashes]}
-    bar = tqdm(total=len(cells), initial=len(summary.skipped), unit="run", desc=f"grid {dataset}",
+    by_stem: dict[str, Cell] = {}
+    bar = tqdm(total=len(cells), unit="run", desc=f"grid {dataset}",
                disable=(None if progress is None else not progress), dynamic_ncols=True)
 
     def report(outcome: Outcome) -> None:
@@ -344,12 +335,38 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", backend: Backend | Non
         bar.set_postfix_str(f"done {len(summary.done)}, failed {len(summary.failed)}, "
                             f"skipped {len(summary.skipped)}, left {left}")
 
-    for cell, reason in clashes:
-        report(Outcome(cell.stem, False, 0.0, error_type="QbenchError",
-                       message=f"{out / cell.filename} {reason}"))
+    def triage(batch: list[Cell]) -> list[Cell]:
+        """Plan ``batch``: finished cells are skipped, clashes reported as failed; the
+        cells to run are returned."""
+        pending, clashes = [], []
+        for cell, status, reason in plan_grid(batch, out, data_dir, cache_root):
+            by_stem[cell.stem] = cell
+            if status == "done":
+                summary.skipped.append(cell.stem)
+                failure_path(out, cell).unlink(missing_ok=True)
+                bar.update(1)
+            elif status == "clash":  # never run: its result could not be written
+                clashes.append((cell, reason))
+            else:
+                summary.stale += status == "stale"
+                pending.append(cell)
+        summary.clashes += len(clashes)
+        for cell, reason in clashes:
+            report(Outcome(cell.stem, False, 0.0, error_type="QbenchError",
+                           message=f"{out / cell.filename} {reason}"))
+        return pending
+
     try:
-        if pending:  # nothing to run starts no worker (and no Ray)
-            backend.run(pending, options, report)
+        if graph:
+            from qbench.grid.tuned_graph import feed_tuned_cells
+
+            backend.run_fed(lambda submit, stop: feed_tuned_cells(
+                tune_spec, cells, request, submit, stop, address=backend.address,
+                gpus_per_run=resources.gpu, echo=echo), options, report, triage)
+        else:
+            pending = triage(cells)
+            if pending:  # nothing to run starts no worker (and no Ray)
+                backend.run(pending, options, report)
     finally:
         bar.close()
         summary.wall_s = time.perf_counter() - started

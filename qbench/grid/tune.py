@@ -185,7 +185,7 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
          objective: Objective | None = None,
          echo: Callable[[str], None] | None = None, backend: str = "local",
          address: str | None = None, parallel: int = 1,
-         gpus_per_run: float | None = None) -> tuple[Path, dict]:
+         gpus_per_run: float | None = None, stop=None) -> tuple[Path, dict]:
     """Tune ``template.method`` on ``template.dataset`` at ``template.bits``; write the summary.
 
     ``template``: the :class:`qbench.run.pipeline.RunRequest` every trial runs; its
@@ -196,7 +196,9 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
     new trial starts. ``objective``: default :func:`pipeline_objective` of ``template``.
     ``echo``: receives one line per trial (None: silent). ``backend="ray"``: up to
     ``parallel`` trials at once as Ray tasks (``address``, ``gpus_per_run`` as for grids);
-    this process alone asks and tells the study, so the default SQLite storage works.
+    this process alone asks and tells the study, so the default SQLite storage works;
+    ``stop`` (a :class:`threading.Event`, Ray only) set: no further trial starts and those
+    in flight are failed (a grid's driver stopping, :mod:`qbench.grid.tuned_graph`).
 
     Returns ``(path, record)``: the summary JSON written atomically and its content.
     Every input is checked before the storage is opened, so bad input leaves no study.
@@ -326,7 +328,7 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
 
         optimize_on_ray(study, space, template, remaining, timeout=timeout,
                          parallel=parallel, address=address, gpus_per_run=gpus_per_run,
-                         callback=budget_callback(trials, echo, stop=False))
+                         callback=budget_callback(trials, echo, stop=False), stop=stop)
     elif remaining > 0:
         study.optimize(run_trial, n_trials=remaining, timeout=timeout, catch=(Exception,),
                        callbacks=[budget_callback(trials, echo)])

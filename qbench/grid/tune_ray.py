@@ -26,8 +26,9 @@ def remote_selection(template, params: dict) -> dict:
 
 def optimize_on_ray(study, space: dict, template, remaining: int, *, timeout: float | None,
                      parallel: int, address: str | None, gpus_per_run: float | None,
-                     callback: Callable) -> None:
-    """Ask-and-tell: ``remaining`` trials, ``parallel`` at a time, as Ray tasks."""
+                     callback: Callable, stop=None) -> None:
+    """Ask-and-tell: ``remaining`` trials, ``parallel`` at a time, as Ray tasks; none
+    starts once ``stop`` (a :class:`threading.Event`) is set, and those in flight fail."""
     from qbench.grid.cells import RunResources
     from qbench.grid.cluster import run_trials, task_device
 
@@ -45,7 +46,8 @@ def optimize_on_ray(study, space: dict, template, remaining: int, *, timeout: fl
 
     def ask():
         while True:
-            if asked[0] >= remaining or (deadline is not None and time.monotonic() > deadline):
+            if asked[0] >= remaining or (deadline is not None and time.monotonic() > deadline) \
+                    or (stop is not None and stop.is_set()):
                 return None
             asked[0] += 1
             with warnings.catch_warnings():  # ask-and-tell: this driver is the heartbeat
@@ -88,4 +90,5 @@ def optimize_on_ray(study, space: dict, template, remaining: int, *, timeout: fl
 
     run_trials(ask, functools.partial(remote_selection, run_template), tell,
                parallel=parallel, address=address, resources=resources,
-               beat=lambda trials: [heartbeat(t) for t in trials], beat_s=HEARTBEAT_S)
+               beat=lambda trials: [heartbeat(t) for t in trials], beat_s=HEARTBEAT_S,
+               stop=stop)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, wait
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from qbench.core.errors import QbenchError
@@ -139,16 +139,49 @@ def final_cells(spec: dict, cells: list) -> list:
     return finals
 
 
-def tune_cells(spec: dict, cells: list, request: Callable, *,
-               echo: Callable[[str], None] | None = None, jobs: int = 1) -> list:
-    """The grid's final cells after tuning: every cell not on ``spec["seed"]``, with the
-    best parameters and the ``tuning`` record. ``request(cell)`` builds a cell's
-    :class:`qbench.run.pipeline.RunRequest` (output folder, cache and device of the grid).
-    Studies live under ``<out>/tune/`` and resume: a rerun adds only missing trials.
-    ``jobs`` > 1: after the shared stage-1 study, that many studies run at once (each in
-    its own process, its trials in order)."""
-    from tqdm.auto import tqdm
+@dataclass
+class GridStudies:
+    """A tuned grid's plan after its shared study: the final cells (``finals``), the
+    parameters of the cells that need no study of their own (``tuned``: (name, bits) ->
+    (params, tuning record or None)), and one study per (name, bits) left to run
+    (``todo``: (key, trial template, study name) triples; :meth:`finals_of` gives the final
+    cells of one once it has run)."""
 
+    spec: dict
+    finals: list
+    tuned: dict
+    todo: list
+    firsts: dict
+
+    @property
+    def trials(self) -> int:
+        return self.spec["trials"]
+
+    @property
+    def pruner(self) -> str:
+        return self.spec.get("pruner", "none")
+
+    def record(self, key, path: Path) -> None:
+        """Take the best parameters of study ``key`` from its summary ``path``."""
+        cell, base = self.firsts[key]
+        params, record = _tuning_record(path, cell, base)
+        self.tuned[key] = ({**base, **params}, record)
+
+    def finals_of(self, keys) -> list:
+        """The final cells of the (name, bits) ``keys``, in grid order, with their best
+        parameters and ``tuning`` records (every key must be in :attr:`tuned`)."""
+        keys = set(keys)
+        return [replace(c, params={**c.params, **self.tuned[(c.name, c.bits)][0]},
+                        tuning=self.tuned[(c.name, c.bits)][1])
+                for c in self.finals if (c.name, c.bits) in keys]
+
+
+def plan_studies(spec: dict, cells: list, request: Callable, *,
+                 echo: Callable[[str], None] | None = None, tune_kwargs: dict | None = None
+                 ) -> GridStudies:
+    """Run the grid's shared study (``"shared": true``: the stage-1 knobs on float, with
+    ``tune_kwargs`` for :func:`qbench.grid.tune.tune`, e.g. the Ray backend's), then plan
+    one study per (method or variant, bits) whose method has a space of its own."""
     from qbench.grid.tune import tune
     from qbench.registry import METHODS, space_of
 
@@ -163,7 +196,7 @@ def tune_cells(spec: dict, cells: list, request: Callable, *,
         float_cell = replace(first, method="float", name="float", params=params, seed=seed)
         path, _ = tune(request(float_cell), trials=trials, shared=True,
                        study_name=study_name(float_cell, seed, shared=True), echo=echo,
-                       pruner=pruner)
+                       pruner=pruner, **(tune_kwargs or {}))
         shared_params, shared_tuning = _tuning_record(path, float_cell, {})
 
     tuned: dict[tuple[str, int], tuple[dict, dict | None]] = {}
@@ -181,13 +214,25 @@ def tune_cells(spec: dict, cells: list, request: Callable, *,
         trial_cell = replace(cell, seed=seed, params={**cell.params, **base})
         todo.append((key, request(trial_cell), study_name(cell, seed)))
         firsts[key] = (cell, base)
-    bar = tqdm(total=len(todo) * trials, unit="trial", desc="tuning studies",
-               disable=not todo or echo is None, dynamic_ncols=True)
+    return GridStudies(spec, finals, tuned, todo, firsts)
+
+
+def tune_cells(spec: dict, cells: list, request: Callable, *,
+               echo: Callable[[str], None] | None = None, jobs: int = 1) -> list:
+    """The grid's final cells after tuning: every cell not on ``spec["seed"]``, with the
+    best parameters and the ``tuning`` record. ``request(cell)`` builds a cell's
+    :class:`qbench.run.pipeline.RunRequest` (output folder, cache and device of the grid).
+    Studies live under ``<out>/tune/`` and resume: a rerun adds only missing trials.
+    ``jobs`` > 1: after the shared stage-1 study, that many studies run at once (each in
+    its own process, its trials in order). (On Ray, :mod:`qbench.grid.tuning_ray` runs
+    the studies' trials as tasks and each study's final runs as soon as it is done.)"""
+    from tqdm.auto import tqdm
+
+    plan = plan_studies(spec, cells, request, echo=echo)
+    bar = tqdm(total=len(plan.todo) * plan.trials, unit="trial", desc="tuning studies",
+               disable=not plan.todo or echo is None, dynamic_ncols=True)
     with bar:
-        studies = _run_studies(todo, trials, jobs, echo, pruner, bar)
+        studies = _run_studies(plan.todo, plan.trials, jobs, echo, plan.pruner, bar)
     for key, path in studies.items():
-        cell, base = firsts[key]
-        params, record = _tuning_record(path, cell, base)
-        tuned[key] = ({**base, **params}, record)
-    return [replace(c, params={**c.params, **tuned[(c.name, c.bits)][0]},
-                    tuning=tuned[(c.name, c.bits)][1]) for c in finals]
+        plan.record(key, path)
+    return plan.finals_of(plan.tuned)

@@ -376,6 +376,9 @@ def test_grid_tune_key_is_checked(tmp_path):
                                           "allowed: none, median"):
         load_grid(write_grid(tmp_path, tune={"trials": 3, "seed": 1, "pruner": "hyperband"}))
     assert load_grid(write_grid(tmp_path, tune={"trials": 3, "seed": 1, "pruner": "median"}))
+    with pytest.raises(QbenchError, match="'tune.parallel' must be an integer >= 1"):
+        load_grid(write_grid(tmp_path, tune={"trials": 3, "seed": 1, "parallel": 0}))
+    assert load_grid(write_grid(tmp_path, tune={"trials": 3, "seed": 1, "parallel": 4}))
 
 
 def dying_run(req):
