@@ -255,3 +255,36 @@ def test_a_stop_event_fails_the_trials_in_flight_and_starts_no_more(cluster):
     assert time.monotonic() - started < 30  # the 60 s trial was cancelled, not awaited
     assert asked == [0, 1] and told[0] == (0, None)
     assert told[1][0] is None and isinstance(told[1][1], ray_cluster.Stopped)
+
+
+def selection_dying_once(template, params):
+    """A trial whose first attempt kills its Ray worker process; Ray's retry runs it."""
+    marker = Path(template.out) / "trial-killed-once"
+    if not marker.exists():
+        marker.write_text(str(params))
+        os._exit(1)
+    from qbench.grid.trials import trial_request
+    from qbench.run.pipeline import run_selection
+
+    return run_selection(trial_request(template, params))
+
+
+def test_a_trial_whose_worker_dies_is_retried_as_the_same_trial(cluster, tmp_path,
+                                                                 monkeypatch):
+    import qbench.grid.tune_ray as tune_ray
+
+    monkeypatch.setattr(tune_ray, "remote_selection", selection_dying_once)
+    spec = {"methods": ["dqn"], "bits": [12], "seeds": [0, 1],
+            "tune": {"trials": 3, "seed": 1, "parallel": 2},
+            "datasets": {"digits": {"protocol": "standard", "epochs": 2}}}
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps(spec))
+    out = tmp_path / "out"
+    summary = run_grid(grid, out=out, device="cpu", backend=make_backend("ray"),
+                       progress=False)
+    assert summary.done == ["digits-standard-dqn-12b-seed0"], summary.describe()
+    assert (out / "trial-killed-once").is_file()  # a worker did die
+    name = "digits-standard-dqn-12b-seed1"
+    trials = optuna.load_study(study_name=name,
+                               storage=f"sqlite:///{out / 'tune' / name}.db").trials
+    assert len(trials) == 3 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
