@@ -19,6 +19,7 @@ node can hold pending forever.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import tempfile
@@ -232,9 +233,11 @@ def run_trials(ask: Callable[[], tuple[Any, dict] | None], evaluate: Callable[[d
                         tell(token, None, exc)
                     else:
                         tell(token, value, None)
-        except BaseException:
-            for ref in in_flight:
+        except BaseException as exc:
+            for ref, token in in_flight.items():
                 ray.cancel(ref, force=True)
+                with contextlib.suppress(Exception):  # never left RUNNING if it can be told
+                    tell(token, None, Stopped(f"the driver stopped: {one_line(exc)}"))
             raise
     finally:
         if connected:

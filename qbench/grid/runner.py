@@ -214,10 +214,12 @@ def _check_options(out: Path, data_dir: Path | None, device: str, backend: str) 
 
 
 def plan_grid(cells: list[Cell], out: Path, data_dir: Path | None, cache_dir: Path | None,
-              tuning_pending: bool = False) -> list[tuple[Cell, str, str]]:
+              tuning_pending: bool = False,
+              checksums: dict | None = None) -> list[tuple[Cell, str, str]]:
     """(cell, status, reason) for every cell: "done", "to-run", "stale" or "clash" (see
-    :func:`cell_status`); the data's checksums are computed once per split seed."""
-    checksums: dict[int, tuple[str, str]] = {}
+    :func:`cell_status`); the data's checksums are computed once per split seed (kept in
+    ``checksums``, split seed -> checksums, across calls when given)."""
+    checksums = {} if checksums is None else checksums
     plan = []
     for cell in cells:
         path = Path(out) / cell.filename
@@ -301,6 +303,7 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", backend: Backend | Non
     summary = GridSummary(grid_file, dataset, out, backend.jobs, backend.name)
     started = time.perf_counter()
     by_stem: dict[str, Cell] = {}
+    checksums: dict[int, tuple[str, str]] = {}
     bar = tqdm(total=len(cells), unit="run", desc=f"grid {dataset}",
                disable=(None if progress is None else not progress), dynamic_ncols=True)
 
@@ -339,7 +342,8 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", backend: Backend | Non
         """Plan ``batch``: finished cells are skipped, clashes reported as failed; the
         cells to run are returned."""
         pending, clashes = [], []
-        for cell, status, reason in plan_grid(batch, out, data_dir, cache_root):
+        for cell, status, reason in plan_grid(batch, out, data_dir, cache_root,
+                                              checksums=checksums):
             by_stem[cell.stem] = cell
             if status == "done":
                 summary.skipped.append(cell.stem)
@@ -362,7 +366,8 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", backend: Backend | Non
 
             backend.run_fed(lambda submit, stop: feed_tuned_cells(
                 tune_spec, cells, request, submit, stop, address=backend.address,
-                gpus_per_run=resources.gpu, echo=echo), options, report, triage)
+                gpus_per_run=resources.gpu, cpus_per_run=resources.cpu, echo=echo),
+                options, report, triage)
         else:
             pending = triage(cells)
             if pending:  # nothing to run starts no worker (and no Ray)

@@ -224,7 +224,7 @@ def tune_cells(spec: dict, cells: list, request: Callable, *,
     :class:`qbench.run.pipeline.RunRequest` (output folder, cache and device of the grid).
     Studies live under ``<out>/tune/`` and resume: a rerun adds only missing trials.
     ``jobs`` > 1: after the shared stage-1 study, that many studies run at once (each in
-    its own process, its trials in order). (On Ray, :mod:`qbench.grid.tuning_ray` runs
+    its own process, its trials in order). (On Ray, :mod:`qbench.grid.tuned_graph` runs
     the studies' trials as tasks and each study's final runs as soon as it is done.)"""
     from tqdm.auto import tqdm
 

@@ -175,10 +175,17 @@ def test_tune_on_ray_runs_trials_as_tasks_and_the_study_resumes(cluster, tmp_pat
 
 
 def overlapping(trials_a, trials_b, *, same: bool = False) -> bool:
-    """Whether some trial of ``trials_a`` ran while one of ``trials_b`` did (``same``: the
-    lists are one study's, a trial is not compared with itself)."""
-    return any(a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete
-               for a in trials_a for b in trials_b if not (same and a.number == b.number))
+    """Whether some trial of ``trials_a`` ran on a worker while one of ``trials_b`` did
+    (the run's own start and end, not its time queued; ``same``: the lists are one
+    study's, a trial is not compared with itself)."""
+    from qbench.grid.tune_ray import RUN_END, RUN_START
+
+    def runs(trials):
+        return [(t.number, t.user_attrs[RUN_START], t.user_attrs[RUN_END]) for t in trials
+                if RUN_START in t.user_attrs]
+
+    return any(a0 < b1 and b0 < a1 for na, a0, a1 in runs(trials_a)
+               for nb, b0, b1 in runs(trials_b) if not (same and na == nb))
 
 
 def test_a_tuned_grid_on_ray_runs_studies_at_once_within_budget_and_reruns_as_noop(
@@ -288,3 +295,29 @@ def test_a_trial_whose_worker_dies_is_retried_as_the_same_trial(cluster, tmp_pat
     trials = optuna.load_study(study_name=name,
                                storage=f"sqlite:///{out / 'tune' / name}.db").trials
     assert len(trials) == 3 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+
+
+def crafted_curve(template, params):
+    """A trial's selection record without training: the first five calls give a flat 0.5
+    curve, later ones 0.1 then 0.9 (calls are counted in a file under ``--out``)."""
+    counter = Path(template.out) / "calls"
+    with counter.open("a") as f:
+        f.write("x")
+    n = len(counter.read_text())
+    values = [0.5, 0.5] if n <= 5 else [0.1, 0.9]  # five flat trials, then one late bloomer
+    return {"epochs": [0, 1], "values": values, "chosen_value": max(values)}
+
+
+def test_ray_trials_are_pruned_at_the_first_epoch_the_pruner_says_as_locally(
+        cluster, tmp_path, monkeypatch):
+    """The median pruner stops the sixth trial at epoch 0 (0.1 < the median 0.5), as the
+    local objective would, although its curve ends higher than every other."""
+    import qbench.grid.tune_ray as tune_ray
+    from qbench.grid.tune import tune
+    from qbench.run.pipeline import RunRequest
+
+    monkeypatch.setattr(tune_ray, "remote_selection", crafted_curve)
+    template = RunRequest(method="dqn", bits=12, epochs=2, out=tmp_path, device="cpu")
+    _, record = tune(template, trials=6, backend="ray", parallel=1, pruner="median")
+    assert record["trials"]["complete"] == 5 and record["trials"]["pruned"] == 1
+    assert record["best_value"] == 0.5
