@@ -46,7 +46,7 @@ from qbench.core.provenance import code_version
 from qbench.grid.backends import Backend, make_backend
 from qbench.grid.cells import Cell, CellOptions, Outcome
 from qbench.grid.gridfile import expand_grid, grid_resources, load_grid
-from qbench.grid.tuning import final_cells, tune_cells
+from qbench.grid.tuning import final_cells, studies_finished, tune_cells
 from qbench.grid.worker import run_pipeline
 from qbench.run.identity import check_replace, conflicts
 from qbench.run.results import FAILURE_SUFFIX, load_result, new_record, write_json_atomic
@@ -283,7 +283,9 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", backend: Backend | Non
 
     echo = None if progress is False else print
     # on Ray a tuned grid is one task graph: its studies' trials and final runs are tasks
-    graph = tune_spec is not None and not dry_run and backend.name == "ray"
+    # (a finished grid's rerun reads its studies here and joins no cluster)
+    graph = (tune_spec is not None and not dry_run and backend.name == "ray"
+             and not studies_finished(tune_spec, cells, out))
     if tune_spec is not None and not dry_run and not graph:
         cells = tune_cells(tune_spec, cells, request, echo=echo, jobs=backend.jobs)
     elif tune_spec is not None:  # the tuning seed's runs are the studies' trials, not cells

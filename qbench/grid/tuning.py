@@ -176,6 +176,33 @@ class GridStudies:
                 for c in self.finals if (c.name, c.bits) in keys]
 
 
+def studies_finished(spec: dict, cells: list, out: Path) -> bool:
+    """Whether every study of the tuned grid (``"tune"`` block ``spec``, its cells) has a
+    summary under ``<out>/tune/`` with its full budget of finished trials, read without
+    opening a storage (a finished grid's rerun on Ray then starts no cluster)."""
+    import json
+
+    from qbench.registry import METHODS, space_of
+
+    seed, trials = spec["seed"], spec["trials"]
+    names = set()
+    if spec.get("shared"):
+        first = next((c for c in cells if c.method == "float"), cells[0])
+        names.add(study_name(replace(first, method="float", name="float", seed=seed), seed,
+                             shared=True))
+    for cell in final_cells(spec, cells):
+        if set(space_of(METHODS.get(cell.method), shared=False)) - set(cell.params):
+            names.add(study_name(cell, seed))
+    for name in names:
+        try:
+            counts = json.loads((Path(out) / "tune" / f"{name}.json").read_text())["trials"]
+            if counts["complete"] + counts["pruned"] < trials:
+                return False
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+    return True
+
+
 def plan_studies(spec: dict, cells: list, request: Callable, *,
                  echo: Callable[[str], None] | None = None, tune_kwargs: dict | None = None
                  ) -> GridStudies:

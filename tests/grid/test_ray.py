@@ -189,7 +189,7 @@ def overlapping(trials_a, trials_b, *, same: bool = False) -> bool:
 
 
 def test_a_tuned_grid_on_ray_runs_studies_at_once_within_budget_and_reruns_as_noop(
-        cluster, tmp_path):
+        cluster, tmp_path, monkeypatch):
     spec = {"methods": ["dqn", "two-stage-pq", "pq"], "bits": [12], "seeds": [0, 1],
             "tune": {"trials": 3, "seed": 1, "parallel": 1},
             "datasets": {"digits": {"protocol": "standard", "epochs": 2}}}
@@ -230,8 +230,14 @@ def test_a_tuned_grid_on_ray_runs_studies_at_once_within_budget_and_reruns_as_no
         warm_a, warm_b = info_a.pop("warm_start", {}), info_b.pop("warm_start", {})
         assert info_a == info_b and warm_a.get("key") == warm_b.get("key"), name
 
+    import qbench.grid.backends.ray as ray_backend
+    import qbench.grid.cluster as cluster_module
+
+    joins = []
+    for module in (ray_backend, cluster_module):  # a finished grid joins no cluster
+        monkeypatch.setattr(module, "connect", lambda address: joins.append(address))
     again = run_grid(grid, out=out, device="cpu", backend=make_backend("ray"), progress=False)
-    assert sorted(again.skipped) == sorted(summary.done) and not again.done
+    assert sorted(again.skipped) == sorted(summary.done) and not again.done and joins == []
     for study in studies.values():
         assert len(optuna.load_study(study_name=study.study_name,
                                      storage=f"sqlite:///{out / 'tune' / study.study_name}.db"
