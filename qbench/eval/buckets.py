@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from qbench.core.errors import QbenchError
-from qbench.eval.kernels import N_PR11, numba
+from qbench.eval.kernels import N_PR11, cuts_and_pr11, numba
 from qbench.eval.ranking import BucketRanking
 
 INSERTION_MAX = 32
@@ -99,7 +99,7 @@ if numba is not None:
             qs = q_sq[i]
             for j in range(n):
                 x = (qs + db_sq[j]) - two * d[j]
-                d[j] = x if x > zero else zero
+                d[j] = zero if x < zero else x  # NaN stays NaN (refused), as np.maximum
 
     @numba.njit(cache=True, nogil=True)
     def _sort_bucket(seg, d):
@@ -133,7 +133,8 @@ if numba is not None:
             hi = max(hi, d[j])
         flo = np.float32(lo)
         scale = np.float32((n_buckets - 1) / (np.float64(hi) - np.float64(lo)) if hi > lo else 0)
-        top, zero = np.float32(n_buckets - 1), np.float32(0)
+        # clamped in integers: float32(L - 1) rounds up to L once L > 2^24
+        top, zero, last = np.float32(n_buckets - 1), np.float32(0), np.int32(n_buckets - 1)
         bad = False
         for j in range(n):  # no branch, vectorised: the bucket of every item
             x = d[j]
@@ -141,7 +142,8 @@ if numba is not None:
             f = (x - flo) * scale
             f = f if f >= zero else zero  # below the sample's range, or NaN (refused)
             f = f if f <= top else top
-            bk[j] = np.int32(f)
+            b = np.int32(f)
+            bk[j] = b if b <= last else last
         if bad:
             return -1, 0
         # per bucket, items (low 32 bits) and relevant items (high 32 bits): one counter
@@ -225,7 +227,6 @@ if numba is not None:
         2: additive inner-product tables with codes, q_sq (b,) and db_sq (n,) float32."""
         b = tables.shape[0] if mode != 0 else dist.shape[0]
         n = codes.shape[1] if mode != 0 else dist.shape[1]
-        n_cuts = cuts.shape[0]
         rel = np.empty(n, dtype=np.uint8)
         d = np.empty(n, dtype=np.float32)
         count = np.empty(n_buckets, dtype=np.int64)
@@ -259,25 +260,9 @@ if numba is not None:
             out[n_groups:n_groups + g] = row_groups[:g]
             out_row[n_groups:n_groups + g] = i
             n_groups += g
-            # cut-offs (ascending): relevant items ranked before c, merged walk
-            q = 0
-            for k in range(n_cuts):
-                while q < t and pos[q] < cuts[k]:
-                    q += 1
-                cut_hits[i, k] = q
-                cut_terms[i, k] = prefix[q]
             total[i] = prefix[t]
-            # 11-point interpolated precision: max term over relevant ranks >= ceil(r R)
-            for level in range(N_PR11):
-                pr11[i, level] = 0.0
-            if t > 0:
-                m = 0.0
-                for q in range(t - 1, -1, -1):  # suffix maxima of the terms, into pos's place
-                    m = max(m, (q + 1.0) / (pos[q] + 1.0))
-                    prefix[q] = m
-                for level in range(N_PR11):
-                    first = max(1, -(-level * t // (N_PR11 - 1)))
-                    pr11[i, level] = prefix[first - 1]
+            # the 11-point precision's suffix maxima go into prefix's place
+            cuts_and_pr11(pos, prefix, t, cuts, cut_hits[i], cut_terms[i], pr11[i], prefix)
         return out[:n_groups], out_row[:n_groups]
 
 

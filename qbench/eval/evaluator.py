@@ -310,7 +310,9 @@ def _run(codes, query_labels, db_labels, *, k: int | None, normaliser: str, devi
         from qbench.eval.kernels import hamming_block
 
         rel_args = labels.kernel_args()
-        cuts = np.unique(np.concatenate([[plan.k], plan.pr_cut, plan.top_cut]).astype(np.int64))
+        # n_db always: the tie-aware MAP@all reads the terms of the whole ranking
+        cuts = np.unique(np.concatenate([[plan.k, n_db], plan.pr_cut, plan.top_cut])
+                         .astype(np.int64))
         if hamming_kernel:
             q_words, db_words = search.words64()
 

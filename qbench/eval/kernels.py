@@ -68,6 +68,27 @@ class LevelRanking:
 
 if numba is not None:
 
+    @numba.njit(cache=True, nogil=True)
+    def cuts_and_pr11(pos, prefix, n_rel, cuts, hits, terms, pr11, work):
+        """From the ascending ranks pos[:R] of a query's R relevant items and the prefix
+        sums of their precision terms (R + 1): the relevant items and term sums ranked
+        before each ascending cut-off (hits, terms), and the 11-point interpolated
+        precision, the largest term over relevant ranks >= ceil(r R) (pr11). work: (>= R,)
+        float64 scratch space; it may be ``prefix`` itself, which is read first."""
+        t = 0
+        for k in range(cuts.shape[0]):  # merged walk
+            while t < n_rel and pos[t] < cuts[k]:
+                t += 1
+            hits[k] = t
+            terms[k] = prefix[t]
+        m = 0.0
+        for t in range(n_rel - 1, -1, -1):  # suffix maxima of the terms
+            m = max(m, (t + 1.0) / (pos[t] + 1.0))
+            work[t] = m
+        for level in range(N_PR11):
+            first = max(1, -(-level * n_rel // (N_PR11 - 1)))
+            pr11[level] = work[first - 1] if n_rel > 0 else 0.0
+
     @intrinsic
     def _popcount64(typingctx, x):
         """Bit count of a uint64 (LLVM ctpop: one instruction where the CPU has it)."""
@@ -88,7 +109,6 @@ if numba is not None:
         ``multi`` any(q_masks[i] & db_masks[j]) (uint64 words)."""
         b, n_words = q_words.shape
         n = db_words.shape[0]
-        n_cuts = cuts.shape[0]
         n_label_words = q_masks.shape[1]
         record = np.empty(n + 1, dtype=np.int64)
         pos = np.empty(n, dtype=np.int64)
@@ -151,9 +171,7 @@ if numba is not None:
             prefix[0] = 0.0
             s = 0.0
             for t in range(n_rel):
-                term = (t + 1.0) / (pos[t] + 1.0)
-                best[t] = term
-                s += term
+                s += (t + 1.0) / (pos[t] + 1.0)
                 prefix[t + 1] = s
             terms = level_terms[i]
             racc = 0
@@ -161,24 +179,7 @@ if numba is not None:
                 terms[d] = prefix[racc]
                 racc += rhist[d]
             terms[levels] = prefix[n_rel]
-            # cut-offs (ascending): relevant items ranked before c, merged walk
-            t = 0
-            for k in range(n_cuts):
-                while t < n_rel and pos[t] < cuts[k]:
-                    t += 1
-                cut_hits[i, k] = t
-                cut_terms[i, k] = prefix[t]
-            # 11-point interpolated precision: max term over relevant ranks >= ceil(r R)
-            for level in range(N_PR11):
-                pr11[i, level] = 0.0
-            if n_rel > 0:
-                m = 0.0
-                for t in range(n_rel - 1, -1, -1):
-                    m = max(m, best[t])
-                    best[t] = m
-                for level in range(N_PR11):
-                    first = max(1, -(-level * n_rel // (N_PR11 - 1)))
-                    pr11[i, level] = best[first - 1]
+            cuts_and_pr11(pos, prefix, n_rel, cuts, cut_hits[i], cut_terms[i], pr11[i], best)
 
 
 def pack_words(bits: np.ndarray) -> np.ndarray:

@@ -19,9 +19,11 @@ node can hold pending forever.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -36,8 +38,14 @@ MAX_RETRIES = 3
 """How often Ray reruns a task whose worker process died (killed, out of memory)."""
 
 INSTALL_HINT = "pip install 'qbench[ray]' (or: pip install 'ray[client]>=2.9')"
+STOP_POLL_S = 1.0
+"""Seconds between two looks at a ``stop`` event while trials run."""
 CONNECT_TIMEOUT_S = 5.0
 """Seconds to wait for the head node's port before calling the address unreachable."""
+
+
+class Stopped(QbenchError):
+    """A trial cancelled because the driver stopped (:func:`run_trials`'s ``stop``)."""
 
 
 def _ray():
@@ -165,7 +173,8 @@ def _evaluate(evaluate: Callable[[dict], Any], params: dict, threads: int) -> An
 def run_trials(ask: Callable[[], tuple[Any, dict] | None], evaluate: Callable[[dict], Any],
                tell: Callable[[Any, Any, BaseException | None], None], *, parallel: int,
                address: str | None = None, resources: RunResources | None = None,
-               beat: Callable[[list], None] | None = None, beat_s: float = 30.0) -> None:
+               beat: Callable[[list], None] | None = None, beat_s: float = 30.0,
+               stop=None) -> None:
     """Ask-and-tell on Ray: the driver alone talks to the study; workers only evaluate.
 
     ask(): the next trial's ``(token, params)``, or None when no more trials should start
@@ -177,6 +186,8 @@ def run_trials(ask: Callable[[], tuple[Any, dict] | None], evaluate: Callable[[d
         trial whose worker died more than :data:`MAX_RETRIES` times.
     beat(tokens): called with the tokens in flight at least every ``beat_s`` seconds (the
         study's heartbeats of the trials this driver runs).
+    stop: a :class:`threading.Event` (another thread of the driver stopping it); once set,
+        no trial starts, and each in flight is cancelled and told ``error`` :class:`Stopped`.
     """
     ray = _ray()
     resources = resources or RunResources()
@@ -188,20 +199,30 @@ def run_trials(ask: Callable[[], tuple[Any, dict] | None], evaluate: Callable[[d
                                              max_retries=MAX_RETRIES)
         in_flight: dict = {}
         asking = True
+        last_beat = time.monotonic()
         try:
             while True:
                 while asking and len(in_flight) < parallel:
-                    asked = ask()
+                    asked = None if stop is not None and stop.is_set() else ask()
                     if asked is None:
                         asking = False
                     else:
                         in_flight[task.remote(evaluate, asked[1], resources.cpu)] = asked[0]
                 if not in_flight:
                     return
-                done, _ = ray.wait(list(in_flight), num_returns=1,
-                                   timeout=beat_s if beat is not None else None)
-                if beat is not None:
+                if stop is not None and stop.is_set():
+                    for ref, token in list(in_flight.items()):
+                        ray.cancel(ref, force=True)
+                        tell(token, None, Stopped("the grid stopped before this trial ended"))
+                        del in_flight[ref]
+                    return
+                wait_s = beat_s if beat is not None else None
+                if stop is not None:  # look at ``stop`` at least once a second
+                    wait_s = min(wait_s or STOP_POLL_S, STOP_POLL_S)
+                done, _ = ray.wait(list(in_flight), num_returns=1, timeout=wait_s)
+                if beat is not None and (done or time.monotonic() - last_beat >= beat_s):
                     beat(list(in_flight.values()))
+                    last_beat = time.monotonic()
                 for ref in done:
                     token = in_flight.pop(ref)
                     try:
@@ -212,9 +233,11 @@ def run_trials(ask: Callable[[], tuple[Any, dict] | None], evaluate: Callable[[d
                         tell(token, None, exc)
                     else:
                         tell(token, value, None)
-        except BaseException:
-            for ref in in_flight:
+        except BaseException as exc:
+            for ref, token in in_flight.items():
                 ray.cancel(ref, force=True)
+                with contextlib.suppress(Exception):  # never left RUNNING if it can be told
+                    tell(token, None, Stopped(f"the driver stopped: {one_line(exc)}"))
             raise
     finally:
         if connected:

@@ -61,7 +61,7 @@ BLOCK_KEYS = ("description", "protocol", "epochs", "dataset_params", "params", "
               "bits", "seeds", "resources", "regime", "backbone") + RUN_KEYS
 RESOURCE_KEYS = ("cpu", "gpu")
 VARIANT_KEYS = ("method", "params", "description")
-TUNE_KEYS = ("trials", "seed", "shared", "pruner")
+TUNE_KEYS = ("trials", "seed", "shared", "pruner", "parallel")
 """Keys of a grid's ``"tune"`` block (:mod:`qbench.grid.tuning` runs it)."""
 
 
@@ -73,9 +73,11 @@ def check_tune_spec(spec, where: str) -> None:
     if unknown:
         raise QbenchError(f"{where}: unknown key {unknown[0]!r} in 'tune'; allowed: "
                           + ", ".join(TUNE_KEYS))
-    for key in ("trials", "seed"):
+    for key in ("trials", "seed", "parallel"):
+        if key == "parallel" and key not in spec:
+            continue
         value = spec.get(key)
-        low = 1 if key == "trials" else 0
+        low = 0 if key == "seed" else 1
         check_int(value, f"{where}: 'tune.{key}'", low=low, what=f"an integer >= {low}")
     if not isinstance(spec.get("shared", False), bool):
         raise QbenchError(f"{where}: 'tune.shared' must be true or false")

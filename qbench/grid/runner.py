@@ -46,7 +46,7 @@ from qbench.core.provenance import code_version
 from qbench.grid.backends import Backend, make_backend
 from qbench.grid.cells import Cell, CellOptions, Outcome
 from qbench.grid.gridfile import expand_grid, grid_resources, load_grid
-from qbench.grid.tuning import tune_cells
+from qbench.grid.tuning import final_cells, studies_finished, tune_cells
 from qbench.grid.worker import run_pipeline
 from qbench.run.identity import check_replace, conflicts
 from qbench.run.results import FAILURE_SUFFIX, load_result, new_record, write_json_atomic
@@ -214,10 +214,12 @@ def _check_options(out: Path, data_dir: Path | None, device: str, backend: str) 
 
 
 def plan_grid(cells: list[Cell], out: Path, data_dir: Path | None, cache_dir: Path | None,
-              tuning_pending: bool = False) -> list[tuple[Cell, str, str]]:
+              tuning_pending: bool = False,
+              checksums: dict | None = None) -> list[tuple[Cell, str, str]]:
     """(cell, status, reason) for every cell: "done", "to-run", "stale" or "clash" (see
-    :func:`cell_status`); the data's checksums are computed once per split seed."""
-    checksums: dict[int, tuple[str, str]] = {}
+    :func:`cell_status`); the data's checksums are computed once per split seed (kept in
+    ``checksums``, split seed -> checksums, across calls when given)."""
+    checksums = {} if checksums is None else checksums
     plan = []
     for cell in cells:
         path = Path(out) / cell.filename
@@ -275,17 +277,22 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", backend: Backend | Non
     if cache_root is not None:
         EncoderCache(cache_root)  # an unwritable cache is an error before anything runs
     tune_spec = grid["datasets"][dataset].get("tune", grid.get("tune"))
-    if tune_spec is not None and not dry_run:
-        cells = tune_cells(tune_spec, cells, lambda cell: cell.request(
-            out, data_dir, device, cache_dir=cache_root, use_cache=use_cache),
-            echo=None if progress is False else print,
-            jobs=backend.jobs)
+
+    def request(cell: Cell):
+        return cell.request(out, data_dir, device, cache_dir=cache_root, use_cache=use_cache)
+
+    echo = None if progress is False else print
+    # on Ray a tuned grid is one task graph: its studies' trials and final runs are tasks
+    # (a finished grid's rerun reads its studies here and joins no cluster)
+    graph = (tune_spec is not None and not dry_run and backend.name == "ray"
+             and not studies_finished(tune_spec, cells, out))
+    if tune_spec is not None and not dry_run and not graph:
+        cells = tune_cells(tune_spec, cells, request, echo=echo, jobs=backend.jobs)
     elif tune_spec is not None:  # the tuning seed's runs are the studies' trials, not cells
-        cells = [c for c in cells if c.seed != tune_spec["seed"]]
+        cells = final_cells(tune_spec, cells)
     planned_at = time.time()
-    plan = plan_grid(cells, out, data_dir, cache_root,
-                     tuning_pending=tune_spec is not None and dry_run)
     if dry_run:
+        plan = plan_grid(cells, out, data_dir, cache_root, tuning_pending=tune_spec is not None)
         note = ("\n(the grid tunes first, on seed " f"{tune_spec['seed']}" ": its final cells "
                 "are listed with default parameters; run it to tune and to see which tuned "
                 "results are current)") if tune_spec else ""
@@ -297,20 +304,9 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", backend: Backend | Non
                           use_cache, resources, lock_dir, planned_at)
     summary = GridSummary(grid_file, dataset, out, backend.jobs, backend.name)
     started = time.perf_counter()
-
-    pending, clashes = [], []
-    for cell, status, reason in plan:
-        if status == "done":
-            summary.skipped.append(cell.stem)
-            failure_path(out, cell).unlink(missing_ok=True)
-        elif status == "clash":  # never run: its result could not be written
-            clashes.append((cell, reason))
-        else:
-            pending.append(cell)
-    summary.stale = sum(1 for _, status, _ in plan if status == "stale")
-    summary.clashes = len(clashes)
-    by_stem = {c.stem: c for c in pending + [cell for cell, _ in clashes]}
-    bar = tqdm(total=len(cells), initial=len(summary.skipped), unit="run", desc=f"grid {dataset}",
+    by_stem: dict[str, Cell] = {}
+    checksums: dict[int, tuple[str, str]] = {}
+    bar = tqdm(total=len(cells), unit="run", desc=f"grid {dataset}",
                disable=(None if progress is None else not progress), dynamic_ncols=True)
 
     def report(outcome: Outcome) -> None:
@@ -344,12 +340,40 @@ def run_grid(grid_file: Path, *, dataset: str = "digits", backend: Backend | Non
         bar.set_postfix_str(f"done {len(summary.done)}, failed {len(summary.failed)}, "
                             f"skipped {len(summary.skipped)}, left {left}")
 
-    for cell, reason in clashes:
-        report(Outcome(cell.stem, False, 0.0, error_type="QbenchError",
-                       message=f"{out / cell.filename} {reason}"))
+    def triage(batch: list[Cell]) -> list[Cell]:
+        """Plan ``batch``: finished cells are skipped, clashes reported as failed; the
+        cells to run are returned."""
+        pending, clashes = [], []
+        for cell, status, reason in plan_grid(batch, out, data_dir, cache_root,
+                                              checksums=checksums):
+            by_stem[cell.stem] = cell
+            if status == "done":
+                summary.skipped.append(cell.stem)
+                failure_path(out, cell).unlink(missing_ok=True)
+                bar.update(1)
+            elif status == "clash":  # never run: its result could not be written
+                clashes.append((cell, reason))
+            else:
+                summary.stale += status == "stale"
+                pending.append(cell)
+        summary.clashes += len(clashes)
+        for cell, reason in clashes:
+            report(Outcome(cell.stem, False, 0.0, error_type="QbenchError",
+                           message=f"{out / cell.filename} {reason}"))
+        return pending
+
     try:
-        if pending:  # nothing to run starts no worker (and no Ray)
-            backend.run(pending, options, report)
+        if graph:
+            from qbench.grid.tuned_graph import feed_tuned_cells
+
+            backend.run_fed(lambda submit, stop: feed_tuned_cells(
+                tune_spec, cells, request, submit, stop, address=backend.address,
+                gpus_per_run=resources.gpu, cpus_per_run=resources.cpu, echo=echo),
+                options, report, triage)
+        else:
+            pending = triage(cells)
+            if pending:  # nothing to run starts no worker (and no Ray)
+                backend.run(pending, options, report)
     finally:
         bar.close()
         summary.wall_s = time.perf_counter() - started

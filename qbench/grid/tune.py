@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -72,6 +73,9 @@ STARTUP_TRIALS = 10
 """TPE's first trials sample the space at random before the model of good values is used."""
 
 PRUNERS = ("none", "median")
+
+_PLOTTING = threading.Lock()
+"""Held while a study's plots are drawn (a grid on Ray runs studies in driver threads)."""
 
 
 
@@ -185,7 +189,8 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
          objective: Objective | None = None,
          echo: Callable[[str], None] | None = None, backend: str = "local",
          address: str | None = None, parallel: int = 1,
-         gpus_per_run: float | None = None) -> tuple[Path, dict]:
+         gpus_per_run: float | None = None, stop=None,
+         cpus_per_run: int = 1) -> tuple[Path, dict]:
     """Tune ``template.method`` on ``template.dataset`` at ``template.bits``; write the summary.
 
     ``template``: the :class:`qbench.run.pipeline.RunRequest` every trial runs; its
@@ -195,8 +200,11 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
     float method) instead of the method's own space. ``timeout``: seconds after which no
     new trial starts. ``objective``: default :func:`pipeline_objective` of ``template``.
     ``echo``: receives one line per trial (None: silent). ``backend="ray"``: up to
-    ``parallel`` trials at once as Ray tasks (``address``, ``gpus_per_run`` as for grids);
-    this process alone asks and tells the study, so the default SQLite storage works.
+    ``parallel`` trials at once as Ray tasks (``address``, ``gpus_per_run`` and
+    ``cpus_per_run``, each trial's share, as for grids);
+    this process alone asks and tells the study, so the default SQLite storage works;
+    ``stop`` (a :class:`threading.Event`, Ray only) set: no further trial starts and those
+    in flight are failed (a grid's driver stopping, :mod:`qbench.grid.tuned_graph`).
 
     Returns ``(path, record)``: the summary JSON written atomically and its content.
     Every input is checked before the storage is opened, so bad input leaves no study.
@@ -326,7 +334,8 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
 
         optimize_on_ray(study, space, template, remaining, timeout=timeout,
                          parallel=parallel, address=address, gpus_per_run=gpus_per_run,
-                         callback=budget_callback(trials, echo, stop=False))
+                         callback=budget_callback(trials, echo, stop=False), stop=stop,
+                         cpus_per_run=cpus_per_run)
     elif remaining > 0:
         study.optimize(run_trial, n_trials=remaining, timeout=timeout, catch=(Exception,),
                        callbacks=[budget_callback(trials, echo)])
@@ -372,6 +381,7 @@ def tune(template, *, trials: int, shared: bool = False, storage: str | None = N
         "notes": notes,
         "qbench_version": __version__,
     }, kind="tuning", device=device)
-    record["plots"] = save_study_plots(study, folder, name, list(space))
+    with _PLOTTING:  # pyplot's current figure is one per process: studies in threads wait
+        record["plots"] = save_study_plots(study, folder, name, list(space))
     path = write_json_atomic(folder / f"{name}.json", record)
     return path, record

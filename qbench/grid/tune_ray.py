@@ -16,24 +16,33 @@ from qbench.core.errors import one_line
 from qbench.grid.storage import HEARTBEAT_S, optuna_module
 from qbench.grid.trials import completed_with, outcome, replay, suggest, trial_request, trial_value
 
+RUN_START, RUN_END = "run_start", "run_end"
+"""User attributes of a Ray trial: when its run started and ended on the worker (Unix
+seconds), so its time excludes the wait in Ray's queue."""
+
 
 def remote_selection(template, params: dict) -> dict:
-    """One trial on a Ray worker: the selection record of the pipeline with ``params``."""
+    """One trial on a Ray worker: the selection record of the pipeline with ``params``,
+    with the run's start and end on the worker (:data:`RUN_START`, :data:`RUN_END`)."""
     from qbench.run.pipeline import run_selection
 
-    return run_selection(trial_request(template, params))
+    started = time.time()
+    selection = dict(run_selection(trial_request(template, params)))
+    selection[RUN_START], selection[RUN_END] = started, time.time()
+    return selection
 
 
 def optimize_on_ray(study, space: dict, template, remaining: int, *, timeout: float | None,
                      parallel: int, address: str | None, gpus_per_run: float | None,
-                     callback: Callable) -> None:
-    """Ask-and-tell: ``remaining`` trials, ``parallel`` at a time, as Ray tasks."""
+                     callback: Callable, stop=None, cpus_per_run: int = 1) -> None:
+    """Ask-and-tell: ``remaining`` trials, ``parallel`` at a time, as Ray tasks; none
+    starts once ``stop`` (a :class:`threading.Event`) is set, and those in flight fail."""
     from qbench.grid.cells import RunResources
     from qbench.grid.cluster import run_trials, task_device
 
     optuna = optuna_module()
     state = optuna.trial.TrialState
-    resources = RunResources(cpu=1, gpu=gpus_per_run or 0.0)
+    resources = RunResources(cpu=cpus_per_run, gpu=gpus_per_run or 0.0)
     run_template = replace(template, device=task_device(template.device, resources))
     deadline = None if timeout is None else time.monotonic() + timeout
     asked = [0]
@@ -45,7 +54,8 @@ def optimize_on_ray(study, space: dict, template, remaining: int, *, timeout: fl
 
     def ask():
         while True:
-            if asked[0] >= remaining or (deadline is not None and time.monotonic() > deadline):
+            if asked[0] >= remaining or (deadline is not None and time.monotonic() > deadline) \
+                    or (stop is not None and stop.is_set()):
                 return None
             asked[0] += 1
             with warnings.catch_warnings():  # ask-and-tell: this driver is the heartbeat
@@ -63,9 +73,14 @@ def optimize_on_ray(study, space: dict, template, remaining: int, *, timeout: fl
             callback(study, study.get_trials(deepcopy=False)[trial.number])
 
     def tell(trial, selection, error) -> None:
-        # the trial's own time: from its ask to now (a retried trial inherits another's)
-        trial.set_user_attr("wall_s", (datetime.datetime.now()
-                                       - trial.datetime_start).total_seconds())
+        # the trial's own time: its run on the worker; without one (failed), ask to now
+        if error is None and RUN_START in selection:
+            for key in (RUN_START, RUN_END):
+                trial.set_user_attr(key, float(selection[key]))
+            trial.set_user_attr("wall_s", selection[RUN_END] - selection[RUN_START])
+        else:
+            trial.set_user_attr("wall_s", (datetime.datetime.now()
+                                           - trial.datetime_start).total_seconds())
         if error is not None:
             trial.set_user_attr("fail_reason", one_line(error))
             study.tell(trial, state=state.FAIL)
@@ -73,10 +88,14 @@ def optimize_on_ray(study, space: dict, template, remaining: int, *, timeout: fl
             for key in ("epochs_trained", "epochs_budget"):  # remote trials train fully
                 if selection.get(key) is not None:
                     trial.set_user_attr(key, int(selection[key]))
+            pruned = False
             for epoch, value in zip(selection["epochs"], selection["values"]):
                 if value is not None and math.isfinite(value):
                     trial.report(value, epoch)
-            ending, value, reason = outcome(trial_value(selection), trial.should_prune())
+                    if trial.should_prune():  # as the local objective asks: every epoch
+                        pruned = True
+                        break
+            ending, value, reason = outcome(trial_value(selection), pruned)
             if ending == "pruned":
                 study.tell(trial, state=state.PRUNED)
             elif ending == "fail":
@@ -88,4 +107,5 @@ def optimize_on_ray(study, space: dict, template, remaining: int, *, timeout: fl
 
     run_trials(ask, functools.partial(remote_selection, run_template), tell,
                parallel=parallel, address=address, resources=resources,
-               beat=lambda trials: [heartbeat(t) for t in trials], beat_s=HEARTBEAT_S)
+               beat=lambda trials: [heartbeat(t) for t in trials], beat_s=HEARTBEAT_S,
+               stop=stop)

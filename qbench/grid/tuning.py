@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, wait
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from qbench.core.errors import QbenchError
@@ -128,24 +128,92 @@ def _run_studies(todo: list, trials: int, jobs: int, echo, pruner: str = "none",
     return done
 
 
-def tune_cells(spec: dict, cells: list, request: Callable, *,
-               echo: Callable[[str], None] | None = None, jobs: int = 1) -> list:
-    """The grid's final cells after tuning: every cell not on ``spec["seed"]``, with the
-    best parameters and the ``tuning`` record. ``request(cell)`` builds a cell's
-    :class:`qbench.run.pipeline.RunRequest` (output folder, cache and device of the grid).
-    Studies live under ``<out>/tune/`` and resume: a rerun adds only missing trials.
-    ``jobs`` > 1: after the shared stage-1 study, that many studies run at once (each in
-    its own process, its trials in order)."""
-    from tqdm.auto import tqdm
-
-    from qbench.grid.tune import tune
-    from qbench.registry import METHODS, space_of
-
-    seed, trials, pruner = spec["seed"], spec["trials"], spec.get("pruner", "none")
+def final_cells(spec: dict, cells: list) -> list:
+    """The cells a tuned grid runs after tuning: those not on the tuning seed (whose runs
+    are the studies' trials); an error when no other seed is left."""
+    seed = spec["seed"]
     finals = [c for c in cells if c.seed != seed]
     if not finals:
         raise QbenchError(f"'tune.seed' {seed} is the grid's only seed: the final runs need "
                           "seeds other than the tuning seed")
+    return finals
+
+
+@dataclass
+class GridStudies:
+    """A tuned grid's plan after its shared study: the final cells (``finals``), the
+    parameters of the cells that need no study of their own (``tuned``: (name, bits) ->
+    (params, tuning record or None)), and one study per (name, bits) left to run
+    (``todo``: (key, trial template, study name) triples; :meth:`finals_of` gives the final
+    cells of one once it has run)."""
+
+    spec: dict
+    finals: list
+    tuned: dict
+    todo: list
+    firsts: dict
+
+    @property
+    def trials(self) -> int:
+        return self.spec["trials"]
+
+    @property
+    def pruner(self) -> str:
+        return self.spec.get("pruner", "none")
+
+    def record(self, key, path: Path) -> None:
+        """Take the best parameters of study ``key`` from its summary ``path``."""
+        cell, base = self.firsts[key]
+        params, record = _tuning_record(path, cell, base)
+        self.tuned[key] = ({**base, **params}, record)
+
+    def finals_of(self, keys) -> list:
+        """The final cells of the (name, bits) ``keys``, in grid order, with their best
+        parameters and ``tuning`` records (every key must be in :attr:`tuned`)."""
+        keys = set(keys)
+        return [replace(c, params={**c.params, **self.tuned[(c.name, c.bits)][0]},
+                        tuning=self.tuned[(c.name, c.bits)][1])
+                for c in self.finals if (c.name, c.bits) in keys]
+
+
+def studies_finished(spec: dict, cells: list, out: Path) -> bool:
+    """Whether every study of the tuned grid (``"tune"`` block ``spec``, its cells) has a
+    summary under ``<out>/tune/`` with its full budget of finished trials, read without
+    opening a storage (a finished grid's rerun on Ray then starts no cluster)."""
+    import json
+
+    from qbench.registry import METHODS, space_of
+
+    seed, trials = spec["seed"], spec["trials"]
+    names = set()
+    if spec.get("shared"):
+        first = next((c for c in cells if c.method == "float"), cells[0])
+        names.add(study_name(replace(first, method="float", name="float", seed=seed), seed,
+                             shared=True))
+    for cell in final_cells(spec, cells):
+        if set(space_of(METHODS.get(cell.method), shared=False)) - set(cell.params):
+            names.add(study_name(cell, seed))
+    for name in names:
+        try:
+            counts = json.loads((Path(out) / "tune" / f"{name}.json").read_text())["trials"]
+            if counts["complete"] + counts["pruned"] < trials:
+                return False
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+    return True
+
+
+def plan_studies(spec: dict, cells: list, request: Callable, *,
+                 echo: Callable[[str], None] | None = None, tune_kwargs: dict | None = None
+                 ) -> GridStudies:
+    """Run the grid's shared study (``"shared": true``: the stage-1 knobs on float, with
+    ``tune_kwargs`` for :func:`qbench.grid.tune.tune`, e.g. the Ray backend's), then plan
+    one study per (method or variant, bits) whose method has a space of its own."""
+    from qbench.grid.tune import tune
+    from qbench.registry import METHODS, space_of
+
+    seed, trials, pruner = spec["seed"], spec["trials"], spec.get("pruner", "none")
+    finals = final_cells(spec, cells)
     shared_params: dict = {}
     shared_tuning = None
     if spec.get("shared"):
@@ -155,7 +223,7 @@ def tune_cells(spec: dict, cells: list, request: Callable, *,
         float_cell = replace(first, method="float", name="float", params=params, seed=seed)
         path, _ = tune(request(float_cell), trials=trials, shared=True,
                        study_name=study_name(float_cell, seed, shared=True), echo=echo,
-                       pruner=pruner)
+                       pruner=pruner, **(tune_kwargs or {}))
         shared_params, shared_tuning = _tuning_record(path, float_cell, {})
 
     tuned: dict[tuple[str, int], tuple[dict, dict | None]] = {}
@@ -173,13 +241,25 @@ def tune_cells(spec: dict, cells: list, request: Callable, *,
         trial_cell = replace(cell, seed=seed, params={**cell.params, **base})
         todo.append((key, request(trial_cell), study_name(cell, seed)))
         firsts[key] = (cell, base)
-    bar = tqdm(total=len(todo) * trials, unit="trial", desc="tuning studies",
-               disable=not todo or echo is None, dynamic_ncols=True)
+    return GridStudies(spec, finals, tuned, todo, firsts)
+
+
+def tune_cells(spec: dict, cells: list, request: Callable, *,
+               echo: Callable[[str], None] | None = None, jobs: int = 1) -> list:
+    """The grid's final cells after tuning: every cell not on ``spec["seed"]``, with the
+    best parameters and the ``tuning`` record. ``request(cell)`` builds a cell's
+    :class:`qbench.run.pipeline.RunRequest` (output folder, cache and device of the grid).
+    Studies live under ``<out>/tune/`` and resume: a rerun adds only missing trials.
+    ``jobs`` > 1: after the shared stage-1 study, that many studies run at once (each in
+    its own process, its trials in order). (On Ray, :mod:`qbench.grid.tuned_graph` runs
+    the studies' trials as tasks and each study's final runs as soon as it is done.)"""
+    from tqdm.auto import tqdm
+
+    plan = plan_studies(spec, cells, request, echo=echo)
+    bar = tqdm(total=len(plan.todo) * plan.trials, unit="trial", desc="tuning studies",
+               disable=not plan.todo or echo is None, dynamic_ncols=True)
     with bar:
-        studies = _run_studies(todo, trials, jobs, echo, pruner, bar)
+        studies = _run_studies(plan.todo, plan.trials, jobs, echo, plan.pruner, bar)
     for key, path in studies.items():
-        cell, base = firsts[key]
-        params, record = _tuning_record(path, cell, base)
-        tuned[key] = ({**base, **params}, record)
-    return [replace(c, params={**c.params, **tuned[(c.name, c.bits)][0]},
-                    tuning=tuned[(c.name, c.bits)][1]) for c in finals]
+        plan.record(key, path)
+    return plan.finals_of(plan.tuned)

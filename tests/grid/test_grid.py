@@ -362,6 +362,10 @@ def test_dry_run_of_a_tuned_grid_lists_only_the_final_seeds(tmp_path):
     assert "seed 2" not in cells and "seed 1" in cells and "tunes first, on seed 2" in note
     assert "12 cells: 0 done, 12 to run" in cells
     assert not (tmp_path / "out" / "tune").exists()
+    with pytest.raises(QbenchError, match="'tune.seed' 2 is the grid's only seed"):
+        run_grid(write_grid(tmp_path, seeds=[2], tune={"trials": 2, "seed": 2}),
+                 out=tmp_path / "out", dry_run=True)
+
 
 def test_grid_tune_key_is_checked(tmp_path):
     with pytest.raises(QbenchError, match="'tune.trials' must be an integer >= 1"):
@@ -372,6 +376,9 @@ def test_grid_tune_key_is_checked(tmp_path):
                                           "allowed: none, median"):
         load_grid(write_grid(tmp_path, tune={"trials": 3, "seed": 1, "pruner": "hyperband"}))
     assert load_grid(write_grid(tmp_path, tune={"trials": 3, "seed": 1, "pruner": "median"}))
+    with pytest.raises(QbenchError, match="'tune.parallel' must be an integer >= 1"):
+        load_grid(write_grid(tmp_path, tune={"trials": 3, "seed": 1, "parallel": 0}))
+    assert load_grid(write_grid(tmp_path, tune={"trials": 3, "seed": 1, "parallel": 4}))
 
 
 def dying_run(req):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'qbench[ray]'")
+optuna = pytest.importorskip("optuna")
 
 from qbench.core.errors import QbenchError  # noqa: E402
 from qbench.grid import cluster as ray_cluster  # noqa: E402 -- only once Ray is there
@@ -163,8 +165,165 @@ def test_tune_on_ray_runs_trials_as_tasks_and_the_study_resumes(cluster, tmp_pat
     from qbench.run.pipeline import RunRequest
 
     template = RunRequest(method="dqn", bits=12, epochs=3, out=tmp_path, device="cpu")
-    path, record = tune(template, trials=3, backend=make_backend("ray"), parallel=2)
+    path, record = tune(template, trials=3, backend="ray", parallel=2)
     assert record["trials"]["complete"] == 3 and 0 < record["best_value"] <= 1
     assert set(record["best_params"]) == {"lam", "refit_every"}
-    _, again = tune(template, trials=3, backend=make_backend("ray"), parallel=2)  # nothing missing
+    study = optuna.load_study(study_name=record["study"], storage=record["storage"])
+    assert overlapping(study.trials, study.trials, same=True)  # two trials in flight at once: tasks
+    _, again = tune(template, trials=3, backend="ray", parallel=2)  # nothing missing
     assert again["trials"] == record["trials"] and again["best_value"] == record["best_value"]
+
+
+def overlapping(trials_a, trials_b, *, same: bool = False) -> bool:
+    """Whether some trial of ``trials_a`` ran on a worker while one of ``trials_b`` did
+    (the run's own start and end, not its time queued; ``same``: the lists are one
+    study's, a trial is not compared with itself)."""
+    from qbench.grid.tune_ray import RUN_END, RUN_START
+
+    def runs(trials):
+        return [(t.number, t.user_attrs[RUN_START], t.user_attrs[RUN_END]) for t in trials
+                if RUN_START in t.user_attrs]
+
+    return any(a0 < b1 and b0 < a1 for na, a0, a1 in runs(trials_a)
+               for nb, b0, b1 in runs(trials_b) if not (same and na == nb))
+
+
+def test_a_tuned_grid_on_ray_runs_studies_at_once_within_budget_and_reruns_as_noop(
+        cluster, tmp_path, monkeypatch):
+    spec = {"methods": ["dqn", "two-stage-pq", "pq"], "bits": [12], "seeds": [0, 1],
+            "tune": {"trials": 3, "seed": 1, "parallel": 1},
+            "datasets": {"digits": {"protocol": "standard", "epochs": 2}}}
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps(spec))
+    out = tmp_path / "ray"
+    summary = run_grid(grid, out=out, device="cpu", backend=make_backend("ray"),
+                       progress=False)
+    assert sorted(summary.done) == [f"digits-standard-{m}-12b-seed0"
+                                    for m in ("dqn", "pq", "two-stage-pq")], summary.describe()
+    studies = {}
+    for method in ("dqn", "two-stage-pq"):
+        name = f"digits-standard-{method}-12b-seed1"
+        studies[method] = optuna.load_study(study_name=name,
+                                            storage=f"sqlite:///{out / 'tune' / name}.db")
+        trials = studies[method].trials
+        # the budget exactly: 3 finished trials, none failed or left running
+        assert len(trials) == 3 and all(t.state.is_finished() for t in trials)
+        assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 3
+        result = load_result(out / f"digits-standard-{method}-12b-seed0.json")
+        assert result["tuning"]["study"] == name
+        assert {k: result["params"][k] for k in result["tuning"]["best_params"]} == \
+            result["tuning"]["best_params"]
+    # trials of the two studies ran at the same time (each study: one trial in flight)
+    assert overlapping(studies["dqn"].trials, studies["two-stage-pq"].trials)
+    assert load_result(out / "digits-standard-pq-12b-seed0.json")["tuning"] is None
+
+    # the same trial values on the local backend give the same results
+    local = tmp_path / "local"
+    shutil.copytree(out / "tune", local / "tune")
+    here = run_grid(grid, out=local, device="cpu", progress=False)
+    assert sorted(here.done) == sorted(summary.done)
+    for name in summary.done:
+        a, b = load_result(out / f"{name}.json"), load_result(local / f"{name}.json")
+        for key in ("metrics", "selection", "params", "tuning", "encoder_key"):
+            assert a[key] == b[key], (name, key)
+        info_a, info_b = (dict(r["method_info"]) for r in (a, b))
+        warm_a, warm_b = info_a.pop("warm_start", {}), info_b.pop("warm_start", {})
+        assert info_a == info_b and warm_a.get("key") == warm_b.get("key"), name
+
+    import qbench.grid.backends.ray as ray_backend
+    import qbench.grid.cluster as cluster_module
+
+    joins = []
+    for module in (ray_backend, cluster_module):  # a finished grid joins no cluster
+        monkeypatch.setattr(module, "connect", lambda address: joins.append(address))
+    again = run_grid(grid, out=out, device="cpu", backend=make_backend("ray"), progress=False)
+    assert sorted(again.skipped) == sorted(summary.done) and not again.done and joins == []
+    for study in studies.values():
+        assert len(optuna.load_study(study_name=study.study_name,
+                                     storage=f"sqlite:///{out / 'tune' / study.study_name}.db"
+                                     ).trials) == 3
+
+
+def test_a_stop_event_fails_the_trials_in_flight_and_starts_no_more(cluster):
+    import threading
+    import time
+
+    stop, asked, told = threading.Event(), [], {}
+
+    def ask():
+        asked.append(len(asked))
+        return asked[-1], {"sleep": 0 if asked[-1] == 0 else 60}
+
+    def evaluate(params):
+        time.sleep(params["sleep"])
+        return params["sleep"]
+
+    def tell(token, value, error):
+        told[token] = (value, error)
+        stop.set()  # the first trial to end stops the loop
+
+    started = time.monotonic()
+    ray_cluster.run_trials(ask, evaluate, tell, parallel=2, resources=RunResources(cpu=1),
+                           stop=stop)
+    assert time.monotonic() - started < 30  # the 60 s trial was cancelled, not awaited
+    assert asked == [0, 1] and told[0] == (0, None)
+    assert told[1][0] is None and isinstance(told[1][1], ray_cluster.Stopped)
+
+
+def selection_dying_once(template, params):
+    """A trial whose first attempt kills its Ray worker process; Ray's retry runs it."""
+    marker = Path(template.out) / "trial-killed-once"
+    if not marker.exists():
+        marker.write_text(str(params))
+        os._exit(1)
+    from qbench.grid.trials import trial_request
+    from qbench.run.pipeline import run_selection
+
+    return run_selection(trial_request(template, params))
+
+
+def test_a_trial_whose_worker_dies_is_retried_as_the_same_trial(cluster, tmp_path,
+                                                                 monkeypatch):
+    import qbench.grid.tune_ray as tune_ray
+
+    monkeypatch.setattr(tune_ray, "remote_selection", selection_dying_once)
+    spec = {"methods": ["dqn"], "bits": [12], "seeds": [0, 1],
+            "tune": {"trials": 3, "seed": 1, "parallel": 2},
+            "datasets": {"digits": {"protocol": "standard", "epochs": 2}}}
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps(spec))
+    out = tmp_path / "out"
+    summary = run_grid(grid, out=out, device="cpu", backend=make_backend("ray"),
+                       progress=False)
+    assert summary.done == ["digits-standard-dqn-12b-seed0"], summary.describe()
+    assert (out / "trial-killed-once").is_file()  # a worker did die
+    name = "digits-standard-dqn-12b-seed1"
+    trials = optuna.load_study(study_name=name,
+                               storage=f"sqlite:///{out / 'tune' / name}.db").trials
+    assert len(trials) == 3 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+
+
+def crafted_curve(template, params):
+    """A trial's selection record without training: the first five calls give a flat 0.5
+    curve, later ones 0.1 then 0.9 (calls are counted in a file under ``--out``)."""
+    counter = Path(template.out) / "calls"
+    with counter.open("a") as f:
+        f.write("x")
+    n = len(counter.read_text())
+    values = [0.5, 0.5] if n <= 5 else [0.1, 0.9]  # five flat trials, then one late bloomer
+    return {"epochs": [0, 1], "values": values, "chosen_value": max(values)}
+
+
+def test_ray_trials_are_pruned_at_the_first_epoch_the_pruner_says_as_locally(
+        cluster, tmp_path, monkeypatch):
+    """The median pruner stops the sixth trial at epoch 0 (0.1 < the median 0.5), as the
+    local objective would, although its curve ends higher than every other."""
+    import qbench.grid.tune_ray as tune_ray
+    from qbench.grid.tune import tune
+    from qbench.run.pipeline import RunRequest
+
+    monkeypatch.setattr(tune_ray, "remote_selection", crafted_curve)
+    template = RunRequest(method="dqn", bits=12, epochs=2, out=tmp_path, device="cpu")
+    _, record = tune(template, trials=6, backend="ray", parallel=1, pruner="median")
+    assert record["trials"]["complete"] == 5 and record["trials"]["pruned"] == 1
+    assert record["best_value"] == 0.5

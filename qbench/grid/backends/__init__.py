@@ -19,9 +19,10 @@ BACKENDS = ("local", "ray")
 def make_backend(name: str, *, jobs: int = 1, address: str | None = None) -> Backend:
     """The backend called ``name``, its options checked; nothing is started yet.
 
-    ``jobs``: local worker processes (the Ray backend runs one study at a time from the
-    driver and ignores it). ``address``: the Ray cluster (None joins the local cluster or
-    starts one, "auto", "HOST:PORT" or "ray://HOST:PORT").
+    ``jobs``: local worker processes (the Ray backend ignores it: a tuned grid's studies
+    and runs are all Ray tasks there, :mod:`qbench.grid.tuned_graph`). ``address``: the
+    Ray cluster (None joins the local cluster or starts one, "auto", "HOST:PORT" or
+    "ray://HOST:PORT").
     """
     check_int(jobs, "--jobs", low=1)
     if name == "local":
