@@ -176,23 +176,34 @@ class GridStudies:
                 for c in self.finals if (c.name, c.bits) in keys]
 
 
+def _shared_cell(cells: list, seed: int):
+    """The cell of the shared stage-1 study: float on the tuning seed, with the grid's
+    parameters that float declares (the grid's "*")."""
+    from qbench.registry import METHODS
+
+    first = next((c for c in cells if c.method == "float"), cells[0])
+    declared = {p.name for p in METHODS.get("float").params}
+    params = {k: v for k, v in first.params.items() if k in declared}
+    return replace(first, method="float", name="float", params=params, seed=seed)
+
+
+def _own_space(cell) -> set:
+    """The names the cell's method tunes itself (its space less the cell's fixed values)."""
+    from qbench.registry import METHODS, space_of
+
+    return set(space_of(METHODS.get(cell.method), shared=False)) - set(cell.params)
+
+
 def studies_finished(spec: dict, cells: list, out: Path) -> bool:
     """Whether every study of the tuned grid (``"tune"`` block ``spec``, its cells) has a
     summary under ``<out>/tune/`` with its full budget of finished trials, read without
     opening a storage (a finished grid's rerun on Ray then starts no cluster)."""
     import json
 
-    from qbench.registry import METHODS, space_of
-
     seed, trials = spec["seed"], spec["trials"]
-    names = set()
+    names = {study_name(cell, seed) for cell in final_cells(spec, cells) if _own_space(cell)}
     if spec.get("shared"):
-        first = next((c for c in cells if c.method == "float"), cells[0])
-        names.add(study_name(replace(first, method="float", name="float", seed=seed), seed,
-                             shared=True))
-    for cell in final_cells(spec, cells):
-        if set(space_of(METHODS.get(cell.method), shared=False)) - set(cell.params):
-            names.add(study_name(cell, seed))
+        names.add(study_name(_shared_cell(cells, seed), seed, shared=True))
     for name in names:
         try:
             counts = json.loads((Path(out) / "tune" / f"{name}.json").read_text())["trials"]
@@ -210,17 +221,14 @@ def plan_studies(spec: dict, cells: list, request: Callable, *,
     ``tune_kwargs`` for :func:`qbench.grid.tune.tune`, e.g. the Ray backend's), then plan
     one study per (method or variant, bits) whose method has a space of its own."""
     from qbench.grid.tune import tune
-    from qbench.registry import METHODS, space_of
+    from qbench.registry import METHODS
 
     seed, trials, pruner = spec["seed"], spec["trials"], spec.get("pruner", "none")
     finals = final_cells(spec, cells)
     shared_params: dict = {}
     shared_tuning = None
     if spec.get("shared"):
-        first = next((c for c in cells if c.method == "float"), cells[0])
-        declared = {p.name for p in METHODS.get("float").params}
-        params = {k: v for k, v in first.params.items() if k in declared}  # the grid's "*"
-        float_cell = replace(first, method="float", name="float", params=params, seed=seed)
+        float_cell = _shared_cell(cells, seed)
         path, _ = tune(request(float_cell), trials=trials, shared=True,
                        study_name=study_name(float_cell, seed, shared=True), echo=echo,
                        pruner=pruner, **(tune_kwargs or {}))
@@ -234,8 +242,7 @@ def plan_studies(spec: dict, cells: list, request: Callable, *,
             continue
         declared = {p.name for p in METHODS.get(cell.method).params}
         base = {k: v for k, v in shared_params.items() if k in declared}
-        space = set(space_of(METHODS.get(cell.method), shared=False)) - set(cell.params)
-        if not space:
+        if not _own_space(cell):
             tuned[key] = (base, shared_tuning if base else None)
             continue
         trial_cell = replace(cell, seed=seed, params={**cell.params, **base})

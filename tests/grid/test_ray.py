@@ -188,24 +188,32 @@ def overlapping(trials_a, trials_b, *, same: bool = False) -> bool:
                for nb, b0, b1 in runs(trials_b) if not (same and na == nb))
 
 
+def run_tuned_grid(grid: Path, out: Path, methods: list[str], *, parallel: int):
+    """Write a tiny tuned grid (12 bits, seeds 0 and 1, 3 trials on seed 1) to ``grid``
+    and run it on Ray into ``out``; its summary."""
+    grid.write_text(json.dumps({
+        "methods": methods, "bits": [12], "seeds": [0, 1],
+        "tune": {"trials": 3, "seed": 1, "parallel": parallel},
+        "datasets": {"digits": {"protocol": "standard", "epochs": 2}}}))
+    return run_grid(grid, out=out, device="cpu", backend=make_backend("ray"), progress=False)
+
+
+def study_trials(out: Path, name: str) -> list:
+    """The trials of study ``name`` in its default storage under ``out``."""
+    return optuna.load_study(study_name=name,
+                             storage=f"sqlite:///{out / 'tune' / name}.db").trials
+
+
 def test_a_tuned_grid_on_ray_runs_studies_at_once_within_budget_and_reruns_as_noop(
         cluster, tmp_path, monkeypatch):
-    spec = {"methods": ["dqn", "two-stage-pq", "pq"], "bits": [12], "seeds": [0, 1],
-            "tune": {"trials": 3, "seed": 1, "parallel": 1},
-            "datasets": {"digits": {"protocol": "standard", "epochs": 2}}}
-    grid = tmp_path / "grid.json"
-    grid.write_text(json.dumps(spec))
-    out = tmp_path / "ray"
-    summary = run_grid(grid, out=out, device="cpu", backend=make_backend("ray"),
-                       progress=False)
+    grid, out = tmp_path / "grid.json", tmp_path / "ray"
+    summary = run_tuned_grid(grid, out, ["dqn", "two-stage-pq", "pq"], parallel=1)
     assert sorted(summary.done) == [f"digits-standard-{m}-12b-seed0"
                                     for m in ("dqn", "pq", "two-stage-pq")], summary.describe()
     studies = {}
     for method in ("dqn", "two-stage-pq"):
         name = f"digits-standard-{method}-12b-seed1"
-        studies[method] = optuna.load_study(study_name=name,
-                                            storage=f"sqlite:///{out / 'tune' / name}.db")
-        trials = studies[method].trials
+        studies[method] = trials = study_trials(out, name)
         # the budget exactly: 3 finished trials, none failed or left running
         assert len(trials) == 3 and all(t.state.is_finished() for t in trials)
         assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 3
@@ -214,7 +222,7 @@ def test_a_tuned_grid_on_ray_runs_studies_at_once_within_budget_and_reruns_as_no
         assert {k: result["params"][k] for k in result["tuning"]["best_params"]} == \
             result["tuning"]["best_params"]
     # trials of the two studies ran at the same time (each study: one trial in flight)
-    assert overlapping(studies["dqn"].trials, studies["two-stage-pq"].trials)
+    assert overlapping(studies["dqn"], studies["two-stage-pq"])
     assert load_result(out / "digits-standard-pq-12b-seed0.json")["tuning"] is None
 
     # the same trial values on the local backend give the same results
@@ -238,10 +246,8 @@ def test_a_tuned_grid_on_ray_runs_studies_at_once_within_budget_and_reruns_as_no
         monkeypatch.setattr(module, "connect", lambda address: joins.append(address))
     again = run_grid(grid, out=out, device="cpu", backend=make_backend("ray"), progress=False)
     assert sorted(again.skipped) == sorted(summary.done) and not again.done and joins == []
-    for study in studies.values():
-        assert len(optuna.load_study(study_name=study.study_name,
-                                     storage=f"sqlite:///{out / 'tune' / study.study_name}.db"
-                                     ).trials) == 3
+    for method in studies:
+        assert len(study_trials(out, f"digits-standard-{method}-12b-seed1")) == 3
 
 
 def test_a_stop_event_fails_the_trials_in_flight_and_starts_no_more(cluster):
@@ -287,19 +293,12 @@ def test_a_trial_whose_worker_dies_is_retried_as_the_same_trial(cluster, tmp_pat
     import qbench.grid.tune_ray as tune_ray
 
     monkeypatch.setattr(tune_ray, "remote_selection", selection_dying_once)
-    spec = {"methods": ["dqn"], "bits": [12], "seeds": [0, 1],
-            "tune": {"trials": 3, "seed": 1, "parallel": 2},
-            "datasets": {"digits": {"protocol": "standard", "epochs": 2}}}
-    grid = tmp_path / "grid.json"
-    grid.write_text(json.dumps(spec))
     out = tmp_path / "out"
-    summary = run_grid(grid, out=out, device="cpu", backend=make_backend("ray"),
-                       progress=False)
+    summary = run_tuned_grid(tmp_path / "grid.json", out, ["dqn"], parallel=2)
     assert summary.done == ["digits-standard-dqn-12b-seed0"], summary.describe()
     assert (out / "trial-killed-once").is_file()  # a worker did die
     name = "digits-standard-dqn-12b-seed1"
-    trials = optuna.load_study(study_name=name,
-                               storage=f"sqlite:///{out / 'tune' / name}.db").trials
+    trials = study_trials(out, name)
     assert len(trials) == 3 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
 
 
