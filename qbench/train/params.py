@@ -29,6 +29,9 @@ ENGINE_PARAMS = (
     Param("augment", bool, True, "random flip + crop for images"),
     Param("precision", str, "fp32", "fp32, or bf16 autocast for the network on a GPU",
           choices=("fp32", "bf16")),
+    Param("select_from", float, 0.0, "where selection candidates start, as a fraction of "
+          "the training epochs (0: every candidate epoch; 0.5: the second half only; the "
+          "last epoch is always one)", minimum=0.0, maximum=0.99),
     Param("channels_last", bool, True, "channels-last memory format for image networks "
           "(results equal up to float rounding; CPU inference about 1.3x faster; ignored "
           "for vectors)"),
@@ -43,11 +46,15 @@ def training_epochs(params: dict, modality: str) -> int:
     return params["epochs"] or DEFAULT_EPOCHS[modality]
 
 
-def candidate_epochs(epochs: int) -> list[int]:
+def candidate_epochs(epochs: int, select_from: float = 0.0) -> list[int]:
     """The epochs (0-based) after which a model is kept as a selection candidate: every
-    ceil(epochs / 10)-th and the last, so at most 11 (each is embedded and scored)."""
+    ceil(epochs / 10)-th and the last, so at most 11 (each is embedded and scored), and of
+    those only the ones from epoch ``floor(select_from * epochs)`` on (``select_from``, the
+    engine parameter: 0.5 keeps the second half; the last epoch is always kept)."""
     every = max(1, -(-epochs // 10))
-    return [e for e in range(epochs) if (e + 1) % every == 0 or e + 1 == epochs]
+    first = int(select_from * epochs)
+    return [e for e in range(epochs)
+            if e + 1 == epochs or (e >= first and (e + 1) % every == 0)]
 
 
 def warmup_epochs(epochs: int) -> int:

@@ -127,7 +127,7 @@ class Trainer:
             self.start_epoch = self.epochs_resumed = resume.epoch
         stop = self.epochs if stop_after is None else min(stop_after, self.epochs)
         x_train = self.scaler.to_device(self.ctx.x("train"))  # on the device for the whole run
-        keep = set(candidate_epochs(self.epochs))
+        keep = set(candidate_epochs(self.epochs, p["select_from"]))
         self.hooks.on_train_start(self)
         started = time.perf_counter()
         bar = tqdm(range(self.start_epoch, stop), desc=f"train {self.encoder_name}",

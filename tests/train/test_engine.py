@@ -142,6 +142,17 @@ def test_candidates_are_kept_every_tenth_of_the_epochs_and_at_the_end():
     assert candidate_epochs(25) == [2, 5, 8, 11, 14, 17, 20, 23, 24]
 
 
+def test_select_from_keeps_only_the_later_candidates():
+    assert candidate_epochs(8, 0.5) == [4, 5, 6, 7]
+    assert candidate_epochs(60, 0.5) == [35, 41, 47, 53, 59]
+    assert candidate_epochs(15, 0.5) == [7, 9, 11, 13, 14]
+    assert candidate_epochs(8, 0.99) == [7]  # the last epoch is always a candidate
+    assert candidate_epochs(8, 0.0) == candidate_epochs(8)
+    trainer = Trainer(_digits_ctx(), _params(epochs=6, select_from=0.5), dim=8).fit()
+    assert sorted(trainer.candidates) == [3, 4, 5]
+    assert trainer.summary()["candidate_epochs"] == [3, 4, 5]
+
+
 def test_resuming_from_a_snapshot_equals_an_uninterrupted_run():
     ctx = _digits_ctx()
     whole = Trainer(ctx, _params(epochs=6), dim=8).fit(snapshot_at=2)
