@@ -8,8 +8,9 @@ it; it imports none of them.
 Row label
     The method name plus the parameters that differ from the method's declared defaults
     (``dqn[loss=ip]``: the *variant*). Training-budget parameters (``epochs``, ``encoder``,
-    ``weights``, ``augment``) appear only when they differ between runs of the same method
-    on the same dataset and protocol, since a grid sets them per dataset for every method.
+    ``weights``, ``augment``, ``select_from``) appear only when they differ between runs of
+    the same method on the same dataset and protocol, since a grid sets them per dataset
+    for every method.
     A tuned run (top-level ``tuning`` not null) gets the suffix ``(tuned)``: tuned and
     untuned runs of one method are never averaged. Its tuned parameters (those with a
     declared search space, ``Param.tune``, and ``tuning.best_params`` when recorded) stay
@@ -54,7 +55,7 @@ TUNED_SUFFIX = " (tuned)"
 # metric card entries describing additional reports, not the headline numbers' convention
 CARD_REPORT_KEYS = ("curves", "hamming_radius_curves")
 # parameters a grid sets per dataset for every method: labelled only when they vary
-CONTEXT_PARAMS = ("epochs", "encoder", "weights", "augment")
+CONTEXT_PARAMS = ("epochs", "encoder", "weights", "augment", "select_from")
 # the representation a selection criterion scores, as named in ``selection.criterion``
 REPRESENTATIONS = ("tie-aware Hamming", "ADC", "SDC", "cosine")
 METHOD_ORDER = ("float", "sign", "itq", "lsh", "pq", "opq", "two-stage-pq", "two-stage-opq",

@@ -376,6 +376,19 @@ def test_variant_rows_are_labelled_by_non_default_params(tmp_path):
     runs[0].result["params"]["epochs"] = 30
     assign_labels(runs, defaults, {})
     assert runs[0].label == "dqn[epochs=30]" and runs[1].label == "dqn[epochs=15]"
+    runs[0].result["params"]["epochs"] = 15
+    # where candidates start, set per grid for every method: labelled only when it varies
+    defaults["dqn"]["select_from"] = 0.0
+    for run in runs:
+        run.result["params"]["select_from"] = 0.5
+    assign_labels(runs, defaults, {})
+    assert [r.label for r in runs] == ["dqn", "dqn", "dqn[loss=ip]", "dqn[loss=ip]"]
+    runs[1].result["params"]["select_from"] = 0.0
+    assign_labels(runs, defaults, {})
+    assert runs[0].label == "dqn[select_from=0.5]" and runs[1].label == "dqn"
+    for run in runs:
+        del run.result["params"]["select_from"]
+    del defaults["dqn"]["select_from"]
     # a tuned run: the tuned parameters stay out of the label, the variant's stay in
     runs[0].result["params"]["epochs"] = 15
     for run in runs[2:]:
