@@ -3,7 +3,8 @@ commit and dirty flag of the checkout, and the environment every record carries.
 
 A result or cached encoder made by other code is stale: :func:`code_version` hashes every
 ``.py`` file of ``qbench``, ``qbench.methods`` and ``qbench.datasets``, subpackages
-included, without importing the plugin packages.
+included (but not the report code, which only reads results), without importing the
+plugin packages.
 """
 
 from __future__ import annotations
@@ -16,29 +17,39 @@ import platform
 import subprocess
 from pathlib import Path
 
+READ_ONLY_PACKAGES = ("qbench/report",)
+"""Folders of qbench left out of :func:`code_version`: they read finished results (tables,
+claims, plots, the HTML report) and never make one, so changing them leaves every result
+and cached encoder current."""
+
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """sha256 (16 hex digits) of qbench's own installed sources, methods and datasets
-    included: a result or cached encoder made by other code is stale."""
+    """sha256 (16 hex digits) of qbench's own installed sources that make results, methods
+    and datasets included (not :data:`READ_ONLY_PACKAGES`): a result or cached encoder made
+    by other code is stale."""
     # find_spec locates a package without running its __init__ (the method face)
     return source_hash({package: Path(importlib.util.find_spec(package)
                                        .submodule_search_locations[0])
-                        for package in ("qbench", "qbench.methods", "qbench.datasets")})
+                        for package in ("qbench", "qbench.methods", "qbench.datasets")},
+                       exclude=READ_ONLY_PACKAGES)
 
 
-def source_hash(roots: dict[str, Path]) -> str:
+def source_hash(roots: dict[str, Path], exclude: tuple[str, ...] = ()) -> str:
     """sha256 (16 hex digits) of every ``.py`` file under each package's folder, named by
     package and relative path. A package folder nested in another (``qbench/methods`` in an
     installed wheel; ``methods/`` beside ``qbench/`` in a checkout) is hashed once, as its
-    own package, so both layouts of the same sources give the same hash."""
+    own package, so both layouts of the same sources give the same hash. ``exclude``:
+    folders left out, as ``<first package's folder name>/<path>`` (e.g. ``qbench/report``)."""
     folders = {Path(root).resolve() for root in roots.values()}
+    first = Path(next(iter(roots.values()))).resolve() if roots else None
+    skipped = [first.parent / e for e in exclude] if first is not None else []
     h = hashlib.sha256()
     for package, root in roots.items():
         root = Path(root).resolve()
         nested = [f for f in folders if f != root and f.is_relative_to(root)]
         for path in sorted(root.rglob("*.py")):
-            if any(path.is_relative_to(f) for f in nested):
+            if any(path.is_relative_to(f) for f in nested + skipped):
                 continue
             h.update(f"{package}/{path.relative_to(root).as_posix()}".encode())
             h.update(path.read_bytes())

@@ -103,7 +103,12 @@ def pipeline_objective(template) -> Objective:
     if complete), the selection curve is reported point by point after the run: the
     pruner then takes the same decisions but saves no training time. Returns the value
     and the epochs trained against the budget (``epochs_trained``, ``epochs_budget``).
+    The trials share one :class:`qbench.run.reuse.InputMemo` (the process's in a grid
+    worker): the dataset and the backbone's features are loaded once per study.
     """
+    from qbench.run.reuse import InputMemo, process_memo
+
+    memo = process_memo() or InputMemo()  # the study's trials load their inputs once
 
     def objective(params: dict, report: Report) -> dict:
         from qbench.run.pipeline import run_selection
@@ -116,7 +121,8 @@ def pipeline_objective(template) -> Objective:
             stopped.append(bool(report(epoch, value)))
             return stopped[-1]
 
-        selection = run_selection(trial_request(template, params), report=during_training)
+        selection = run_selection(trial_request(template, params), report=during_training,
+                                  memo=memo)
         if not any(stopped):
             for epoch, value in zip(selection["epochs"], selection["values"]):
                 if epoch in live or value is None or not math.isfinite(value):

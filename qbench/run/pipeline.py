@@ -8,6 +8,7 @@ written atomically, so a bad input never leaves a file behind.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from qbench.eval.evaluator import evaluate, mean_average_precision
 from qbench.registry import DATASETS, METHODS
 from qbench.run.identity import RunChoices, check_replace, identity_tag, run_choices
 from qbench.run.results import new_record, result_filename, write_json_atomic
+from qbench.run.reuse import InputMemo, process_memo
 from qbench.train.selection import RULES
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -184,16 +186,24 @@ def torch_settings(deterministic: bool, device: str):
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:]
 
 
-def _context(prep: Prepared) -> tuple[RunContext, float, dict | None]:
+def _context(prep: Prepared, memo: InputMemo | None = None
+             ) -> tuple[RunContext, float, dict | None]:
     """Load the data, materialise the splits and the selection pool; in the head regime,
     put the frozen backbone's features in place of the inputs (trained or cached now):
-    (context, load_s, the backbone's record or None)."""
+    (context, load_s, the backbone's record or None). With a ``memo``
+    (:mod:`qbench.run.reuse`), a dataset or features this process already loaded for the
+    same inputs are reused (the record then says ``"reused": true``)."""
     from qbench.train.encoder_cache import EncoderCache, cache_root
 
     req = prep.request
     root = cache_root(req.cache_dir, req.out, req.use_cache)
     t0 = time.perf_counter()
-    dataset = prep.dataset_plugin.load_cached(root)
+    source = [req.dataset, prep.dataset_plugin.params, str(req.data_dir), str(root)]
+    if memo is None:
+        dataset = prep.dataset_plugin.load_cached(root)
+    else:
+        dataset, _ = memo.get(["dataset", source],
+                              lambda: prep.dataset_plugin.load_cached(root))
     load_s = time.perf_counter() - t0
     splits = materialise(dataset, prep.protocol_spec, req.split_seed, Path(req.out) / "splits")
     pool = selection_pool(splits, dataset.y, cap=req.pool_size, seed=req.split_seed)
@@ -204,8 +214,18 @@ def _context(prep: Prepared) -> tuple[RunContext, float, dict | None]:
         return ctx, load_s, None
     from qbench.train.backbone import backbone_context
 
-    ctx, record = backbone_context(ctx, prep.backbone)
-    return ctx, load_s, record
+    if memo is None:
+        ctx, record = backbone_context(ctx, prep.backbone)
+        return ctx, load_s, record
+    t0 = time.perf_counter()
+    key = ["features", source, prep.protocol_spec.name, req.split_seed, req.pool_size,
+           req.select, req.seed, prep.backbone, prep.device]
+    (features, record), reused = memo.get(
+        key, lambda: (lambda c, r: (c.dataset, r))(*backbone_context(ctx, prep.backbone)))
+    if reused:  # found in memory: neither trained nor read from the cache by this run
+        record = {**record, "cache": "hit", "features_cache": "hit", "reused": True,
+                  "seconds": time.perf_counter() - t0}
+    return dataclasses.replace(ctx, dataset=features), load_s, record
 
 
 @contextlib.contextmanager
@@ -235,21 +255,23 @@ def train_stage1(req: RunRequest) -> dict | None:
     if not req.use_cache or (spec is None and prep.backbone is None):
         return None
     with torch_settings(req.deterministic, prep.device):
-        ctx, _, backbone = _context(prep)  # trains or finds the backbone (regime head)
+        # trains or finds the backbone (regime head)
+        ctx, _, backbone = _context(prep, process_memo())
         if spec is None:
             return {"key": backbone["key"], "cache": backbone["cache"]}
         encoder = stage1_encoder(ctx, prep.method.params, spec[0], tanh=spec[1])
     return encoder.provenance
 
 
-def run_selection(req: RunRequest, report=None) -> dict:
+def run_selection(req: RunRequest, report=None, memo: InputMemo | None = None) -> dict:
     """Train and select as :func:`run_experiment` does, without touching the query split:
     the ``selection`` record (tuning's objective reads ``chosen_value``). ``report(epoch,
-    value) -> stop`` is a tuning trial's reporter (:attr:`RunContext.report`)."""
+    value) -> stop`` is a tuning trial's reporter (:attr:`RunContext.report`); ``memo``:
+    inputs kept between the trials of a study (else this process's, if it has one)."""
     with _no_leftover_out(Path(req.out)):
         prep = prepare(req)
         with torch_settings(req.deterministic, prep.device):
-            ctx, _, _ = _context(prep)
+            ctx, _, _ = _context(prep, memo or process_memo())
             ctx.report = report
             output = prep.method.run_selection(ctx)
     if output.selection is None:
@@ -269,7 +291,7 @@ def run_experiment(req: RunRequest) -> tuple[Path, dict]:
 def _run(prep: Prepared) -> tuple[Path, dict]:
     req = prep.request
     started = time.perf_counter()
-    ctx, load_s, backbone = _context(prep)
+    ctx, load_s, backbone = _context(prep, process_memo())
     splits = ctx.splits
     output = prep.method.run(ctx)
     q_labels, db_labels = ctx.y("query"), ctx.y("database")

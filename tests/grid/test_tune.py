@@ -238,7 +238,7 @@ def test_repeated_points_are_not_run_again_on_the_ask_and_tell_path(tmp_path, mo
 
     evaluated = []
 
-    def fake_run_selection(req, report=None):
+    def fake_run_selection(req, report=None, memo=None):
         law = req.method_params["law"]
         evaluated.append(law)
         return {"epochs": [1], "values": [0.5], "chosen_epoch": 1,
@@ -411,7 +411,7 @@ def test_the_pipeline_objective_scores_the_selection_and_reports_its_curve(tmp_p
 
     requests = []
 
-    def fake_run_selection(req, report=None):
+    def fake_run_selection(req, report=None, memo=None):
         requests.append(req)
         return {"epochs": [4, 9], "values": [0.5, 0.6], "chosen_epoch": 9,
                 "chosen_value": 0.6 + req.method_params["lam"] / 100}
@@ -429,7 +429,7 @@ def test_the_pipeline_objective_scores_the_selection_and_reports_its_curve(tmp_p
 def test_the_tune_command_prints_trials_and_the_best_parameters(tmp_path, monkeypatch):
     import qbench.run.pipeline
 
-    monkeypatch.setattr(qbench.run.pipeline, "run_selection", lambda req, report=None: {
+    monkeypatch.setattr(qbench.run.pipeline, "run_selection", lambda req, report=None, memo=None: {
         "epochs": [0], "values": [0.5], "chosen_value": score(req.method_params)},
         raising=False)
     result = CliRunner().invoke(cli, ["tune", "--method", "toy-tuned", "--trials", "2",
@@ -468,7 +468,7 @@ def test_the_tune_command_fixes_the_knobs_of_a_params_from_file(tmp_path, monkey
                           objective=lambda params, report: 0.5)
     seen = []
     monkeypatch.setattr(qbench.run.pipeline, "run_selection",
-                        lambda req, report=None: seen.append(req) or {
+                        lambda req, report=None, memo=None: seen.append(req) or {
                             "epochs": [0], "values": [0.5],
                             "chosen_value": score(req.method_params)},
                         raising=False)

@@ -124,3 +124,21 @@ def test_the_source_hash_is_the_same_for_a_checkout_and_an_installed_layout(tmp_
     assert before == source_hash(wheel)
     (tmp_path / "checkout" / "qbench" / "eval" / "metrics.py").write_text("m = 2\n")
     assert source_hash(checkout) != before
+
+
+def test_the_code_version_leaves_out_the_code_that_only_reads_results(tmp_path):
+    """A change under qbench/report (tables, plots) keeps results current; one elsewhere in
+    qbench does not."""
+    from qbench.core.provenance import READ_ONLY_PACKAGES, source_hash
+
+    assert "qbench/report" in READ_ONLY_PACKAGES
+    for name in ("qbench/__init__.py", "qbench/report/tables.py", "qbench/eval/metrics.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x = 1\n")
+    roots = {"qbench": tmp_path / "qbench"}
+    before = source_hash(roots, exclude=READ_ONLY_PACKAGES)
+    (tmp_path / "qbench/report/tables.py").write_text("x = 2\n")
+    assert source_hash(roots, exclude=READ_ONLY_PACKAGES) == before
+    assert source_hash(roots) != source_hash(roots, exclude=READ_ONLY_PACKAGES)
+    (tmp_path / "qbench/eval/metrics.py").write_text("x = 2\n")
+    assert source_hash(roots, exclude=READ_ONLY_PACKAGES) != before

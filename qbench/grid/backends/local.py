@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from qbench.core.cores import set_worker_threads, worker_threads
 from qbench.grid.cells import CellOptions, Outcome
 from qbench.grid.worker import execute_cell, set_worker_device
+from qbench.run.reuse import enable_process_memo
 
 if TYPE_CHECKING:
     from qbench.grid.cells import Cell
@@ -60,12 +61,13 @@ def worker_devices(device: str, jobs: int) -> list[str] | None:
 def _init_worker(threads: int, devices: list[str] | None, counter) -> None:
     """Worker initializer: threads (:func:`qbench.core.cores.set_worker_threads`), its GPU (one
     of ``devices``, by the order workers start, with a share of its memory), signals and a
-    watch on the parent process.
+    watch on the parent process, and a memo of loaded inputs (:mod:`qbench.run.reuse`).
 
     Ctrl-C is left to the parent, which stops the workers; a worker whose parent was
     killed exits (its run's result, written atomically, is never half there).
     """
     set_worker_threads(threads)
+    enable_process_memo()  # the grid's runs in this worker load their inputs once
     if devices:
         with counter.get_lock():
             index = counter.value
