@@ -122,3 +122,14 @@ def test_the_layer_check_sees_an_upward_import(tmp_path):
     known = {"qbench.data.x": tmp_path / "x.py", "qbench.grid.runner": tmp_path / "r.py"}
     (tmp_path / "x.py").write_text("def f():\n    from qbench.grid.runner import run_grid\n")
     assert imports_of("qbench.data.x", tmp_path / "x.py", known) == {"qbench.grid.runner"}
+
+
+def test_the_code_left_out_of_the_code_version_is_imported_by_the_cli_alone():
+    """code_version skips qbench/report because nothing that makes a result imports it."""
+    from qbench.core.provenance import READ_ONLY_PACKAGES
+
+    for folder in READ_ONLY_PACKAGES:
+        layer = folder.split("/")[1]
+        users = sorted(a for a, targets in graph().items() for b in targets
+                       if layer_of(b) == layer and layer_of(a) not in (layer, "cli"))
+        assert LAYERS[-2:] == (layer, "cli") and not users, users
