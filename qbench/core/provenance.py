@@ -40,10 +40,11 @@ def source_hash(roots: dict[str, Path], exclude: tuple[str, ...] = ()) -> str:
     package and relative path. A package folder nested in another (``qbench/methods`` in an
     installed wheel; ``methods/`` beside ``qbench/`` in a checkout) is hashed once, as its
     own package, so both layouts of the same sources give the same hash. ``exclude``:
-    folders left out, as ``<first package's folder name>/<path>`` (e.g. ``qbench/report``)."""
+    folders left out, relative to the folder holding the ``qbench`` package (e.g.
+    ``qbench/report``)."""
     folders = {Path(root).resolve() for root in roots.values()}
-    first = Path(next(iter(roots.values()))).resolve() if roots else None
-    skipped = [first.parent / e for e in exclude] if first is not None else []
+    top = roots.get("qbench") or next(iter(roots.values()), None)
+    skipped = [Path(top).resolve().parent / e for e in exclude] if top is not None else []
     h = hashlib.sha256()
     for package, root in roots.items():
         root = Path(root).resolve()

@@ -191,12 +191,15 @@ def _context(prep: Prepared, memo: InputMemo | None = None
     """Load the data, materialise the splits and the selection pool; in the head regime,
     put the frozen backbone's features in place of the inputs (trained or cached now):
     (context, load_s, the backbone's record or None). With a ``memo``
-    (:mod:`qbench.run.reuse`), a dataset or features this process already loaded for the
-    same inputs are reused (the record then says ``"reused": true``)."""
+    (:mod:`qbench.run.reuse`) and the cache on, a dataset or features this process already
+    loaded for the same inputs are reused (the record then says ``"reused": true``); with
+    ``--no-cache`` nothing is kept, so every run trains its backbone anew."""
     from qbench.train.encoder_cache import EncoderCache, cache_root
 
     req = prep.request
     root = cache_root(req.cache_dir, req.out, req.use_cache)
+    if root is None:
+        memo = None  # --no-cache: nothing is kept, in memory either
     t0 = time.perf_counter()
     source = [req.dataset, prep.dataset_plugin.params, str(req.data_dir), str(root)]
     if memo is None:
@@ -218,13 +221,15 @@ def _context(prep: Prepared, memo: InputMemo | None = None
         ctx, record = backbone_context(ctx, prep.backbone)
         return ctx, load_s, record
     t0 = time.perf_counter()
-    key = ["features", source, prep.protocol_spec.name, req.split_seed, req.pool_size,
-           req.select, req.seed, prep.backbone, prep.device]
+    # what the backbone's cache key depends on besides the data (the selection pool and
+    # rule do not: the features are those of its last epoch)
+    key = ["features", source, prep.protocol_spec.name, req.split_seed, req.seed,
+           prep.backbone, prep.device]
     (features, record), reused = memo.get(
         key, lambda: (lambda c, r: (c.dataset, r))(*backbone_context(ctx, prep.backbone)))
     if reused:  # found in memory: neither trained nor read from the cache by this run
         record = {**record, "cache": "hit", "features_cache": "hit", "reused": True,
-                  "seconds": time.perf_counter() - t0}
+                  "train_s": 0.0, "seconds": time.perf_counter() - t0}
     return dataclasses.replace(ctx, dataset=features), load_s, record
 
 
@@ -271,7 +276,7 @@ def run_selection(req: RunRequest, report=None, memo: InputMemo | None = None) -
     with _no_leftover_out(Path(req.out)):
         prep = prepare(req)
         with torch_settings(req.deterministic, prep.device):
-            ctx, _, _ = _context(prep, memo or process_memo())
+            ctx, _, _ = _context(prep, memo if memo is not None else process_memo())
             ctx.report = report
             output = prep.method.run_selection(ctx)
     if output.selection is None:

@@ -7,16 +7,19 @@ in the head regime, the backbone's cached features; on 2 cores that took 2.0 s o
 3.1 s head trial. The trials of a study and the cells a grid worker runs all read the same
 files, so an :class:`InputMemo` keeps what the last runs loaded, keyed by everything that
 determines it (dataset, its parameters, data folder and cache root; for the features also
-the protocol, split, selection pool and training seed, the backbone's parameters and the
-device). What a run computes from them is unchanged: the same arrays, the same
-splits and pool (these are rebuilt, and the split files written, by every run).
+the protocol, split seed and training seed, the backbone's parameters and the device: what
+the backbone's cache key holds). What a run computes from them is unchanged: the same
+arrays, the same splits and pool (these are rebuilt, and the split files written, by every
+run).
 
 Scope, chosen so that nothing outlives the files it was read from in practice: one memo per
 tuning study (:func:`qbench.grid.tune.pipeline_objective`), and one per grid worker
-process (:func:`enable_process_memo`, called by the worker pool's initializer; a grid's
-pool lives as long as the grid). A source file changed *during* a study or a grid is
-therefore noticed by the next study or grid, not by the next run; a plain ``qbench run``
-never reuses anything.
+process (:func:`enable_process_memo`, called by the local backend's worker pool
+initializer, ``--jobs`` 2 or more; a grid's pool lives as long as the grid). A source file
+changed *during* a study or a grid, or a cache entry corrupted or cleared under it, is
+therefore noticed by the next study or grid, not by the next run. Nothing is reused with
+``--no-cache`` (every run trains its backbone anew, as that flag says), by a plain
+``qbench run``, by ``--jobs 1`` cells, or on the Ray backend.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-MEMO_SIZE = 8
-"""Entries kept: one dataset plus the features of a grid's training seeds (6 for the
-reference grid; cells are interleaved over seeds, so a worker meets them in turn)."""
+MEMO_SIZE = 16
+"""Entries kept: the datasets plus the features of a grid's training seeds (the reference
+grid: one dataset and 6 seeds per grid; cells are interleaved over seeds, so a worker
+meets them in turn). With the cache on, entries are memory-mapped cache files."""
 
 
 class InputMemo:

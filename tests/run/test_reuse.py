@@ -85,6 +85,7 @@ def test_a_run_served_from_the_process_memo_records_a_reused_backbone(tmp_path, 
     assert counted == {"load": 1, "backbone": 1}
     assert "reused" not in a["backbone"] and b["backbone"]["reused"] is True
     assert b["backbone"]["cache"] == "hit" and b["backbone"]["key"] == a["backbone"]["key"]
+    assert b["backbone"]["train_s"] == 0.0  # as a cache hit records it
     monkeypatch.setattr("qbench.run.reuse._PROCESS_MEMO", None)
     _, c = run_experiment(_head(tmp_path, method="sign"))
     assert counted == {"load": 2, "backbone": 2}
@@ -106,5 +107,32 @@ def test_the_memo_key_covers_what_the_inputs_depend_on(tmp_path, counted):
     run_selection(RunRequest(**{**_head(tmp_path).__dict__, "backbone": {"epochs": 3}}),
                   memo=memo)
     run_selection(RunRequest(**{**_head(tmp_path).__dict__, "pool_size": 300}), memo=memo)
-    assert counted == {"load": 1, "backbone": 4}
+    assert counted == {"load": 1, "backbone": 3}  # the features do not depend on the pool
     assert pipeline.process_memo() is None  # nothing above enabled the process's memo
+
+
+def test_the_dataset_key_holds_the_dataset_parameters(tmp_path, counted):
+    memo = InputMemo()
+
+    def synthetic(noise):
+        return RunRequest(method="float", dataset="synthetic", bits=16, epochs=2,
+                          device="cpu", out=tmp_path / "out", cache_dir=tmp_path / "cache",
+                          dataset_params={"n_items": 900, "noise": noise})
+
+    a = run_selection(synthetic(1.0), memo=memo)
+    b = run_selection(synthetic(3.0), memo=memo)
+    run_selection(synthetic(1.0), memo=memo)
+    assert counted == {"load": 2, "backbone": 0} and a["values"] != b["values"]
+
+
+def test_with_no_cache_nothing_is_kept_and_every_run_trains_its_backbone(tmp_path, counted,
+                                                                        monkeypatch):
+    monkeypatch.setattr("qbench.run.reuse._PROCESS_MEMO", InputMemo())
+    uncached = {"use_cache": False, "cache_dir": None}
+    _, a = run_experiment(RunRequest(**{**_head(tmp_path, method="float").__dict__,
+                                        **uncached}))
+    _, b = run_experiment(RunRequest(**{**_head(tmp_path, method="sign").__dict__,
+                                        **uncached}))
+    assert counted == {"load": 2, "backbone": 2}
+    assert a["backbone"]["cache"] == b["backbone"]["cache"] == "off"
+    assert "reused" not in b["backbone"] and b["backbone"]["train_s"] > 0
